@@ -1,0 +1,1 @@
+"""Ray: connect, placement, endpoint discovery, restarts, checkpoints."""

@@ -1,0 +1,1 @@
+"""Kalman filters, fitness and search-direction beliefs, belief fusion (pure compute)."""

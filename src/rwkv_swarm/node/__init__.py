@@ -1,0 +1,1 @@
+"""One organism: model + estimator + evolution step; wire messages; ZeroMQ transport."""

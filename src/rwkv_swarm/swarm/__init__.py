@@ -1,0 +1,1 @@
+"""User API, topology, coordinator, environments, traces, CLI."""
