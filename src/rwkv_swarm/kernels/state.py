@@ -101,7 +101,8 @@ class RWKV7State:
         """Stack states along the batch axis (hand one organism's rows to another batch)."""
         if not states:
             raise ValueError("cat needs at least one state")
-        return RWKV7State(*(torch.cat(ts, dim=1) for ts in zip(*(s.tensors() for s in states), strict=True)))
+        columns = zip(*(s.tensors() for s in states), strict=True)
+        return RWKV7State(*(torch.cat(ts, dim=1) for ts in columns))
 
     def repeat(self, times: int) -> RWKV7State:
         """Each row repeated `times` times in place: rows (r0, r0, ..., r1, r1, ...)."""
