@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from math import sqrt
 
+DECAY_SCALE = 0.606531  # w = exp(-DECAY_SCALE * sigmoid(d)); e^-0.5 as the official code writes it
+LN_EPS = 1e-5  # LayerNorm
+GN_EPS = 64e-5  # ln_x GroupNorm: hard-coded in the official code (not head_size * 1e-5)
+
 
 def suggested_lora_dim(n_embd: int, factor: float) -> int:
     """BlinkDL trainer's LoRA size: max(32, round(factor * sqrt(C) / 32) * 32)."""

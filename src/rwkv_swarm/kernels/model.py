@@ -1,0 +1,327 @@
+"""RWKV-7 ("x070") in PyTorch, readable in one sitting.
+
+The math follows BlinkDL's reference (`rwkv` package, RWKV_x070): token shift on the normalised
+input, w/a/v/g LoRAs, decay w = exp(-0.606531 sigmoid(d)), normalised removal key kk, value
+residual from layer 0, group-norm readout (eps 64e-5), the delta-rule state update, and a
+ReLU^2 channel mix. Parameter names and shapes are those of official checkpoints.
+
+The block code is written once against `Ops`, which applies a named weight: `BaseOps` uses the
+module's parameters as they are; `kernels.population` adds per-mutant low-rank perturbations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DECAY_SCALE, GN_EPS, LN_EPS, RWKV7Config
+from .init import init_weights
+from .native import NativeStep
+from .state import RWKV7State
+from .wkv import CHUNK, wkv_chunked, wkv_step
+
+LORA_NAMES = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2")  # stored (in, out), used as x @ W
+MIX_NAMES = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
+
+
+class Ops:
+    """How a block reads its weights. Subclasses decide whether weights are perturbed."""
+
+    def vec(self, name: str) -> torch.Tensor:  # a (1, 1, C)-like vector, broadcastable to x
+        raise NotImplementedError
+
+    def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:  # x @ W^T, W (out, in)
+        raise NotImplementedError
+
+    def lora(self, name: str, x: torch.Tensor) -> torch.Tensor:  # x @ W, W (in, out)
+        raise NotImplementedError
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def norm(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
+        """LayerNorm over the last axis with `prefix.weight` / `prefix.bias`."""
+        return F.layer_norm(x, x.shape[-1:], eps=LN_EPS) * self.vec(prefix + ".weight") \
+            + self.vec(prefix + ".bias")
+
+    def group_norm(self, prefix: str, y: torch.Tensor, n_head: int) -> torch.Tensor:
+        """GroupNorm over heads of y (..., C) with eps 64e-5, affine from `prefix`."""
+        shape = y.shape
+        y = F.group_norm(y.reshape(-1, shape[-1]), n_head, eps=GN_EPS).view(shape)
+        return y * self.vec(prefix + ".weight") + self.vec(prefix + ".bias")
+
+
+class BaseOps(Ops):
+    """The model's own weights, unperturbed."""
+
+    def __init__(self, params: dict[str, torch.Tensor]):
+        self.p = params
+
+    def vec(self, name: str) -> torch.Tensor:
+        return self.p[name]
+
+    def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.p[name])
+
+    def lora(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.p[name]
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.embedding(tokens, self.p["emb.weight"])
+
+    def norm(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], self.p[prefix + ".weight"], self.p[prefix + ".bias"],
+                            eps=LN_EPS)
+
+    def group_norm(self, prefix: str, y: torch.Tensor, n_head: int) -> torch.Tensor:
+        shape = y.shape
+        y = F.group_norm(y.reshape(-1, shape[-1]), n_head, self.p[prefix + ".weight"],
+                         self.p[prefix + ".bias"], eps=GN_EPS)
+        return y.view(shape)
+
+
+# -- the block ---------------------------------------------------------------------------------
+
+
+def token_shift(x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
+    """The previous token's x for every position: (..., T, C) from x and the carried x_prev."""
+    return torch.cat([x_prev.unsqueeze(-2), x[..., :-1, :]], dim=-2)
+
+
+def time_mix(
+    ops: Ops,
+    cfg: RWKV7Config,
+    i: int,
+    x: torch.Tensor,
+    x_prev: torch.Tensor,
+    S: torch.Tensor,
+    v_first: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attention analogue. x: (..., T, C) normalised; x_prev (..., C); S (..., H, N, N).
+
+    Returns (out, S', v_first).
+    """
+    H, N = cfg.n_head, cfg.head_size
+    p = f"blocks.{i}.att."
+    xx = token_shift(x, x_prev) - x
+    xr, xw, xk, xv, xa, xg = (x + xx * ops.vec(p + m) for m in MIX_NAMES)
+
+    r = ops.linear(p + "receptance.weight", xr)
+    d = ops.vec(p + "w0") + ops.lora(p + "w2", torch.tanh(ops.lora(p + "w1", xw)))
+    k = ops.linear(p + "key.weight", xk)
+    v = ops.linear(p + "value.weight", xv)
+    a = torch.sigmoid(ops.vec(p + "a0") + ops.lora(p + "a2", ops.lora(p + "a1", xa)))
+    g = ops.lora(p + "g2", torch.sigmoid(ops.lora(p + "g1", xg)))
+
+    heads = (*k.shape[:-1], H, N)  # (..., T, H, N)
+    kk = F.normalize((k * ops.vec(p + "k_k")).view(heads), dim=-1, p=2.0, eps=1e-12).view(k.shape)
+    k = k * (1 + (a - 1) * ops.vec(p + "k_a"))
+    if i == 0:
+        v_first = v
+    else:  # value residual: lerp toward layer 0's value of the same token
+        nu = torch.sigmoid(ops.vec(p + "v0") + ops.lora(p + "v2", ops.lora(p + "v1", xv)))
+        v = v + (v_first - v) * nu
+    logw = -DECAY_SCALE * torch.sigmoid(d.float())  # log of the decay, kept in float32
+
+    y, S = _wkv(S, r, logw, k, v, -kk, kk * a, H, N)
+    y = ops.group_norm(p + "ln_x", y.to(x.dtype), H)
+    bonus = ((r * k).view(heads) * ops.vec(p + "r_k")).sum(-1, keepdim=True) * v.view(heads)
+    y = y + bonus.view(y.shape)
+    return ops.linear(p + "output.weight", y * g), S, v_first
+
+
+def _wkv(S, r, logw, k, v, a, b, H: int, N: int):
+    """Reshape (..., T, C) inputs to heads, run the recurrence, and reshape back."""
+    lead, T = r.shape[:-2], r.shape[-2]
+    batch = math.prod(lead)
+
+    def heads(t: torch.Tensor) -> torch.Tensor:  # (..., T, C) -> (B, H, T, N)
+        return t.float().reshape(batch, T, H, N).transpose(1, 2)
+
+    S = S.reshape(batch, H, N, N)
+    if T == 1:
+        y, S = wkv_step(S, *(heads(t)[:, :, 0] for t in (r, logw, k, v, a, b)))
+        y = y.unsqueeze(2)
+    else:
+        y, S = wkv_chunked(S, *(heads(t) for t in (r, logw, k, v, a, b)), chunk=CHUNK)
+    return y.transpose(1, 2).reshape(*lead, T, H * N), S.view(*lead, H, N, N)
+
+
+def channel_mix(ops: Ops, i: int, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
+    """Feed-forward with token shift: value(relu(key(lerp(x, x_prev)))^2). x: (..., T, C)."""
+    p = f"blocks.{i}.ffn."
+    kx = x + (token_shift(x, x_prev) - x) * ops.vec(p + "x_k")
+    return ops.linear(p + "value.weight", torch.relu(ops.linear(p + "key.weight", kx)) ** 2)
+
+
+def run_blocks(
+    ops: Ops, cfg: RWKV7Config, x: torch.Tensor, state: RWKV7State, lead: tuple[int, ...]
+) -> tuple[torch.Tensor, RWKV7State]:
+    """All blocks on embedded input x: (*lead, T, C). State rows are `lead` flattened."""
+    att, wkv, ffn = [], [], []
+    v_first = None
+    H, N, C = cfg.n_head, cfg.head_size, cfg.n_embd
+    for i in range(cfg.n_layer):
+        if i == 0:
+            x = ops.norm("blocks.0.ln0", x)
+        xa = ops.norm(f"blocks.{i}.ln1", x)
+        out, S, v_first = time_mix(ops, cfg, i, xa, state.att_x_prev[i].view(*lead, C),
+                                   state.wkv[i].view(*lead, H, N, N), v_first)
+        x = x + out
+        xf = ops.norm(f"blocks.{i}.ln2", x)
+        x = x + channel_mix(ops, i, xf, state.ffn_x_prev[i].view(*lead, C))
+        att.append(xa[..., -1, :].reshape(-1, C))
+        wkv.append(S.reshape(-1, H, N, N))
+        ffn.append(xf[..., -1, :].reshape(-1, C))
+    new_state = RWKV7State(torch.stack(att), torch.stack(wkv), torch.stack(ffn))
+    return x, new_state
+
+
+def embed_input(ops: Ops, cfg: RWKV7Config, x: torch.Tensor) -> torch.Tensor:
+    """Token ids (..., T) -> (..., T, C), or observations (..., T, input_dim) -> (..., T, C)."""
+    if cfg.token_mode:
+        return ops.embed(x)
+    return ops.linear("encoder.weight", x) + ops.vec("encoder.bias")
+
+
+def readout(ops: Ops, x: torch.Tensor) -> torch.Tensor:
+    """Logits (token mode) or action outputs (control mode) from the last block's x."""
+    return ops.linear("head.weight", ops.norm("ln_out", x))
+
+
+# -- the module --------------------------------------------------------------------------------
+
+
+class TimeMix(nn.Module):
+    def __init__(self, cfg: RWKV7Config, layer_id: int):
+        super().__init__()
+        C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
+        dims = cfg.lora_dims
+        for m in MIX_NAMES:
+            setattr(self, m, nn.Parameter(torch.zeros(1, 1, C)))
+        loras = [("w", dims["w"]), ("a", dims["a"]), ("g", dims["g"])]
+        if layer_id > 0:  # layer 0's v0/v1/v2 are unused in the official code
+            loras.append(("v", dims["v"]))
+        for name, D in loras:
+            if name != "g":
+                setattr(self, name + "0", nn.Parameter(torch.zeros(1, 1, C)))
+            setattr(self, name + "1", nn.Parameter(torch.zeros(C, D)))
+            setattr(self, name + "2", nn.Parameter(torch.zeros(D, C)))
+        self.k_k = nn.Parameter(torch.zeros(1, 1, C))
+        self.k_a = nn.Parameter(torch.zeros(1, 1, C))
+        self.r_k = nn.Parameter(torch.zeros(H, N))
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.key = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(C, C, bias=False)
+        self.output = nn.Linear(C, C, bias=False)
+        self.ln_x = nn.GroupNorm(H, C, eps=GN_EPS)
+
+
+class ChannelMix(nn.Module):
+    def __init__(self, cfg: RWKV7Config):
+        super().__init__()
+        self.x_k = nn.Parameter(torch.zeros(1, 1, cfg.n_embd))
+        self.key = nn.Linear(cfg.n_embd, cfg.ffn_dim, bias=False)
+        self.value = nn.Linear(cfg.ffn_dim, cfg.n_embd, bias=False)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: RWKV7Config, layer_id: int):
+        super().__init__()
+        if layer_id == 0:
+            self.ln0 = nn.LayerNorm(cfg.n_embd, eps=LN_EPS)
+        self.ln1 = nn.LayerNorm(cfg.n_embd, eps=LN_EPS)
+        self.ln2 = nn.LayerNorm(cfg.n_embd, eps=LN_EPS)
+        self.att = TimeMix(cfg, layer_id)
+        self.ffn = ChannelMix(cfg)
+
+
+class RWKV7(nn.Module):
+    """RWKV-7 in token mode (emb + head) or control mode (encoder + head); same blocks.
+
+    `step(x, state)` runs one token / observation per batch row; `forward(x_seq, state)` runs a
+    sequence in chunks. Both return `(outputs, new_state)` and never modify `state`.
+    """
+
+    def __init__(self, config: RWKV7Config, seed: int = 0):
+        super().__init__()
+        self.config = config
+        C = config.n_embd
+        if config.token_mode:
+            self.emb = nn.Embedding(config.vocab_size, C)
+        else:
+            self.encoder = nn.Linear(config.input_dim, C)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_out = nn.LayerNorm(C, eps=LN_EPS)
+        out = config.vocab_size if config.token_mode else config.output_dim
+        self.head = nn.Linear(C, out, bias=False)
+        init_weights(self, torch.Generator().manual_seed(seed))
+        self.use_native = True  # small-batch CPU steps through csrc/rwkv7_step.c when built
+        self._native = None
+        self.requires_grad_(False)  # weights evolve; no autograd
+
+    @classmethod
+    def from_checkpoint(cls, path: str, **kwargs) -> RWKV7:
+        """Load an official RWKV-7 `.pth` (BlinkDL's trainer layout, fp32/fp16/bf16)."""
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(path, **kwargs)
+
+    def ops(self) -> BaseOps:
+        return BaseOps(dict(self.named_parameters()))
+
+    def zero_state(self, batch: int = 1) -> RWKV7State:
+        p = next(self.parameters())
+        return RWKV7State.zeros(self.config, batch, dtype=p.dtype, device=p.device)
+
+    def step(self, x: torch.Tensor, state: RWKV7State | None = None
+             ) -> tuple[torch.Tensor, RWKV7State]:
+        """One token (B,) or observation (B, input_dim) per row -> (outputs (B, out), state)."""
+        B = x.shape[0]
+        if self.use_native and NativeStep.supports(self, B) and state is not None \
+                and state.batch == B and state.wkv.dtype == torch.float32 \
+                and state.att_x_prev.dtype == torch.float32:
+            self._check_input(x.unsqueeze(1))
+            with torch.no_grad():
+                if self._native is None:
+                    self._native = NativeStep(self)
+                if self.config.token_mode:
+                    h = F.embedding(x, self.emb.weight)
+                else:
+                    h = F.linear(x, self.encoder.weight, self.encoder.bias)
+                return self._native(h, state)
+        out, state = self.forward(x.unsqueeze(1), state)
+        return out[:, 0], state
+
+    def forward(self, x: torch.Tensor, state: RWKV7State | None = None
+                ) -> tuple[torch.Tensor, RWKV7State]:
+        """Tokens (B, T) or observations (B, T, input_dim) -> (outputs (B, T, out), state)."""
+        self._check_input(x)
+        B = x.shape[0]
+        state = self.zero_state(B) if state is None else state
+        if state.batch != B:
+            raise ValueError(f"state has batch {state.batch}, input has batch {B}")
+        ops = self.ops()
+        with torch.no_grad():
+            h, state = run_blocks(ops, self.config, embed_input(ops, self.config, x), state, (B,))
+            return readout(ops, h), state
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        cfg = self.config
+        if cfg.token_mode:
+            if x.dim() != 2 or x.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"token mode expects int tokens (B, T), got {x.dtype} "
+                                 f"{tuple(x.shape)}")
+        elif x.dim() != 3 or x.shape[-1] != cfg.input_dim:
+            raise ValueError(f"control mode expects observations (B, T, {cfg.input_dim}), got "
+                             f"{tuple(x.shape)}")
+
+    def matrices(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The 2-D weights inside blocks (the default evolution targets)."""
+        for name, p in self.named_parameters():
+            if name.startswith("blocks.") and p.dim() == 2 and not name.endswith("r_k"):
+                yield name, p
