@@ -1,0 +1,300 @@
+"""Population forward: P low-rank mutants of one RWKV-7 sharing its weights (EGGROLL-style).
+
+Mutant j perturbs each target matrix W (stored shape m x n) to W + sigma * s_j * A_p B_p^T with
+p = j // 2 and s_j = +1 for even j, -1 for odd j (antithetic pairs share noise), A_p (m, r) with
+entries N(0, 1/r) and B_p (n, r) with entries N(0, 1). Applying it to x needs no weight copy:
+
+    x (W + sigma A B^T)^T = x W^T + sigma (x B) A^T      (one shared GEMM + rank-r terms)
+
+Noise is never stored beyond a generation: pair p's numbers are drawn from a counter-based
+Philox generator keyed by (seed, p), so any node rebuilds mutant j from (seed, sigma, j) alone.
+Pair p's draw is one flat float32 vector laid out target by target, in the model's parameter
+order: a matrix takes m*r numbers for A (row-major) then n*r for B; a vector takes its numel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import GN_EPS, LN_EPS
+from .model import LORA_NAMES, RWKV7, Ops, embed_input, readout, run_blocks
+from .state import RWKV7State
+
+GROUPS = ("matrices", "vectors", "embedding", "head")
+_MASK64 = (1 << 64) - 1
+
+
+def parameter_group(name: str, param: torch.Tensor) -> str:
+    """Which perturbation group a parameter belongs to."""
+    if name.startswith(("emb.", "encoder.")):
+        return "embedding"
+    if name.startswith("head."):
+        return "head"
+    if name.startswith("blocks.") and param.dim() == 2 and not name.endswith("r_k"):
+        return "matrices"
+    return "vectors"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One perturbed tensor: how it is applied and where its noise sits in a pair's draw."""
+
+    name: str
+    kind: str  # "rows": (out, in) linear; "cols": (in, out) LoRA; "embed": (V, C); "vector"
+    shape: tuple[int, ...]
+    offset: int  # start in a pair's flat draw
+    size: int  # numbers it takes from the draw
+
+
+def targets_for(model: RWKV7, rank: int, include: Sequence[str]) -> list[Target]:
+    """The perturbed tensors of `model` for the given groups, in parameter order."""
+    bad = sorted(set(include) - set(GROUPS))
+    if bad:
+        raise ValueError(f"unknown perturbation groups {bad}; known: {list(GROUPS)}")
+    out, offset = [], 0
+    for name, p in model.named_parameters():
+        if parameter_group(name, p) not in include:
+            continue
+        if p.dim() == 2 and not name.endswith("r_k"):
+            if name == "emb.weight":
+                kind = "embed"
+            elif name.rsplit(".", 1)[-1] in LORA_NAMES:
+                kind = "cols"
+            else:
+                kind = "rows"
+            size = (p.shape[0] + p.shape[1]) * rank
+        else:
+            kind, size = "vector", p.numel()
+        out.append(Target(name, kind, tuple(p.shape), offset, size))
+        offset += size
+    return out
+
+
+def pair_noise(seed: int, pair: int, size: int) -> np.ndarray:
+    """The flat float32 standard-normal draw of antithetic pair `pair` under `seed`."""
+    key = np.array([seed & _MASK64, pair & _MASK64], dtype=np.uint64)
+    return np.random.Generator(np.random.Philox(key=key)).standard_normal(size, dtype=np.float32)
+
+
+class Population:
+    """P = `size` antithetic low-rank mutants of `model` for one generation.
+
+    `forward`/`step` run all mutants in one batched pass; `materialize(j)` gives mutant j's
+    full weights (tests, export); `gradient(u)` / `update(u, lr)` turn per-mutant fitness
+    weights u into the ES step lr/(P sigma) sum_j u_j s_j A_p B_p^T.
+    """
+
+    def __init__(self, model: RWKV7, seed: int, sigma: float, size: int, rank: int = 1,
+                 include: Sequence[str] = ("matrices",)):
+        if size < 2 or size % 2:
+            raise ValueError(f"population size must be even and >= 2, got {size}")
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        if not (sigma > 0 and np.isfinite(sigma)):
+            raise ValueError(f"sigma must be a positive finite number, got {sigma}")
+        self.model, self.seed, self.sigma = model, int(seed), float(sigma)
+        self.size, self.rank, self.include = size, rank, tuple(include)
+        self.targets = targets_for(model, rank, self.include)
+        if not self.targets:
+            raise ValueError(f"groups {self.include} select no parameters of this model")
+        self.noise_size = sum(t.size for t in self.targets)
+        self._noise: dict[str, tuple[torch.Tensor, ...]] | None = None
+
+    # -- noise ---------------------------------------------------------------------------------
+
+    def _split(self, flat: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Flat draws (pairs, noise_size) -> {name: (A (pairs, m, r), B (pairs, n, r))|(eps,)}."""
+        pairs, r = flat.shape[0], self.rank
+        out = {}
+        for t in self.targets:
+            chunk = flat[:, t.offset:t.offset + t.size]
+            if t.kind == "vector":
+                out[t.name] = (chunk.reshape(pairs, *t.shape),)
+            else:
+                m, n = t.shape
+                A = chunk[:, :m * r].reshape(pairs, m, r) / r ** 0.5
+                out[t.name] = (A, chunk[:, m * r:].reshape(pairs, n, r))
+        return out
+
+    def pair_noise(self, pairs: Sequence[int]) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Noise of the given pairs only, on the model's device."""
+        flat = np.stack([pair_noise(self.seed, p, self.noise_size) for p in pairs])
+        return self._split(torch.from_numpy(flat).to(self.device))
+
+    @property
+    def noise(self) -> dict[str, tuple[torch.Tensor, ...]]:
+        if self._noise is None:
+            self._noise = self.pair_noise(range(self.size // 2))
+        return self._noise
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.head.weight.device
+
+    def signs(self) -> torch.Tensor:
+        """s_j: +1 for even members, -1 for odd ones. Shape (P,)."""
+        return torch.tensor([1.0, -1.0], device=self.device).repeat(self.size // 2)
+
+    # -- running the population ----------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, state: RWKV7State | None = None
+                ) -> tuple[torch.Tensor, RWKV7State]:
+        """All mutants on a sequence.
+
+        x: per-mutant input (P, B, T) tokens / (P, B, T, input_dim) observations, or one input
+        (B, T) / (B, T, input_dim) shared by all. State rows are member-major (P*B rows).
+        Returns outputs (P, B, T, out) and the new state.
+        """
+        cfg, P = self.model.config, self.size
+        per_member_dims = 3 if cfg.token_mode else 4
+        if x.dim() == per_member_dims - 1:
+            x = x.unsqueeze(0).expand(P, *x.shape)
+        if x.dim() != per_member_dims or x.shape[0] != P:
+            feat = "" if cfg.token_mode else ", input_dim"
+            raise ValueError(f"population input must be (P={P}, B, T{feat}) or shared, got "
+                             f"{tuple(x.shape)}")
+        if not cfg.token_mode and x.shape[-1] != cfg.input_dim:
+            raise ValueError(f"observations must have {cfg.input_dim} features, got {x.shape[-1]}")
+        B = x.shape[1]
+        if state is None:
+            state = self.model.zero_state(P * B)
+        elif state.batch != P * B:
+            raise ValueError(f"population state must have P*B = {P * B} rows, got {state.batch}")
+        ops = PopulationOps(self)
+        with torch.no_grad():
+            h, state = run_blocks(ops, cfg, embed_input(ops, cfg, x), state, (P, B))
+            return readout(ops, h), state
+
+    def step(self, x: torch.Tensor, state: RWKV7State | None = None
+             ) -> tuple[torch.Tensor, RWKV7State]:
+        """One token (P, B) / observation (P, B, input_dim) per member row -> (P, B, out)."""
+        out, state = self.forward(x.unsqueeze(2), state)
+        return out[:, :, 0], state
+
+    # -- mutants and the update ----------------------------------------------------------------
+
+    def materialize(self, j: int) -> dict[str, torch.Tensor]:
+        """Mutant j's full state dict (copies; for tests and export)."""
+        if not 0 <= j < self.size:
+            raise ValueError(f"member {j} out of range for a population of {self.size}")
+        noise = self.pair_noise([j // 2])
+        scale = self.sigma * (1.0 if j % 2 == 0 else -1.0)
+        sd = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+        for t in self.targets:
+            parts = noise[t.name]
+            delta = parts[0][0] if t.kind == "vector" else parts[0][0] @ parts[1][0].T
+            sd[t.name] += scale * delta
+        return sd
+
+    def gradient(self, u: Sequence[float] | torch.Tensor) -> dict[str, torch.Tensor]:
+        """ES gradient estimate 1/(P sigma) sum_j u_j s_j A_p B_p^T, per target tensor."""
+        u = torch.as_tensor(u, dtype=torch.float32, device=self.device).flatten()
+        if u.numel() != self.size:
+            raise ValueError(f"u has {u.numel()} entries, expected one per member ({self.size})")
+        if not torch.isfinite(u).all():
+            raise ValueError("u has non-finite entries")
+        d = (u[0::2] - u[1::2]) / (self.size * self.sigma)  # (P/2,): antithetic differences
+        grads = {}
+        for t in self.targets:
+            parts = self.noise[t.name]
+            if t.kind == "vector":
+                grads[t.name] = torch.tensordot(d, parts[0], dims=1)
+            else:
+                A, Bn = parts  # (P/2, m, r), (P/2, n, r)
+                m, n = t.shape
+                lhs = (A * d.view(-1, 1, 1)).permute(1, 0, 2).reshape(m, -1)  # (m, P/2 * r)
+                grads[t.name] = lhs @ Bn.permute(0, 2, 1).reshape(-1, n)  # (m, n)
+        return grads
+
+    def update(self, u: Sequence[float] | torch.Tensor, lr: float) -> dict[str, torch.Tensor]:
+        """Add lr * gradient(u) to the model's weights in place; returns the step taken."""
+        steps = {k: lr * g for k, g in self.gradient(u).items()}
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, s in steps.items():
+                params[name].add_(s.to(params[name].dtype))
+        return steps
+
+
+def apply_update(model: RWKV7, seed: int, u: Sequence[float] | torch.Tensor, lr: float,
+                 sigma: float, *, rank: int = 1, include: Sequence[str] = ("matrices",)
+                 ) -> dict[str, torch.Tensor]:
+    """Add lr/(P sigma) sum_j u_j s_j A_p B_p^T to `model`, rebuilding the noise from `seed`."""
+    pop = Population(model, seed, sigma, len(u), rank=rank, include=include)
+    return pop.update(u, lr)
+
+
+class PopulationOps(Ops):
+    """Weights as seen by the whole population: shared base plus per-member perturbation.
+
+    Activations are (P, B, T, features); members 2p and 2p+1 share pair p's noise.
+    """
+
+    def __init__(self, pop: Population):
+        self.p = dict(pop.model.named_parameters())
+        self.noise = pop.noise
+        self.kinds = {t.name: t.kind for t in pop.targets}
+        self.P, self.sigma = pop.size, pop.sigma
+        self.sign = torch.tensor([1.0, -1.0], device=pop.device).view(1, 2, 1, 1) * pop.sigma
+
+    def vec(self, name: str) -> torch.Tensor:
+        base = self.p[name]
+        if name not in self.kinds:
+            return base
+        core = base.shape[2:] if base.dim() == 3 else base.shape  # (1, 1, C) -> (C,)
+        eps = self.noise[name][0].reshape(-1, 1, *core)  # (P/2, 1, *core)
+        delta = (eps * torch.tensor([1.0, -1.0], device=eps.device).view(1, 2, *[1] * len(core)))
+        return base.reshape(core) + self.sigma * delta.reshape(self.P, 1, 1, *core)
+
+    def _low_rank(self, base_out: torch.Tensor, x: torch.Tensor, left: torch.Tensor,
+                  right: torch.Tensor) -> torch.Tensor:
+        """base_out + s sigma (x @ left) @ right^T for every member; x (P, ..., in)."""
+        P2 = self.P // 2
+        rows = x.reshape(P2, -1, x.shape[-1])  # (P/2, 2 * M, in): both members of a pair
+        xr = torch.bmm(rows, left)  # (P/2, 2M, r)
+        xr = (xr.view(P2, 2, -1, xr.shape[-1]) * self.sign).view(P2, -1, xr.shape[-1])
+        out = base_out.reshape(P2, -1, base_out.shape[-1])
+        return out.baddbmm_(xr, right.transpose(1, 2)).view(base_out.shape)
+
+    def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.p[name])
+        if name not in self.kinds:
+            return y
+        A, Bn = self.noise[name]  # W (out, in): x W^T + s sigma (x B) A^T
+        return self._low_rank(y, x, Bn, A)
+
+    def lora(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        y = x @ self.p[name]
+        if name not in self.kinds:
+            return y
+        A, Bn = self.noise[name]  # W (in, out): x W + s sigma (x A) B^T
+        return self._low_rank(y, x, A, Bn)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        y = F.embedding(tokens, self.p["emb.weight"])
+        if "emb.weight" not in self.kinds:
+            return y
+        A, Bn = self.noise["emb.weight"]  # E (V, C): row t of E + s sigma A[t] B^T
+        P2, r = self.P // 2, A.shape[-1]
+        idx = tokens.reshape(P2, -1, 1).expand(-1, -1, r)
+        rows = torch.gather(A, 1, idx)  # (P/2, 2M, r)
+        rows = (rows.view(P2, 2, -1, r) * self.sign).view(P2, -1, r)
+        return y.reshape(P2, -1, y.shape[-1]).baddbmm_(rows, Bn.transpose(1, 2)).view(y.shape)
+
+    def norm(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
+        if prefix + ".weight" in self.kinds or prefix + ".bias" in self.kinds:
+            return super().norm(prefix, x)
+        return F.layer_norm(x, x.shape[-1:], self.p[prefix + ".weight"],
+                            self.p[prefix + ".bias"], eps=LN_EPS)
+
+    def group_norm(self, prefix: str, y: torch.Tensor, n_head: int) -> torch.Tensor:
+        if prefix + ".weight" in self.kinds or prefix + ".bias" in self.kinds:
+            return super().group_norm(prefix, y, n_head)
+        shape = y.shape
+        return F.group_norm(y.reshape(-1, shape[-1]), n_head, self.p[prefix + ".weight"],
+                            self.p[prefix + ".bias"], eps=GN_EPS).view(shape)
