@@ -1,0 +1,144 @@
+"""Population forward: equals materialized mutants, deterministic, antithetic, exact update."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_kernels_model import nontrivial
+from torch.testing import assert_close
+
+from rwkv_swarm.kernels import GROUPS, RWKV7, Population, RWKV7Config, apply_update
+
+CONTROL = RWKV7Config(n_embd=128, n_layer=2, input_dim=5, output_dim=3)
+TOKEN = RWKV7Config(n_embd=64, n_layer=2, head_size=32, vocab_size=40)
+
+
+def inputs(cfg: RWKV7Config, P: int, B: int, T: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if cfg.token_mode:
+        return torch.randint(0, cfg.vocab_size, (P, B, T), generator=g)
+    return torch.randn(P, B, T, cfg.input_dim, generator=g)
+
+
+@pytest.mark.parametrize("cfg", [CONTROL, TOKEN], ids=["control", "token"])
+@pytest.mark.parametrize("include, rank", [(("matrices",), 1), (GROUPS, 3)],
+                         ids=["matrices-r1", "all-groups-r3"])
+def test_population_forward_equals_each_materialized_mutant(cfg, include, rank):
+    model = nontrivial(cfg, seed=1)
+    P, B, T = 6, 2, 19
+    pop = Population(model, seed=2026, sigma=0.05, size=P, rank=rank, include=include)
+    x = inputs(cfg, P, B, T)
+    out, state = pop.forward(x)
+    for j in range(P):
+        mutant = RWKV7(cfg)
+        mutant.load_state_dict(pop.materialize(j))
+        mutant.use_native = False
+        expected, expected_state = mutant(x[j])
+        assert_close(out[j], expected, atol=1e-4, rtol=1e-4)
+        rows = slice(j * B, (j + 1) * B)
+        assert_close(state.wkv[:, rows], expected_state.wkv, atol=1e-4, rtol=1e-4)
+        assert_close(state.att_x_prev[:, rows], expected_state.att_x_prev, atol=1e-4, rtol=1e-4)
+
+
+def test_population_step_equals_population_sequence():
+    pop = Population(nontrivial(CONTROL), seed=5, sigma=0.1, size=4, include=GROUPS)
+    x = inputs(CONTROL, 4, 3, 12, seed=1)
+    out_seq, state_seq = pop.forward(x)
+    state, outs = None, []
+    for t in range(12):
+        out, state = pop.step(x[:, :, t], state)
+        outs.append(out)
+    assert_close(torch.stack(outs, 2), out_seq, atol=1e-4, rtol=1e-4)  # fp32 chunk vs recurrence
+    assert_close(state.wkv, state_seq.wkv, atol=1e-4, rtol=1e-4)
+
+
+def test_shared_input_is_broadcast_to_every_member():
+    pop = Population(nontrivial(TOKEN), seed=1, sigma=0.1, size=4)
+    x = inputs(TOKEN, 1, 2, 5)[0]
+    shared, _ = pop.forward(x)
+    explicit, _ = pop.forward(x.expand(4, *x.shape))
+    assert torch.equal(shared, explicit)
+    assert not torch.allclose(shared[0], shared[1])  # members differ
+
+
+def test_same_seed_gives_bitwise_identical_outputs_and_other_seeds_differ():
+    model = nontrivial(CONTROL)
+    x = inputs(CONTROL, 8, 2, 6)
+    a, _ = Population(model, seed=77, sigma=0.02, size=8).forward(x)
+    b, _ = Population(model, seed=77, sigma=0.02, size=8).forward(x)
+    c, _ = Population(model, seed=78, sigma=0.02, size=8).forward(x)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_pair_noise_depends_only_on_seed_and_pair_not_on_population_size():
+    model = RWKV7(CONTROL)
+    small = Population(model, seed=9, sigma=0.1, size=4).pair_noise([1])
+    large = Population(model, seed=9, sigma=0.1, size=64).noise
+    for name, (A, B) in small.items():
+        assert torch.equal(A[0], large[name][0][1]) and torch.equal(B[0], large[name][1][1])
+
+
+def test_antithetic_members_mirror_the_base_weights():
+    model = RWKV7(CONTROL)
+    pop = Population(model, seed=3, sigma=0.1, size=4, include=GROUPS)
+    plus, minus = pop.materialize(2), pop.materialize(3)
+    for name, base in model.named_parameters():
+        assert_close(plus[name] + minus[name], 2 * base, atol=1e-6, rtol=0)
+
+
+def test_matrix_perturbation_has_the_requested_rank():
+    model = RWKV7(CONTROL)
+    for rank in (1, 4):
+        pop = Population(model, seed=1, sigma=1.0, size=2, rank=rank)
+        delta = pop.materialize(0)["blocks.1.att.key.weight"] - model.blocks[1].att.key.weight
+        assert torch.linalg.matrix_rank(delta.double(), rtol=1e-5).item() == rank
+
+
+def test_noise_entries_have_the_documented_scale():
+    pop = Population(RWKV7(CONTROL), seed=11, sigma=0.1, size=200, rank=4)
+    A, B = pop.noise["blocks.0.ffn.key.weight"]  # A: (100, 512, 4) ~ N(0, 1/4); B ~ N(0, 1)
+    assert abs(A.mean().item()) < 0.01 and abs(A.var().item() - 0.25) < 0.01
+    assert abs(B.mean().item()) < 0.01 and abs(B.var().item() - 1.0) < 0.02
+
+
+def test_update_with_equal_fitness_inside_each_pair_is_exactly_zero():
+    model = RWKV7(CONTROL)
+    pop = Population(model, seed=4, sigma=0.05, size=8, include=GROUPS)
+    u = torch.tensor([0.3, 0.3, -1.0, -1.0, 2.5, 2.5, 0.0, 0.0])
+    for name, g in pop.gradient(u).items():
+        assert torch.equal(g, torch.zeros_like(g)), name
+
+
+@pytest.mark.parametrize("include, rank", [(("matrices",), 1), (GROUPS, 2)])
+def test_apply_update_equals_explicit_sum_of_materialized_perturbations(include, rank):
+    model = RWKV7(TOKEN, seed=2)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    P, sigma, lr, seed = 10, 0.03, 0.2, 123
+    u = torch.linspace(-0.5, 0.5, P)[torch.randperm(P, generator=torch.Generator().manual_seed(0))]
+    pop = Population(model, seed=seed, sigma=sigma, size=P, rank=rank, include=include)
+    mutants = [pop.materialize(j) for j in range(P)]
+    apply_update(model, seed, u, lr, sigma, rank=rank, include=include)
+    for name, param in model.named_parameters():
+        explicit = sum(u[j] * (mutants[j][name] - before[name]) / sigma for j in range(P))
+        expected = before[name] + lr / (P * sigma) * explicit
+        assert_close(param, expected, atol=1e-5, rtol=0)
+
+
+def test_misuse_fails_loudly():
+    model = RWKV7(CONTROL)
+    with pytest.raises(ValueError, match="must be even"):
+        Population(model, seed=0, sigma=0.1, size=5)
+    with pytest.raises(ValueError, match="unknown perturbation groups"):
+        Population(model, seed=0, sigma=0.1, size=4, include=("weights",))
+    with pytest.raises(ValueError, match="sigma must be"):
+        Population(model, seed=0, sigma=float("nan"), size=4)
+    pop = Population(model, seed=0, sigma=0.1, size=4)
+    with pytest.raises(ValueError, match="3 entries, expected one per member"):
+        pop.gradient([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="non-finite"):
+        pop.gradient([1.0, float("inf"), 0.0, 0.0])
+    with pytest.raises(ValueError, match="out of range"):
+        pop.materialize(4)
+    with pytest.raises(ValueError, match="P\\*B = 8 rows"):
+        pop.forward(inputs(CONTROL, 4, 2, 3), model.zero_state(3))
