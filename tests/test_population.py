@@ -142,3 +142,24 @@ def test_misuse_fails_loudly():
         pop.materialize(4)
     with pytest.raises(ValueError, match="P\\*B = 8 rows"):
         pop.forward(inputs(CONTROL, 4, 2, 3), model.zero_state(3))
+
+
+def test_cache_blocking_on_cpu_does_not_change_results(monkeypatch):
+    from rwkv_swarm.kernels import model as model_mod
+    from rwkv_swarm.kernels import population as pop_mod
+
+    model = nontrivial(TOKEN)
+    pop = Population(model, seed=8, sigma=0.05, size=8, include=GROUPS)
+    x = inputs(TOKEN, 8, 3, 6)
+    whole, whole_state = pop.forward(x)
+    plain, plain_state = model(x[0])
+    monkeypatch.setattr(pop_mod, "ROW_BLOCK", 30)  # 2 members (2 x 3 x 6 = 36 rows) per block
+    monkeypatch.setattr(model_mod, "ROW_BLOCK", 6)  # 1 row per block
+    assert pop_mod.member_block(8, 18, torch.device("cpu")) == 2
+    blocked, blocked_state = pop.forward(x)
+    plain_blocked, plain_blocked_state = model(x[0])
+    tol = {"atol": 1e-5, "rtol": 1e-5}  # only GEMM summation order differs between blockings
+    assert_close(blocked, whole, **tol)
+    assert_close(blocked_state.wkv, whole_state.wkv, **tol)
+    assert_close(plain_blocked, plain, **tol)
+    assert_close(plain_blocked_state.ffn_x_prev, plain_state.ffn_x_prev, **tol)

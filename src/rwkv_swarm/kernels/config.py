@@ -8,6 +8,8 @@ from math import sqrt
 DECAY_SCALE = 0.606531  # w = exp(-DECAY_SCALE * sigmoid(d)); e^-0.5 as the official code writes it
 LN_EPS = 1e-5  # LayerNorm
 GN_EPS = 64e-5  # ln_x GroupNorm: hard-coded in the official code (not head_size * 1e-5)
+ROW_BLOCK = 2048  # CPU forward runs in blocks of about this many (row, token) activations,
+# so a block's intermediates stay in cache (measured: docs/benchmarks.md)
 
 
 def suggested_lora_dim(n_embd: int, factor: float) -> int:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import DECAY_SCALE, GN_EPS, LN_EPS, RWKV7Config
+from .config import DECAY_SCALE, GN_EPS, LN_EPS, ROW_BLOCK, RWKV7Config
 from .init import init_weights
 from .native import NativeStep
 from .state import RWKV7State
@@ -306,9 +306,19 @@ class RWKV7(nn.Module):
         if state.batch != B:
             raise ValueError(f"state has batch {state.batch}, input has batch {B}")
         ops = self.ops()
+        rows = B if x.device.type != "cpu" else max(1, ROW_BLOCK // x.shape[1])
+        outs, states = [], []
         with torch.no_grad():
-            h, state = run_blocks(ops, self.config, embed_input(ops, self.config, x), state, (B,))
-            return readout(ops, h), state
+            for lo in range(0, B, rows):  # cache-sized row blocks on CPU
+                hi = min(lo + rows, B)
+                sub = RWKV7State(*(t[:, lo:hi] for t in state.tensors()))
+                h, sub = run_blocks(ops, self.config, embed_input(ops, self.config, x[lo:hi]),
+                                    sub, (hi - lo,))
+                outs.append(readout(ops, h))
+                states.append(sub)
+        if len(outs) == 1:
+            return outs[0], states[0]
+        return torch.cat(outs), RWKV7State.cat(states)
 
     def _check_input(self, x: torch.Tensor) -> None:
         cfg = self.config

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import GN_EPS, LN_EPS
+from .config import GN_EPS, LN_EPS, ROW_BLOCK
 from .model import LORA_NAMES, RWKV7, Ops, embed_input, readout, run_blocks
 from .state import RWKV7State
 
@@ -165,10 +165,19 @@ class Population:
             state = self.model.zero_state(P * B)
         elif state.batch != P * B:
             raise ValueError(f"population state must have P*B = {P * B} rows, got {state.batch}")
-        ops = PopulationOps(self)
+        members = member_block(P, B * x.shape[2], self.device)
+        outs, states = [], []
         with torch.no_grad():
-            h, state = run_blocks(ops, cfg, embed_input(ops, cfg, x), state, (P, B))
-            return readout(ops, h), state
+            for lo in range(0, P, members):  # cache-sized blocks of members on CPU
+                hi = min(lo + members, P)
+                ops = PopulationOps(self, lo, hi)
+                sub = RWKV7State(*(t[:, lo * B:hi * B] for t in state.tensors()))
+                h, sub = run_blocks(ops, cfg, embed_input(ops, cfg, x[lo:hi]), sub, (hi - lo, B))
+                outs.append(readout(ops, h))
+                states.append(sub)
+        if len(outs) == 1:
+            return outs[0], states[0]
+        return torch.cat(outs), RWKV7State.cat(states)
 
     def step(self, x: torch.Tensor, state: RWKV7State | None = None
              ) -> tuple[torch.Tensor, RWKV7State]:
@@ -229,17 +238,25 @@ def apply_update(model: RWKV7, seed: int, u: Sequence[float] | torch.Tensor, lr:
     return pop.update(u, lr)
 
 
-class PopulationOps(Ops):
-    """Weights as seen by the whole population: shared base plus per-member perturbation.
+def member_block(P: int, rows_per_member: int, device: torch.device) -> int:
+    """Members per block: all at once on GPUs; on CPUs, about ROW_BLOCK activation rows."""
+    if device.type != "cpu":
+        return P
+    return min(P, max(2, ROW_BLOCK // max(rows_per_member, 1) // 2 * 2))
 
-    Activations are (P, B, T, features); members 2p and 2p+1 share pair p's noise.
+
+class PopulationOps(Ops):
+    """Weights as seen by members [lo, hi) (an even range): shared base plus perturbation.
+
+    Activations are (hi - lo, B, T, features); members 2p and 2p+1 share pair p's noise.
     """
 
-    def __init__(self, pop: Population):
+    def __init__(self, pop: Population, lo: int = 0, hi: int | None = None):
+        hi = pop.size if hi is None else hi
         self.p = dict(pop.model.named_parameters())
-        self.noise = pop.noise
+        self.noise = {k: tuple(t[lo // 2:hi // 2] for t in v) for k, v in pop.noise.items()}
         self.kinds = {t.name: t.kind for t in pop.targets}
-        self.P, self.sigma = pop.size, pop.sigma
+        self.P, self.sigma = hi - lo, pop.sigma
         self.sign = torch.tensor([1.0, -1.0], device=pop.device).view(1, 2, 1, 1) * pop.sigma
 
     def vec(self, name: str) -> torch.Tensor:
