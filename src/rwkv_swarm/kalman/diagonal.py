@@ -54,9 +54,15 @@ def as_coef(name: str, value: object, like: torch.Tensor, *, nonneg: bool = Fals
     return t
 
 
+def log_likelihood(y: torch.Tensor, S: torch.Tensor, nis: float) -> float:
+    """sum_i log N(y_i; 0, S_i) = -(nis + sum_i log S_i + d log 2pi) / 2."""
+    log_det = float(torch.log(S).sum(dtype=torch.float64))
+    return -0.5 * (nis + log_det + y.shape[0] * _LOG_2PI)
+
+
 @dataclass(frozen=True)
 class DiagonalUpdate:
-    """Posterior of a diagonal update. x, P, y, S, K are (d,); nis and log_likelihood sum over d."""
+    """Posterior of a diagonal update. x, P, y, S, K are (d,); nis = sum_i y_i^2/S_i."""
 
     x: torch.Tensor
     P: torch.Tensor
@@ -64,7 +70,12 @@ class DiagonalUpdate:
     S: torch.Tensor
     K: torch.Tensor
     nis: float
-    log_likelihood: float
+
+    @property
+    def log_likelihood(self) -> float:
+        """Log-likelihood of the measurement, summed over coordinates (computed on demand:
+        it costs a pass of logarithms over d that the beliefs do not need)."""
+        return log_likelihood(self.y, self.S, self.nis)
 
 
 def diag_predict(
@@ -110,11 +121,9 @@ def diag_update(x: ArrayLike, P: ArrayLike, z: ArrayLike, R: Coef, H: Coef = 1.0
     # P = (I-KH)P(I-KH)' + KRK'
     one_kh = 1.0 - K * H
     P_post = one_kh * one_kh * P + K * K * R
+    # nis = y'S^-1 y, a sum over coordinates
     nis = float((y * y / S).sum(dtype=torch.float64))
-    log_det = float(torch.log(S).sum(dtype=torch.float64))
-    # log N(y; 0, S) summed over coordinates
-    log_likelihood = -0.5 * (nis + log_det + x.shape[0] * _LOG_2PI)
-    return DiagonalUpdate(x_post, P_post, y, S, K, nis, log_likelihood)
+    return DiagonalUpdate(x_post, P_post, y, S, K, nis)
 
 
 class DiagonalKalmanFilter:
@@ -140,7 +149,13 @@ class DiagonalKalmanFilter:
         self.S = torch.zeros(dim_x, dtype=dtype)
         self.K = torch.zeros(dim_x, dtype=dtype)
         self.nis = math.nan
-        self.log_likelihood = math.nan
+
+    @property
+    def log_likelihood(self) -> float:
+        """Log-likelihood of the last measurement, summed over coordinates."""
+        if math.isnan(self.nis):  # no update yet
+            return math.nan
+        return log_likelihood(self.y, self.S, self.nis)
 
     def predict(self, u: ArrayLike | None = None) -> None:
         """x = Fx + u, P = F^2 P + Q."""
@@ -150,4 +165,4 @@ class DiagonalKalmanFilter:
         """Correct with z (d,); R overrides self.R for this call only."""
         r = diag_update(self.x, self.P, z, self.R if R is None else R, self.H)
         self.x, self.P, self.y, self.S, self.K = r.x, r.P, r.y, r.S, r.K
-        self.nis, self.log_likelihood = r.nis, r.log_likelihood
+        self.nis = r.nis
