@@ -22,27 +22,30 @@ from .gaussian import Gaussian
 class FitnessConfig:
     """How a `FitnessBelief` models drift, noise and surprise.
 
-    drift: Q, fitness variance added per generation; None: drift_ratio * R of the first update.
-    adapt_drift: re-estimate Q from innovations (covariance matching): each update gives
-        q = (min(y^2, threshold S) - S)/k + Q_used, averaged with weight drift_memory
-        (k predicts since the last update; y^2 is capped at the surprise threshold so that a
-        single jump, which `respond_to_surprise` handles, does not blow Q up).
-    respond_to_surprise: when NIS > threshold, inflate this step's prior variance by y^2 - S
-        (so the innovation is no longer surprising) before correcting: the belief jumps toward
-        the new fitness at once instead of creeping.
-    surprise_p: NIS above the chi-square(1) surprise_p quantile means surprised.
-    sample_var: per-sample fitness variance to use for one-sample updates before any update
-        with >= 2 samples; afterwards an average of past sample variances is used
-        (weight sample_var_memory for each new one).
+    drift: Q, the fitness variance added per generation; None: drift_ratio * R of the first
+        update (a scale-free guess that adaptation then corrects).
+    adapt_drift: re-estimate Q from the innovations (covariance matching): since
+        E[y^2] = S + k (Q_true - Q) after k predicts, each update gives the sample
+        q = Q + (min(y^2, threshold S) - S) / k, averaged with weight drift_memory. y^2 is
+        capped at the surprise threshold so that one jump (which `respond_to_surprise` handles)
+        does not blow Q up. The estimate is noisy when Q << R and then errs upward.
+    surprise_p: NIS above the chi-square(1) surprise_p quantile (the threshold) sets
+        `surprised`.
+    respond_to_surprise: when surprised, inflate this step's Q by the least amount that makes
+        the innovation unsurprising (S' = y^2 / threshold) before correcting: after a real
+        change the belief moves most of the way at once instead of creeping, while a false
+        alarm (1% of updates) costs little.
+    sample_var: per-sample fitness variance for one-sample updates before any update with
+        >= 2 samples; after those, an average of past sample variances (weight
+        sample_var_memory for each new one) is used.
     min_var: floor on R, so that identical samples still give a well-defined update.
     """
 
     drift: float | None = None
     drift_ratio: float = 0.1
     adapt_drift: bool = True
-    drift_memory: float = 0.05
+    drift_memory: float = 0.01
     respond_to_surprise: bool = True
-    jump_p: float = 0.999
     surprise_p: float = 0.99
     sample_var: float | None = None
     sample_var_memory: float = 0.1
@@ -57,9 +60,8 @@ class FitnessConfig:
             v = check.finite_scalar(name, getattr(self, name))
             if not 0.0 < v <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {v}")
-        p = check.finite_scalar("surprise_p", self.surprise_p)
-        if not 0.0 < p < 1.0:
-            raise ValueError(f"surprise_p must be in (0, 1), got {p}")
+        if not 0.0 < check.finite_scalar("surprise_p", self.surprise_p) < 1.0:
+            raise ValueError(f"surprise_p must be in (0, 1), got {self.surprise_p}")
         if self.sample_var is not None and check.finite_scalar("sample_var", self.sample_var) <= 0:
             raise ValueError(f"sample_var must be > 0, got {self.sample_var}")
         if check.finite_scalar("min_var", self.min_var) <= 0:
@@ -145,9 +147,10 @@ class FitnessBelief:
         S = prior_var + R
         nis = y * y / S
         surprised = nis > self.config.threshold
-        if self.config.respond_to_surprise and nis > chi2_quantile(self.config.jump_p, 1):
-            # Q for this step inflated by y^2 - S: then S = y^2 and the innovation is 1 sigma
-            prior_var += y * y - S
+        if surprised and self.config.respond_to_surprise:
+            # the least Q inflation that explains the innovation: S' = y^2/threshold, NIS' at
+            # the threshold (a full y^2 - S would make each false alarm cost a gain near 1)
+            prior_var += y * y / self.config.threshold - S
         # K = PH'S^-1
         K = prior_var / (prior_var + R)
         # x = x + Ky
