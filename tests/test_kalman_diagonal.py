@@ -189,3 +189,11 @@ def test_diag_predict_and_constructor_reject_bad_input():
         DiagonalKalmanFilter(0)
     with pytest.raises(ValueError, match="dtype must be"):
         DiagonalKalmanFilter(2, dtype=torch.int64)
+
+
+def test_huge_finite_values_pass_the_finiteness_check_and_infinities_do_not():
+    # the check sums first; a float32 sum of these overflows although every entry is finite
+    huge = torch.tensor([3e38, 3e38], dtype=torch.float32)
+    assert torch.equal(diag_predict(huge, [1.0, 1.0])[0], huge)
+    with pytest.raises(ValueError, match="x has non-finite"):
+        diag_predict(torch.tensor([np.inf, -np.inf]), [1.0, 1.0])

@@ -17,7 +17,7 @@ import torch
 
 from . import _checks as check
 from ._codec import decode_tensor, encode_array
-from .diagonal import ArrayLike, as_state_vector, diag_predict, diag_update
+from .diagonal import ArrayLike, all_finite, as_state_vector, diag_predict, diag_update
 from .gaussian import Gaussian
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -37,7 +37,7 @@ def population_gradient(
             raise ValueError(f"need at least 2 contributions for a variance, got {c.shape[0]}")
         if c.dtype not in (torch.float32, torch.float64):
             c = c.to(torch.float64)
-        if not bool(torch.isfinite(c).all()):
+        if not all_finite(c):
             raise ValueError("contributions has non-finite values")
         var, mean = torch.var_mean(c, dim=0, correction=1)
         return mean, var / c.shape[0]
