@@ -11,8 +11,8 @@ _NORMAL = NormalDist()
 def chi2_quantile(p: float, dof: int) -> float:
     """The p-quantile of a chi-square with `dof` degrees of freedom.
 
-    Exact for 1 and 2 dof; Wilson-Hilferty's cube-root normal approximation above
-    (relative error under 1% from 3 dof, under 0.1% from 100 dof, for p in [0.9, 0.999]).
+    Exact for 1 and 2 dof; Wilson-Hilferty's cube-root normal approximation above (relative
+    error for p in [0.9, 0.999]: under 2% at 3 dof, 0.6% from 10, 0.04% from 100).
     """
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must be in (0, 1), got {p}")
