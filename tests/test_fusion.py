@@ -46,6 +46,15 @@ def test_information_fusion_equals_batch_least_squares_posterior():
     np.testing.assert_allclose(fused.cov, P_ls, rtol=1e-10, atol=1e-12)
 
 
+def test_information_fusion_is_order_free_and_associative():
+    rng = np.random.default_rng(11)
+    a, b, c = random_beliefs(rng, 3, 3)
+    once = fuse_information([a, b, c])
+    for other in (fuse_information([c, a, b]), fuse_information([fuse_information([a, b]), c])):
+        np.testing.assert_allclose(other.mean, once.mean, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(other.cov, once.cov, rtol=1e-10, atol=1e-12)
+
+
 def test_diagonal_and_mixed_inputs_fuse_like_their_full_matrices():
     rng = np.random.default_rng(2)
     diag = random_beliefs(rng, 3, 4, diagonal=True)

@@ -126,7 +126,7 @@ class DirectionConfig:
 @dataclass(frozen=True)
 class DirectionUpdate:
     """One update: gain K (d,) in [0, 1]; nis = mean over coordinates of y^2/S (about 1 when
-    the model is right); drift = Q after the update."""
+    the model is right; NaN for the first update, which has no prior); drift = Q after it."""
 
     gain: torch.Tensor
     nis: float

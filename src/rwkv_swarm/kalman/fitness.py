@@ -225,6 +225,6 @@ class FitnessBelief:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FitnessBelief:
-        fields = dict(d)
-        fields["config"] = FitnessConfig(**fields["config"])
-        return cls(**fields)
+        kw = dict(d)
+        kw["config"] = FitnessConfig(**kw["config"])
+        return cls(**kw)
