@@ -207,6 +207,8 @@ def test_gaussian_round_trips_exactly_through_msgpack():
         ([0.0, 0.0], [[1.0, 0.0], [0.0, np.inf]], "cov has non-finite"),
         ([0.0, 0.0], [[1.0, 2.0], [2.0, 1.0]], "cov is not positive semi-definite"),
         ([0.0, 0.0], [1.0, -0.5], "cov is not positive semi-definite"),
+        ([0.0, 0.0], [[1e-12, 0.0], [0.0, -1e-13]], "cov is not positive semi-definite"),
+        ([0.0, 0.0], [[1e-12, 1e-13], [0.0, 1e-12]], "cov is not symmetric"),
         ([0.0, 0.0], np.eye(3), r"cov must have shape \(2, 2\)"),
         ([0.0, 0.0], np.ones((2, 2, 2)), "cov must be"),
     ],

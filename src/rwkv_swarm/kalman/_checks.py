@@ -61,7 +61,8 @@ def matrix(name: str, value: object, shape: tuple[int, int]) -> np.ndarray:
 def covariance(name: str, value: object, n: int) -> np.ndarray:
     """A finite, symmetric, positive semi-definite (n, n) float64 matrix."""
     a = matrix(name, value, (n, n))
-    scale = max(1.0, float(np.max(np.abs(a))))
+    # tolerances relative to the matrix's own scale, so tiny covariances are judged fairly too
+    scale = float(np.max(np.abs(a))) if a.size else 0.0
     asym = float(np.max(np.abs(a - a.T)))
     if asym > SYMMETRY_RTOL * scale:
         raise ValueError(f"{name} is not symmetric (max |{name} - {name}'| = {asym:.3g})")

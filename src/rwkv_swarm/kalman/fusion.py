@@ -113,7 +113,9 @@ def _golden_min(f: Callable[[float], float], lo: float, hi: float) -> float:
     return min(candidates)[1]
 
 
-def _simplex_min(infos: list[np.ndarray], f: Callable[[np.ndarray], float], w0: np.ndarray):
+def _simplex_min(
+    infos: list[np.ndarray], f: Callable[[np.ndarray], float], w0: np.ndarray
+) -> np.ndarray:
     """Pairwise golden-section sweeps over the simplex starting at w0."""
     w = w0.copy()
     best = f(sum(wi * I for wi, I in zip(w, infos, strict=True)))
@@ -127,8 +129,9 @@ def _simplex_min(infos: list[np.ndarray], f: Callable[[np.ndarray], float], w0: 
                 return f(rest + t * infos[i] + (s - t) * infos[j])
 
             t = _golden_min(along, 0.0, s)
-            if along(t) < best:
-                w[i], w[j], best = t, s - t, along(t)
+            ft = along(t)
+            if ft < best:
+                w[i], w[j], best = t, s - t, ft
         if start - best <= 1e-12 * max(1.0, abs(start)):
             break
     return w
