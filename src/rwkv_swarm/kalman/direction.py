@@ -232,7 +232,7 @@ class DirectionBelief:
         """The belief as a diagonal float64 Gaussian for fusion (needs at least one update)."""
         if self.mean is None or self.var is None:
             raise ValueError("DirectionBelief has no estimate yet: update it first")
-        return Gaussian(self.mean.double().numpy(), self.var.double().numpy())
+        return Gaussian(self.mean.double().cpu().numpy(), self.var.double().cpu().numpy())
 
     def with_gaussian(self, g: Gaussian) -> DirectionBelief:
         """A new belief with this one's settings and g's mean and (diagonal) variances."""
