@@ -69,33 +69,31 @@ def random_model(cfg: RWKV7Config, seed: int = 0) -> RWKV7:
     return model
 
 
-def bench_step_latency(device: str, rounds: int, sizes) -> list[dict]:
+def step_latency(C: int, L: int, device: str, rounds: int) -> dict:
+    """Batch-1 step of ours and of the official package, on one checkpoint."""
     from rwkv.model import RWKV
 
-    rows = []
-    for C, L in sizes:
-        model = random_model(RWKV7Config(n_embd=C, n_layer=L, vocab_size=256))
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "ckpt.pth"
-            save_checkpoint(model, path, dtype=torch.float32)
-            with contextlib.redirect_stdout(io.StringIO()):
-                ref = RWKV(model=str(path)[:-4], strategy=f"{device} fp32")
-            ours = RWKV7.from_checkpoint(path, device=device)
-        if device == "cuda":
-            ours.enable_cuda_graph_step(batch=1)
-        tok = torch.tensor([7], device=device)
-        st = {"ours": ours.zero_state(1), "official": None}
+    model = random_model(RWKV7Config(n_embd=C, n_layer=L, vocab_size=256))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ckpt.pth"
+        save_checkpoint(model, path, dtype=torch.float32)
+        with contextlib.redirect_stdout(io.StringIO()):
+            ref = RWKV(model=str(path)[:-4], strategy=f"{device} fp32")
+        ours = RWKV7.from_checkpoint(path, device=device)
+    if device == "cuda":
+        ours.enable_cuda_graph_step(batch=1)
+    tok = torch.tensor([7], device=device)
+    st = {"ours": ours.zero_state(1), "official": None}
 
-        def run_ours():
-            _, st["ours"] = ours.step(tok, st["ours"])
+    def run_ours():
+        _, st["ours"] = ours.step(tok, st["ours"])
 
-        def run_official():
-            _, st["official"] = ref.forward(7, st["official"])
+    def run_official():
+        _, st["official"] = ref.forward(7, st["official"])
 
-        t = best_of({"ours": run_ours, "official": run_official}, rounds, device, repeat=50)
-        rows.append({"C": C, "L": L, "ours_us": t["ours"] * 1e6,
-                     "official_us": t["official"] * 1e6, "ratio": t["ours"] / t["official"]})
-    return rows
+    t = best_of({"ours": run_ours, "official": run_official}, rounds, device, repeat=50)
+    return {"C": C, "L": L, "ours_us": t["ours"] * 1e6, "official_us": t["official"] * 1e6,
+            "ratio": t["ours"] / t["official"]}
 
 
 def bench_population(model: RWKV7, P: int, T: int, device: str, rounds: int) -> dict:
@@ -183,11 +181,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"machine: {machine(dev)}")
 
     sizes = [(128, 2)] if args.quick else [(128, 2), (256, 4), (768, 12)]
-    lat = bench_step_latency(dev, R, sizes)
+    lat = [step_latency(C, L, dev, R) for C, L in sizes]
     print("\n(a) step latency, batch 1 (us)     ours   official   ratio")
     for r in lat:
-        print(f"    C={r['C']:<4} L={r['L']:<3}            {r['ours_us']:7.0f}  {r['official_us']:9.0f}"
-              f"   {r['ratio']:.2f}")
+        print(f"    C={r['C']:<4} L={r['L']:<3}            {r['ours_us']:7.0f}  "
+              f"{r['official_us']:9.0f}   {r['ratio']:.2f}")
 
     model = random_model(RWKV7Config(n_embd=256, n_layer=4, vocab_size=256)).to(dev)
     pops = [bench_population(model, P, T, dev, R) for P in ((64,) if args.quick else
@@ -196,7 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     for r in pops:
         print(f"    P={r['P']:<5} pop {r['population_s'] * 1e3:8.1f} ms  plain "
               f"{r['plain_s'] * 1e3:8.1f} ms  ratio {r['ratio']:.3f}  "
-              f"({r['member_tokens_per_s']:.0f} member-tokens/s; noise {r['noise_s'] * 1e3:.0f} ms)")
+              f"({r['member_tokens_per_s']:.0f} member-tokens/s; "
+              f"noise {r['noise_s'] * 1e3:.0f} ms)")
 
     naive = bench_naive(model, 32 if args.quick else 256, T, dev, R)
     print(f"\n(c) population vs naive per-mutant weights, P={naive['P']}: "
