@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DECAY_SCALE, GN_EPS, LN_EPS, ROW_BLOCK, RWKV7Config
+from .cuda_graph import CudaGraphStep
 from .init import init_weights
 from .native import NativeStep
 from .state import RWKV7State
@@ -262,6 +263,7 @@ class RWKV7(nn.Module):
         init_weights(self, torch.Generator().manual_seed(seed))
         self.use_native = True  # small-batch CPU steps through csrc/rwkv7_step.c when built
         self._native = None
+        self._graph = None  # CudaGraphStep, after enable_cuda_graph_step
         self.requires_grad_(False)  # weights evolve; no autograd
 
     @classmethod
@@ -280,22 +282,43 @@ class RWKV7(nn.Module):
 
     def step(self, x: torch.Tensor, state: RWKV7State | None = None
              ) -> tuple[torch.Tensor, RWKV7State]:
-        """One token (B,) or observation (B, input_dim) per row -> (outputs (B, out), state)."""
+        """One token (B,) or observation (B, input_dim) per row -> (outputs (B, out), state).
+
+        Small CPU batches run the native kernel (`native.py`); a CUDA batch for which
+        `enable_cuda_graph_step` was called replays a graph; anything else runs PyTorch ops.
+        """
         B = x.shape[0]
-        if self.use_native and NativeStep.supports(self, B) and state is not None \
-                and state.batch == B and state.wkv.dtype == torch.float32 \
-                and state.att_x_prev.dtype == torch.float32:
-            self._check_input(x.unsqueeze(1))
-            with torch.no_grad():
-                if self._native is None:
-                    self._native = NativeStep(self)
-                if self.config.token_mode:
-                    h = F.embedding(x, self.emb.weight)
-                else:
-                    h = F.linear(x, self.encoder.weight, self.encoder.bias)
-                return self._native(h, state)
+        state = self.zero_state(B) if state is None else state
+        if state.batch == B and state.att_x_prev.dtype == torch.float32:
+            if self._graph is not None and self._graph.batch == B and x.is_cuda:
+                self._check_input(x.unsqueeze(1))
+                return self._graph(x, state)
+            if self.use_native and not x.is_cuda and NativeStep.supports(self, B):
+                self._check_input(x.unsqueeze(1))
+                return self._step_native(x, state)
+        return self.step_torch(x, state)
+
+    def step_torch(self, x: torch.Tensor, state: RWKV7State) -> tuple[torch.Tensor, RWKV7State]:
+        """`step` through PyTorch ops only (any device, dtype and batch)."""
         out, state = self.forward(x.unsqueeze(1), state)
         return out[:, 0], state
+
+    def _step_native(self, x: torch.Tensor, state: RWKV7State) -> tuple[torch.Tensor, RWKV7State]:
+        with torch.no_grad():
+            if self._native is None:
+                self._native = NativeStep(self)
+            if self.config.token_mode:
+                h = F.embedding(x, self.emb.weight)
+            else:
+                h = F.linear(x, self.encoder.weight, self.encoder.bias)
+            return self._native(h, state)
+
+    def enable_cuda_graph_step(self, batch: int = 1) -> None:
+        """Replay `step` at this batch size as a CUDA graph (model on a CUDA device)."""
+        if self.head.weight.device.type != "cuda":
+            raise ValueError(f"CUDA graph step needs the model on a CUDA device, it is on "
+                             f"{self.head.weight.device}")
+        self._graph = CudaGraphStep(self, batch)
 
     def forward(self, x: torch.Tensor, state: RWKV7State | None = None
                 ) -> tuple[torch.Tensor, RWKV7State]:
