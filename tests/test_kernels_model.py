@@ -46,9 +46,9 @@ def test_sequence_forward_only_ever_sees_chunk_sized_blocks(monkeypatch):
     seen = []
     original = wkv._chunk
 
-    def spy(S, r, *rest):
+    def spy(S, r, *rest, **kwargs):
         seen.append(r.shape[1])
-        return original(S, r, *rest)
+        return original(S, r, *rest, **kwargs)
 
     monkeypatch.setattr(wkv, "_chunk", spy)
     model = RWKV7(RWKV7Config(n_embd=64, n_layer=1, head_size=32, vocab_size=10))

@@ -21,8 +21,8 @@ def inputs(cfg: RWKV7Config, P: int, B: int, T: int, seed: int = 0) -> torch.Ten
 
 
 @pytest.mark.parametrize("cfg", [CONTROL, TOKEN], ids=["control", "token"])
-@pytest.mark.parametrize("include, rank", [(("matrices",), 1), (GROUPS, 3)],
-                         ids=["matrices-r1", "all-groups-r3"])
+@pytest.mark.parametrize("include, rank", [(("matrices",), 1), (GROUPS, 3), (GROUPS, 6)],
+                         ids=["matrices-r1", "all-groups-r3", "all-groups-r6-batched-gemm"])
 def test_population_forward_equals_each_materialized_mutant(cfg, include, rank):
     model = nontrivial(cfg, seed=1)
     P, B, T = 6, 2, 19

@@ -88,9 +88,15 @@ class BaseOps(Ops):
 # -- the block ---------------------------------------------------------------------------------
 
 
-def token_shift(x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
-    """The previous token's x for every position: (..., T, C) from x and the carried x_prev."""
-    return torch.cat([x_prev.unsqueeze(-2), x[..., :-1, :]], dim=-2)
+def shift_delta(x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
+    """x_{t-1} - x_t at every position of x (..., T, C); x_prev (..., C) stands in for t = -1.
+
+    Written in place into one buffer: a concatenation would cost an extra pass over x.
+    """
+    xx = torch.empty_like(x)
+    torch.sub(x[..., :-1, :], x[..., 1:, :], out=xx[..., 1:, :])
+    torch.sub(x_prev, x[..., 0, :], out=xx[..., 0, :])
+    return xx
 
 
 def time_mix(
@@ -101,85 +107,91 @@ def time_mix(
     x_prev: torch.Tensor,
     S: torch.Tensor,
     v_first: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    S_out: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention analogue. x: (..., T, C) normalised; x_prev (..., C); S (..., H, N, N).
 
-    Returns (out, S', v_first).
+    Writes the new state into S_out (which may be S) and returns (out, v_first).
     """
     H, N = cfg.n_head, cfg.head_size
     p = f"blocks.{i}.att."
-    xx = token_shift(x, x_prev) - x
-    xr, xw, xk, xv, xa, xg = (x + xx * ops.vec(p + m) for m in MIX_NAMES)
+    xx = shift_delta(x, x_prev)
+    xr, xw, xk, xv, xa, xg = (torch.addcmul(x, xx, ops.vec(p + m)) for m in MIX_NAMES)
 
     r = ops.linear(p + "receptance.weight", xr)
     d = ops.vec(p + "w0") + ops.lora(p + "w2", torch.tanh(ops.lora(p + "w1", xw)))
     k = ops.linear(p + "key.weight", xk)
     v = ops.linear(p + "value.weight", xv)
-    a = torch.sigmoid(ops.vec(p + "a0") + ops.lora(p + "a2", ops.lora(p + "a1", xa)))
+    a = torch.sigmoid_(ops.lora(p + "a2", ops.lora(p + "a1", xa)).add_(ops.vec(p + "a0")))
     g = ops.lora(p + "g2", torch.sigmoid(ops.lora(p + "g1", xg)))
 
     heads = (*k.shape[:-1], H, N)  # (..., T, H, N)
     kk = F.normalize((k * ops.vec(p + "k_k")).view(heads), dim=-1, p=2.0, eps=1e-12).view(k.shape)
-    k = k * (1 + (a - 1) * ops.vec(p + "k_a"))
+    k_a = ops.vec(p + "k_a")
+    k = k * torch.addcmul(1 - k_a, a, k_a)  # k * (1 + (a - 1) k_a)
     if i == 0:
         v_first = v
     else:  # value residual: lerp toward layer 0's value of the same token
-        nu = torch.sigmoid(ops.vec(p + "v0") + ops.lora(p + "v2", ops.lora(p + "v1", xv)))
-        v = v + (v_first - v) * nu
+        nu = torch.sigmoid_(ops.lora(p + "v2", ops.lora(p + "v1", xv)).add_(ops.vec(p + "v0")))
+        v = torch.lerp(v, v_first, nu)
     logw = -DECAY_SCALE * torch.sigmoid(d.float())  # log of the decay, kept in float32
 
-    y, S = _wkv(S, r, logw, k, v, -kk, kk * a, H, N)
+    y = _wkv(S, r, logw, k, v, -kk, kk * a, H, N, S_out)
     y = ops.group_norm(p + "ln_x", y.to(x.dtype), H)
-    bonus = ((r * k).view(heads) * ops.vec(p + "r_k")).sum(-1, keepdim=True) * v.view(heads)
-    y = y + bonus.view(y.shape)
-    return ops.linear(p + "output.weight", y * g), S, v_first
+    bonus = ((r * k).view(heads) * ops.vec(p + "r_k")).sum(-1, keepdim=True)  # (..., T, H, 1)
+    y = torch.addcmul(y.view(heads), bonus, v.view(heads)).view(y.shape)
+    return ops.linear(p + "output.weight", y.mul_(g)), v_first
 
 
-def _wkv(S, r, logw, k, v, a, b, H: int, N: int):
-    """Reshape (..., T, C) inputs to heads, run the recurrence, and reshape back."""
+def _wkv(S, r, logw, k, v, a, b, H: int, N: int, out: torch.Tensor):
+    """Reshape (..., T, C) inputs to heads, run the recurrence into `out`, reshape y back."""
     lead, T = r.shape[:-2], r.shape[-2]
     batch = math.prod(lead)
 
     def heads(t: torch.Tensor) -> torch.Tensor:  # (..., T, C) -> (B, H, T, N)
         return t.float().reshape(batch, T, H, N).transpose(1, 2)
 
-    S = S.reshape(batch, H, N, N)
+    S, out = S.reshape(batch, H, N, N), out.view(batch, H, N, N)
     if T == 1:
-        y, S = wkv_step(S, *(heads(t)[:, :, 0] for t in (r, logw, k, v, a, b)))
+        y, _ = wkv_step(S, *(heads(t)[:, :, 0] for t in (r, logw, k, v, a, b)), out=out)
         y = y.unsqueeze(2)
     else:
-        y, S = wkv_chunked(S, *(heads(t) for t in (r, logw, k, v, a, b)), chunk=CHUNK)
-    return y.transpose(1, 2).reshape(*lead, T, H * N), S.view(*lead, H, N, N)
+        y, _ = wkv_chunked(S, *(heads(t) for t in (r, logw, k, v, a, b)), chunk=CHUNK, out=out)
+    return y.transpose(1, 2).reshape(*lead, T, H * N)
 
 
 def channel_mix(ops: Ops, i: int, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
     """Feed-forward with token shift: value(relu(key(lerp(x, x_prev)))^2). x: (..., T, C)."""
     p = f"blocks.{i}.ffn."
-    kx = x + (token_shift(x, x_prev) - x) * ops.vec(p + "x_k")
-    return ops.linear(p + "value.weight", torch.relu(ops.linear(p + "key.weight", kx)) ** 2)
+    kx = torch.addcmul(x, shift_delta(x, x_prev), ops.vec(p + "x_k"))
+    return ops.linear(p + "value.weight", torch.relu_(ops.linear(p + "key.weight", kx)).square_())
 
 
 def run_blocks(
-    ops: Ops, cfg: RWKV7Config, x: torch.Tensor, state: RWKV7State, lead: tuple[int, ...]
+    ops: Ops, cfg: RWKV7Config, x: torch.Tensor, state: RWKV7State, lead: tuple[int, ...],
+    out: RWKV7State | None = None,
 ) -> tuple[torch.Tensor, RWKV7State]:
-    """All blocks on embedded input x: (*lead, T, C). State rows are `lead` flattened."""
-    att, wkv, ffn = [], [], []
+    """All blocks on embedded input x: (*lead, T, C). State rows are `lead` flattened.
+
+    The new state is written layer by layer into `out` (allocated if None; it may be `state`
+    itself for an in-place update), so no per-layer state is ever stacked or copied.
+    """
+    out = state.empty_like() if out is None else out
     v_first = None
     H, N, C = cfg.n_head, cfg.head_size, cfg.n_embd
     for i in range(cfg.n_layer):
         if i == 0:
             x = ops.norm("blocks.0.ln0", x)
         xa = ops.norm(f"blocks.{i}.ln1", x)
-        out, S, v_first = time_mix(ops, cfg, i, xa, state.att_x_prev[i].view(*lead, C),
-                                   state.wkv[i].view(*lead, H, N, N), v_first)
-        x = x + out
+        att_prev, ffn_prev = state.att_x_prev[i].view(*lead, C), state.ffn_x_prev[i].view(*lead, C)
+        o, v_first = time_mix(ops, cfg, i, xa, att_prev, state.wkv[i].view(*lead, H, N, N),
+                              v_first, out.wkv[i])
+        x = x + o
         xf = ops.norm(f"blocks.{i}.ln2", x)
-        x = x + channel_mix(ops, i, xf, state.ffn_x_prev[i].view(*lead, C))
-        att.append(xa[..., -1, :].reshape(-1, C))
-        wkv.append(S.reshape(-1, H, N, N))
-        ffn.append(xf[..., -1, :].reshape(-1, C))
-    new_state = RWKV7State(torch.stack(att), torch.stack(wkv), torch.stack(ffn))
-    return x, new_state
+        x = x + channel_mix(ops, i, xf, ffn_prev)
+        out.att_x_prev[i].view(*lead, C).copy_(xa[..., -1, :])
+        out.ffn_x_prev[i].view(*lead, C).copy_(xf[..., -1, :])
+    return x, out
 
 
 def embed_input(ops: Ops, cfg: RWKV7Config, x: torch.Tensor) -> torch.Tensor:
@@ -330,18 +342,14 @@ class RWKV7(nn.Module):
             raise ValueError(f"state has batch {state.batch}, input has batch {B}")
         ops = self.ops()
         rows = B if x.device.type != "cpu" else max(1, ROW_BLOCK // x.shape[1])
-        outs, states = [], []
+        new, outs = state.empty_like(), []
         with torch.no_grad():
             for lo in range(0, B, rows):  # cache-sized row blocks on CPU
                 hi = min(lo + rows, B)
-                sub = RWKV7State(*(t[:, lo:hi] for t in state.tensors()))
-                h, sub = run_blocks(ops, self.config, embed_input(ops, self.config, x[lo:hi]),
-                                    sub, (hi - lo,))
+                h, _ = run_blocks(ops, self.config, embed_input(ops, self.config, x[lo:hi]),
+                                  state.rows(lo, hi), (hi - lo,), new.rows(lo, hi))
                 outs.append(readout(ops, h))
-                states.append(sub)
-        if len(outs) == 1:
-            return outs[0], states[0]
-        return torch.cat(outs), RWKV7State.cat(states)
+        return (outs[0] if len(outs) == 1 else torch.cat(outs)), new
 
     def _check_input(self, x: torch.Tensor) -> None:
         cfg = self.config

@@ -27,6 +27,7 @@ from .state import RWKV7State
 
 GROUPS = ("matrices", "vectors", "embedding", "head")
 _MASK64 = (1 << 64) - 1
+SMALL_RANK = 4  # up to this rank, low-rank terms run as rank-1 elementwise passes
 
 
 def parameter_group(name: str, param: torch.Tensor) -> str:
@@ -166,18 +167,16 @@ class Population:
         elif state.batch != P * B:
             raise ValueError(f"population state must have P*B = {P * B} rows, got {state.batch}")
         members = member_block(P, B * x.shape[2], self.device)
-        outs, states = [], []
+        new, outs = state.empty_like(), []
         with torch.no_grad():
             for lo in range(0, P, members):  # cache-sized blocks of members on CPU
                 hi = min(lo + members, P)
                 ops = PopulationOps(self, lo, hi)
-                sub = RWKV7State(*(t[:, lo * B:hi * B] for t in state.tensors()))
-                h, sub = run_blocks(ops, cfg, embed_input(ops, cfg, x[lo:hi]), sub, (hi - lo, B))
+                h, _ = run_blocks(ops, cfg, embed_input(ops, cfg, x[lo:hi]),
+                                  state.rows(lo * B, hi * B), (hi - lo, B),
+                                  new.rows(lo * B, hi * B))
                 outs.append(readout(ops, h))
-                states.append(sub)
-        if len(outs) == 1:
-            return outs[0], states[0]
-        return torch.cat(outs), RWKV7State.cat(states)
+        return (outs[0] if len(outs) == 1 else torch.cat(outs)), new
 
     def step(self, x: torch.Tensor, state: RWKV7State | None = None
              ) -> tuple[torch.Tensor, RWKV7State]:
@@ -270,13 +269,23 @@ class PopulationOps(Ops):
 
     def _low_rank(self, base_out: torch.Tensor, x: torch.Tensor, left: torch.Tensor,
                   right: torch.Tensor) -> torch.Tensor:
-        """base_out + s sigma (x @ left) @ right^T for every member; x (P, ..., in)."""
-        P2 = self.P // 2
-        rows = x.reshape(P2, -1, x.shape[-1])  # (P/2, 2 * M, in): both members of a pair
-        xr = torch.bmm(rows, left)  # (P/2, 2M, r)
-        xr = (xr.view(P2, 2, -1, xr.shape[-1]) * self.sign).view(P2, -1, xr.shape[-1])
-        out = base_out.reshape(P2, -1, base_out.shape[-1])
-        return out.baddbmm_(xr, right.transpose(1, 2)).view(base_out.shape)
+        """base_out + s sigma (x @ left) @ right^T for every member; x (P, ..., in).
+
+        For small ranks, rank-1 terms through multiply-sum and addcmul: MKL's batched GEMM with
+        an inner size of 1 was 5-8x slower on these shapes (docs/benchmarks.md).
+        """
+        P2, r = self.P // 2, left.shape[-1]
+        rows = x.reshape(P2, -1, x.shape[-1])  # (P/2, 2M, in): both members of a pair
+        out = base_out.reshape(P2, -1, base_out.shape[-1])  # (P/2, 2M, out)
+        if r > SMALL_RANK:
+            xr = torch.bmm(rows, left)  # (P/2, 2M, r)
+            xr = (xr.view(P2, 2, -1, r) * self.sign).view(P2, -1, r)
+            return out.baddbmm_(xr, right.transpose(1, 2)).view(base_out.shape)
+        for i in range(r):
+            xr = (rows * left[:, None, :, i]).sum(-1)  # (P/2, 2M)
+            xr = (xr.view(P2, 2, -1) * self.sign[..., 0]).view(P2, -1, 1)
+            out.addcmul_(xr, right[:, None, :, i])
+        return out.view(base_out.shape)
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.p[name])
@@ -301,7 +310,10 @@ class PopulationOps(Ops):
         idx = tokens.reshape(P2, -1, 1).expand(-1, -1, r)
         rows = torch.gather(A, 1, idx)  # (P/2, 2M, r)
         rows = (rows.view(P2, 2, -1, r) * self.sign).view(P2, -1, r)
-        return y.reshape(P2, -1, y.shape[-1]).baddbmm_(rows, Bn.transpose(1, 2)).view(y.shape)
+        out = y.reshape(P2, -1, y.shape[-1])
+        for i in range(r):
+            out.addcmul_(rows[:, :, i:i + 1], Bn[:, None, :, i])
+        return y
 
     def norm(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
         if prefix + ".weight" in self.kinds or prefix + ".bias" in self.kinds:

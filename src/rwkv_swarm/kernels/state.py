@@ -108,6 +108,14 @@ class RWKV7State:
         """Each row repeated `times` times in place: rows (r0, r0, ..., r1, r1, ...)."""
         return RWKV7State(*(t.repeat_interleave(times, dim=1) for t in self.tensors()))
 
+    def rows(self, lo: int, hi: int) -> RWKV7State:
+        """A view of batch rows [lo, hi): writing into it writes into this state."""
+        return RWKV7State(*(t[:, lo:hi] for t in self.tensors()))
+
+    def empty_like(self) -> RWKV7State:
+        """An uninitialised state of the same shape, dtypes and device."""
+        return RWKV7State(*(torch.empty_like(t) for t in self.tensors()))
+
     def clone(self) -> RWKV7State:
         return RWKV7State(*(t.clone() for t in self.tensors()))
 

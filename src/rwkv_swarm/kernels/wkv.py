@@ -33,12 +33,17 @@ def wkv_step(
     v: torch.Tensor,
     a: torch.Tensor,
     b: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token. S: (B, H, N, N) float32; r, logw, k, v, a, b: (B, H, N). Returns (y, S')."""
+    """One token. S: (B, H, N, N) float32; r, logw, k, v, a, b: (B, H, N). Returns (y, S').
+
+    S' is written into `out` when given (it may be S itself).
+    """
     w = torch.exp(logw)
     # S' = S diag(w) + (S a) b^T + v k^T
-    sa = torch.matmul(S, a.unsqueeze(-1))  # (B, H, N, 1)
-    S = S * w.unsqueeze(-2) + sa * b.unsqueeze(-2) + v.unsqueeze(-1) * k.unsqueeze(-2)
+    sa = torch.matmul(S, a.unsqueeze(-1))  # (B, H, N, 1), read before S may be overwritten
+    S = torch.mul(S, w.unsqueeze(-2), out=out)
+    S.addcmul_(sa, b.unsqueeze(-2)).addcmul_(v.unsqueeze(-1), k.unsqueeze(-2))
     y = torch.matmul(S, r.unsqueeze(-1)).squeeze(-1)  # (B, H, N)
     return y, S
 
@@ -61,6 +66,19 @@ def wkv_loop(
     return torch.stack(ys, dim=2), S
 
 
+_MASKS: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _masks(c: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask of the 2c x 2c pair matrix, identity c x c): r-rows see j <= i, a-rows j < i."""
+    key = (c, str(device))
+    if key not in _MASKS:
+        incl = torch.ones(c, c, dtype=torch.bool, device=device).tril()
+        mask = torch.cat([torch.cat([incl, incl], 1), torch.cat([incl.tril(-1)] * 2, 1)], 0)
+        _MASKS[key] = (~mask, torch.eye(c, device=device))
+    return _MASKS[key]
+
+
 def _chunk(
     S: torch.Tensor,
     r: torch.Tensor,
@@ -69,29 +87,36 @@ def _chunk(
     v: torch.Tensor,
     a: torch.Tensor,
     b: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One chunk. S: (BH, N_value, N_key) float32; inputs (BH, c, N). Returns (Y, S')."""
-    c = r.shape[1]
+    """One chunk. S: (BH, N_value, N_key) float32; inputs (BH, c, N). Returns (Y, S').
+
+    S' is written into `out` when given (it may be S itself).
+    """
+    BH, c, N = r.shape
     G = torch.cumsum(logw, dim=1)  # (BH, c, N) inclusive cumulative log-decay
     eG = torch.exp(G)
-    ineG = torch.exp(-G)
-    q = torch.cat([r * eG, a * torch.exp(G - logw)], dim=1)  # (BH, 2c, N): r-rows, a-rows
-    tail = eG[:, -1:, :] * ineG  # (BH, c, N) = e^{G_c - G_j}
-    kb = torch.cat([k, b], dim=1)  # (BH, 2c, N)
-    M = torch.bmm(q, (kb * torch.cat([ineG, ineG], dim=1)).transpose(1, 2))  # [[rk,rb],[ak,ab]]
-    incl = torch.ones(c, c, dtype=torch.bool, device=r.device).tril()
-    mask = torch.cat([torch.cat([incl, incl], 1), torch.cat([incl.tril(-1)] * 2, 1)], 0)
-    M = M.masked_fill(~mask, 0.0)  # r-rows see j <= i, a-rows see j < i
+    ineG = torch.exp(G.neg_())
+    q = r.new_empty(BH, 2 * c, N)  # decayed r-rows and a-rows
+    torch.mul(r, eG, out=q[:, :c])
+    torch.mul(a, eG, out=q[:, c:]).div_(torch.exp(logw))  # a_i e^{G_{i-1}}
+    kb = r.new_empty(BH, 2 * c, N)  # k-cols and b-cols, scaled by e^{-G_j}
+    torch.mul(k, ineG, out=kb[:, :c])
+    torch.mul(b, ineG, out=kb[:, c:])
+    not_seen, eye = _masks(c, r.device)
+    M = torch.bmm(q, kb.transpose(1, 2)).masked_fill_(not_seen, 0.0)  # [[rk, rb], [ak, ab]]
     qS = torch.bmm(q, S.transpose(1, 2))  # (BH, 2c, N_value): decayed r, a against S_0
+    vu = r.new_empty(BH, 2 * c, N)
+    vu[:, :c] = v
     # (I - M_ab) U = (a e^{G_{i-1}}) S0^T + M_ak V
-    eye = torch.eye(c, dtype=r.dtype, device=r.device)
-    U = torch.linalg.solve_triangular(eye - M[:, c:, c:], torch.baddbmm(qS[:, c:], M[:, c:, :c], v),
-                                      upper=False, unitriangular=True)
-    vu = torch.cat([v, U], dim=1)  # (BH, 2c, N_value)
+    vu[:, c:] = torch.linalg.solve_triangular(eye - M[:, c:, c:],
+                                              torch.baddbmm(qS[:, c:], M[:, c:, :c], v),
+                                              upper=False, unitriangular=True)
     # Y = (r e^{G_i}) S0^T + M_rk V + M_rb U
     Y = torch.baddbmm(qS[:, :c], M[:, :c], vu)
     # S_c = S_0 diag(e^{G_c}) + V^T (K e^{G_c - G_j}) + U^T (B e^{G_c - G_j})
-    S = torch.baddbmm(S * eG[:, -1:, :], vu.transpose(1, 2), kb * torch.cat([tail, tail], dim=1))
+    eGc = eG[:, -1:, :]
+    S = torch.baddbmm(S * eGc, vu.transpose(1, 2), kb.mul_(eGc), out=out)
     return Y, S
 
 
@@ -104,16 +129,22 @@ def wkv_chunked(
     a: torch.Tensor,
     b: torch.Tensor,
     chunk: int = CHUNK,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Whole sequence, chunk by chunk. S: (B, H, N, N); inputs (B, H, T, N). Returns (Y, S')."""
+    """Whole sequence, chunk by chunk. S: (B, H, N, N); inputs (B, H, T, N). Returns (Y, S').
+
+    The final state is written into `out` (B, H, N, N) when given (it may be S itself).
+    """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     B, H, T, N = r.shape
     S = S.reshape(B * H, N, N)
+    dest = None if out is None else out.view(B * H, N, N)
     r, logw, k, v, a, b = (t.reshape(B * H, T, N) for t in (r, logw, k, v, a, b))
-    ys = []
+    Y = r.new_empty(B * H, T, N)
     for t0 in range(0, T, chunk):
         sl = slice(t0, min(t0 + chunk, T))
-        y, S = _chunk(S, r[:, sl], logw[:, sl], k[:, sl], v[:, sl], a[:, sl], b[:, sl])
-        ys.append(y)
-    return torch.cat(ys, dim=1).view(B, H, T, N), S.view(B, H, N, N)
+        last = t0 + chunk >= T
+        Y[:, sl], S = _chunk(S, r[:, sl], logw[:, sl], k[:, sl], v[:, sl], a[:, sl], b[:, sl],
+                             out=dest if last else None)
+    return Y.view(B, H, T, N), S.view(B, H, N, N)
