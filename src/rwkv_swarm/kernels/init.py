@@ -81,4 +81,6 @@ def init_weights(model: nn.Module, gen: torch.Generator) -> None:
     else:
         enc_bound = 1.0 / cfg.input_dim ** 0.5
         nn.init.uniform_(model.encoder.weight, -enc_bound, enc_bound, generator=gen)
-        model.encoder.bias.zero_()
+        # a non-zero bias keeps the size of a low-dimensional input visible through ln0
+        # (LayerNorm(W x) keeps only its direction: a scalar input would keep only its sign)
+        nn.init.uniform_(model.encoder.bias, -1.0, 1.0, generator=gen)
