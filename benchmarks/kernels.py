@@ -197,10 +197,11 @@ def main(argv: list[str] | None = None) -> dict:
               f"({r['member_tokens_per_s']:.0f} member-tokens/s; "
               f"noise {r['noise_s'] * 1e3:.0f} ms)")
 
-    naive = bench_naive(model, 32 if args.quick else 256, T, dev, R)
-    print(f"\n(c) population vs naive per-mutant weights, P={naive['P']}: "
-          f"pop {naive['population_s']:.3f} s  naive {naive['naive_s']:.3f} s  "
-          f"speedup {naive['speedup']:.1f}x")
+    naive = [bench_naive(model, 32 if args.quick else 256, t, dev, R) for t in (T, 1)]
+    print("\n(c) population vs naive per-mutant weights (copy + forward per mutant)")
+    for r in naive:
+        print(f"    P={r['P']} T={r['T']:<3} pop {r['population_s']:.3f} s  naive "
+              f"{r['naive_s']:.3f} s  speedup {r['speedup']:.1f}x")
 
     gf = bench_gflops(model, 64 if args.quick else 1024, T, dev, R)
     print(f"\n(d) GFLOP/s, P={gf['P']}: population {gf['population_gflops']:.1f}  GEMM "
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": dev, "machine": machine(dev),
         "step_latency_ratio": {f"C{r['C']}_L{r['L']}": round(r["ratio"], 3) for r in lat},
         "population_vs_plain": {f"P{r['P']}": round(r["ratio"], 3) for r in pops},
-        "population_vs_naive_speedup": round(naive["speedup"], 1),
+        "population_vs_naive_speedup": {f"T{r['T']}": round(r["speedup"], 1) for r in naive},
         "gflops_ratio": round(gf["ratio"], 3),
     }
     print(json.dumps(result))
