@@ -163,3 +163,19 @@ def test_cache_blocking_on_cpu_does_not_change_results(monkeypatch):
     assert_close(blocked_state.wkv, whole_state.wkv, **tol)
     assert_close(plain_blocked, plain, **tol)
     assert_close(plain_blocked_state.ffn_x_prev, plain_state.ffn_x_prev, **tol)
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_gradient_variance_equals_the_sample_variance_of_per_pair_terms(rank):
+    model = RWKV7(CONTROL, seed=1)
+    P, sigma = 12, 0.1
+    pop = Population(model, seed=5, sigma=sigma, size=P, rank=rank, include=GROUPS)
+    u = torch.randn(P, generator=torch.Generator().manual_seed(3))
+    grads, var = pop.gradient_variance(u)
+    for name in ("blocks.0.att.key.weight", "blocks.1.att.w1", "blocks.0.ln1.weight"):
+        terms = torch.stack([
+            (u[2 * p] - u[2 * p + 1]) / (2 * sigma) * (pop.materialize(2 * p)[name]
+                                                        - dict(model.named_parameters())[name])
+            / sigma for p in range(P // 2)])
+        assert_close(grads[name], terms.mean(0), atol=1e-5, rtol=1e-4)
+        assert_close(var[name], terms.var(0, correction=1) / (P // 2), atol=1e-6, rtol=1e-3)

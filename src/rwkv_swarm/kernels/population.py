@@ -219,6 +219,36 @@ class Population:
                 grads[t.name] = lhs @ Bn.permute(0, 2, 1).reshape(-1, n)  # (m, n)
         return grads
 
+    def gradient_variance(self, u: Sequence[float] | torch.Tensor
+                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The gradient estimate and its per-coordinate variance, exactly, per target tensor.
+
+        The estimate is the mean over pairs of c_p = (u_2p - u_2p+1) / (2 sigma) E_p with
+        E_p = A_p B_p^T; its variance is var_p(c_p) / (P/2). The second moment needs only the
+        squared factors: E_p[i,j]^2 = sum_{r,s} A_ir A_is B_jr B_js, one matmul per target.
+        """
+        grads = self.gradient(u)
+        u = torch.as_tensor(u, dtype=torch.float32, device=self.device).flatten()
+        pairs = self.size // 2
+        if pairs < 2:
+            raise ValueError(f"a variance needs at least 2 antithetic pairs, got {pairs}")
+        w = ((u[0::2] - u[1::2]) / (2 * self.sigma)) ** 2 / pairs  # weights of mean_p c_p^2
+        var = {}
+        for t in self.targets:
+            parts = self.noise[t.name]
+            if t.kind == "vector":
+                second = torch.tensordot(w, parts[0] ** 2, dims=1)
+            else:
+                A, Bn = parts  # (P/2, m, r), (P/2, n, r)
+                AA = (A.unsqueeze(-1) * A.unsqueeze(-2)).flatten(2)  # (P/2, m, r^2)
+                BB = (Bn.unsqueeze(-1) * Bn.unsqueeze(-2)).flatten(2)
+                m, n = t.shape
+                lhs = (AA * w.view(-1, 1, 1)).permute(1, 0, 2).reshape(m, -1)
+                second = lhs @ BB.permute(0, 2, 1).reshape(-1, n)
+            g = grads[t.name]
+            var[t.name] = (second - g * g).clamp_min(0) * (pairs / (pairs - 1)) / pairs
+        return grads, var
+
     def update(self, u: Sequence[float] | torch.Tensor, lr: float) -> dict[str, torch.Tensor]:
         """Add lr * gradient(u) to the model's weights in place; returns the step taken."""
         steps = {k: lr * g for k, g in self.gradient(u).items()}

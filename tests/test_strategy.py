@@ -1,0 +1,186 @@
+"""Ask/tell strategies: move uphill, deterministic per seed, shaping, misuse, the Kalman reflex."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rwkv_swarm.kalman import FitnessUpdate
+from rwkv_swarm.kernels import RWKV7, RWKV7Config
+from rwkv_swarm.node.strategy import (
+    ESConfig,
+    KalmanES,
+    KalmanESConfig,
+    LowRankES,
+    centered_ranks,
+    derive_seed,
+    zscore,
+)
+
+CFG = RWKV7Config(n_embd=32, n_layer=1, head_size=16, input_dim=3, output_dim=2)
+
+
+def quadratic_fitness(model: RWKV7, target: dict[str, torch.Tensor], mutants) -> np.ndarray:
+    """-||theta_j - theta*||^2 over the evolved tensors, for every mutant j."""
+    pop = mutants.population(model)
+    out = []
+    for j in range(mutants.size):
+        sd = pop.materialize(j)
+        out.append(-sum(float(((sd[k] - v) ** 2).sum()) for k, v in target.items()))
+    return np.array(out)
+
+
+def target_weights(model: RWKV7, names: list[str]) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(99)
+    params = dict(model.named_parameters())
+    return {n: params[n] + 0.3 * torch.randn(params[n].shape, generator=g) for n in names}
+
+
+HEAD = {"population": 16, "sigma": 0.05, "seed": 1, "include": ("head",)}
+
+
+@pytest.mark.parametrize("cls, config", [
+    (LowRankES, ESConfig(lr=0.03, **HEAD)),
+    (LowRankES, ESConfig(lr=0.003, optimizer="sgd", **HEAD)),
+    (KalmanES, KalmanESConfig(lr=0.03, **HEAD)),
+], ids=["lowrank-adam", "lowrank-sgd", "kalman-snr"])
+def test_strategy_moves_uphill_on_a_quadratic(cls, config):
+    """The head (64 weights) evolves toward a target: fitness -||head - target||^2."""
+    model = RWKV7(CFG, seed=0)
+    es = cls(model, config)
+    target = target_weights(model, [t.name for t in es.targets])
+    first = None
+    for _ in range(40):
+        mutants = es.ask()
+        info = es.tell(quadratic_fitness(model, target, mutants))
+        first = info.fitness_mean if first is None else first
+    assert info.fitness_mean > 0.5 * first  # distance to the optimum more than halved (f < 0)
+
+
+def run(cls, config, generations=5):
+    model = RWKV7(CFG, seed=3)
+    es = cls(model, config)
+    target = target_weights(model, [t.name for t in es.targets][:2])
+    infos = [es.tell(quadratic_fitness(model, target, es.ask())) for _ in range(generations)]
+    return model, infos
+
+
+@pytest.mark.parametrize("cls, config_cls", [(LowRankES, ESConfig), (KalmanES, KalmanESConfig)])
+def test_identical_seeds_give_bitwise_identical_runs(cls, config_cls):
+    a, ia = run(cls, config_cls(population=8, seed=7))
+    b, ib = run(cls, config_cls(population=8, seed=7))
+    c, _ = run(cls, config_cls(population=8, seed=8))
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+    assert [i.to_dict() for i in ia] == [i.to_dict() for i in ib]
+    assert not all(torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters(), strict=True))
+
+
+def test_nodes_of_one_swarm_draw_different_noise():
+    a = LowRankES(RWKV7(CFG), ESConfig(population=8, seed=1, stream=0)).ask()
+    b = LowRankES(RWKV7(CFG), ESConfig(population=8, seed=1, stream=1)).ask()
+    assert a.seed != b.seed == derive_seed(1, 1, 0)
+
+
+def test_centered_ranks_are_symmetric_and_rank_nan_worst():
+    u = centered_ranks(np.array([3.0, np.nan, -1.0, 10.0, np.inf * -1]))
+    assert u.min() == -0.5 and u.max() == 0.5 and abs(u.sum()) < 1e-12
+    assert u[3] == 0.5 and u[1] < u[2] and u[4] < u[2]  # NaN and -inf below every real value
+
+
+def test_zscore_gives_nonfinite_values_the_worst_score():
+    z = zscore(np.array([1.0, 2.0, np.nan, 3.0]))
+    assert z[2] == z[0] == z.min() and abs(z[[0, 1, 3]].mean()) < 1e-12
+
+
+def test_tell_rejects_mismatched_fitness_length_and_tell_before_ask():
+    es = LowRankES(RWKV7(CFG), ESConfig(population=8))
+    with pytest.raises(RuntimeError, match="before ask"):
+        es.tell(np.zeros(8))
+    es.ask()
+    with pytest.raises(ValueError, match="#fitness values = 7 must equal #mutants = 8"):
+        es.tell(np.zeros(7))
+    with pytest.raises(ValueError, match="at least 2 finite"):
+        es.tell(np.array([np.nan] * 7 + [1.0]))
+
+
+def test_nonfinite_fitness_is_counted_and_does_not_poison_the_update():
+    model = RWKV7(CFG)
+    es = LowRankES(model, ESConfig(population=8))
+    es.ask()
+    info = es.tell(np.array([1.0, np.nan, 2.0, 0.5, np.inf, 1.5, -1.0, 0.0]))
+    assert info.nonfinite == 2 and math.isfinite(info.step_norm) and info.step_norm > 0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"population": 7}, "even"), ({"sigma": 0.0}, "sigma"), ({"optimizer": "rmsprop"}, "adam"),
+    ({"shaping": "raw"}, "centered_ranks"), ({"rank": 0}, "rank"),
+])
+def test_bad_configs_name_the_problem(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ESConfig(**kwargs)
+
+
+def test_kalman_es_explores_after_a_surprise_and_relaxes_after():
+    model = RWKV7(CFG)
+    es = KalmanES(model, KalmanESConfig(population=8, sigma=0.05, seed=2))
+    rng = np.random.default_rng(0)
+    for _ in range(8):  # a stationary world: fitness around 0
+        es.ask()
+        es.tell(rng.normal(0.0, 1.0, 8))
+    assert es.sigma_scale == 1.0
+    es.ask()
+    info = es.tell(rng.normal(-50.0, 1.0, 8))  # the world changes: fitness collapses
+    assert info.surprised and es.sigma_scale == 2.0 and es.lr_scale == 1.0
+    assert es.ask().sigma == pytest.approx(0.1)
+    es.tell(rng.normal(-50.0, 1.0, 8))
+    assert es.sigma_scale == pytest.approx(1.6)  # relaxing back toward 1
+
+
+def update(innovation: float, surprised: bool = False) -> FitnessUpdate:
+    return FitnessUpdate(z=0.0, R=1.0, innovation=innovation, S=1.0, nis=innovation ** 2,
+                         gain=0.5, surprised=surprised)
+
+
+def test_kalman_es_adapts_lr_to_whether_measured_changes_beat_predictions():
+    es = KalmanES(RWKV7(CFG), KalmanESConfig(population=8, adapt_lr=True))
+    scales = [es._throttle(update(y)) for y in (0.3, 0.1, -0.2, 0.0)]
+    assert scales == pytest.approx([1.2, 1.44, 1.2, 1.44])
+    for _ in range(20):
+        es._throttle(update(1.0))
+    assert es.lr_scale == 4.0  # clamped to lr_scale_range
+    assert es._throttle(update(-5.0, surprised=True)) == 1.0 and es.sigma_scale == 2.0
+    assert es._throttle(update(5.0, surprised=True)) == 1.2  # good news: no exploration
+    assert es.sigma_scale == pytest.approx(1.6)
+
+
+def test_kalman_es_with_optimizer_rule_feeds_the_filtered_direction_to_adam():
+    """The direction belief adopts its first measurement, so step one equals LowRankES's."""
+    a, b = RWKV7(CFG, seed=5), RWKV7(CFG, seed=5)
+    cfg = {"population": 8, "seed": 6, "lr": 0.01}
+    lowrank, kalman = LowRankES(a, ESConfig(**cfg)), KalmanES(b, KalmanESConfig(
+        step_rule="optimizer", **cfg))
+    f = np.random.default_rng(1).normal(size=8)
+    for es in (lowrank, kalman):
+        es.ask()
+        es.tell(f)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+    assert kalman.direction_belief.n_updates == 1
+
+
+def test_lowrank_es_never_throttles():
+    es = LowRankES(RWKV7(CFG), ESConfig(population=8))
+    assert es._throttle(update(-5.0, surprised=True)) == 1.0 and es.ask().sigma == 0.05
+
+
+def test_snr_step_is_bounded_by_lr_per_coordinate():
+    model = RWKV7(CFG)
+    es = KalmanES(model, KalmanESConfig(population=8, seed=4, lr=0.01))
+    before = [p.clone() for p in es.params]
+    es.ask()
+    es.tell(np.random.default_rng(0).normal(size=8))
+    moved = torch.cat([(p - b).flatten() for p, b in zip(es.params, before, strict=True)])
+    assert moved.abs().max() <= 0.01 + 1e-7 and moved.abs().max() > 0.009
