@@ -29,6 +29,7 @@ from ..kernels.population import targets_for
 
 SHAPINGS = ("centered_ranks", "zscore")
 STEP_RULES = ("snr", "optimizer")
+WORLD_CHANGE_INFLATION = 100.0  # fitness-belief variance factor on an announced world change
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -96,8 +97,9 @@ class KalmanESConfig(ESConfig):
     """`ESConfig` plus the reflex: how beliefs throttle the step and the exploration."""
 
     direction: DirectionConfig = field(default_factory=DirectionConfig)
-    step_rule: str = "snr"  # "snr": lr * m / sqrt(m^2 + P) from the direction belief;
-    # "optimizer": the filtered direction m fed to `optimizer`
+    step_rule: str = "snr"  # "snr": lr * m / sqrt(m^2 + Rbar), m the filtered gradient, Rbar
+    # the running per-coordinate variance of one estimate; "optimizer": m fed to `optimizer`
+    noise_memory: float = 0.9  # weight kept per generation by the running variance Rbar
     adapt_lr: bool = False  # scale lr by lr_up / lr_down as measured changes beat / miss the
     # predicted ones
     lr_up: float = 1.2  # lr scale factor when the measured change beats the prediction
@@ -279,6 +281,11 @@ class Strategy:
         return float(sum((g_raw[t.name].double() * d.double()).sum()
                          for t, d in zip(self.targets, deltas, strict=True)))
 
+    def world_changed(self) -> None:
+        """The world is known to have changed (an injected signal): trust the past less."""
+        if math.isfinite(self.fitness_belief.var):
+            self.fitness_belief.inflate(WORLD_CHANGE_INFLATION)
+
     # -- hooks -------------------------------------------------------------------------------
 
     def _on_predict(self) -> None:
@@ -342,8 +349,8 @@ class KalmanES(Strategy):
 
     - the direction is the `DirectionBelief`'s filtered gradient m with variance P (a
       per-coordinate Kalman gain from the population's own per-coordinate variance), and the
-      step is lr * m / sqrt(m^2 + P): near lr where the sign is certain, small where it is not
-      (`step_rule="snr"`; the filter replaces the optimizer's momentum and normalisation);
+      step is lr * m / sqrt(m^2 + Rbar), Rbar the running variance of one estimate: Adam's
+      m / sqrt(v) with both moments taken from the filter (`step_rule="snr"`);
     - optionally (`adapt_lr`) the lr scale grows by `lr_up` when the measured change beats
       the prediction and shrinks by `lr_down` when it falls short;
     - on a bad surprise (NIS above its chi-square threshold, fitness below the prediction)
@@ -357,6 +364,7 @@ class KalmanES(Strategy):
         self.dim = sum(p.numel() for p in self.params)
         self.direction_belief = DirectionBelief(self.dim, self.config.direction)
         self.sigma_scale = 1.0
+        self.noise_var: torch.Tensor | None = None  # Rbar: running variance of one estimate
 
     def _on_predict(self) -> None:
         self.direction_belief.predict()
@@ -368,6 +376,9 @@ class KalmanES(Strategy):
         grads, var = pop.gradient_variance(u)
         flat = torch.cat([grads[t.name].flatten() for t in self.targets])
         flat_var = torch.cat([var[t.name].flatten() for t in self.targets])
+        b = self.config.noise_memory
+        self.noise_var = flat_var.clone() if self.noise_var is None \
+            else b * self.noise_var + (1 - b) * flat_var
         upd = self.direction_belief.update(flat, flat_var)
         m = self.direction_belief.direction.to(flat.dtype)
         out, i = [], 0
@@ -379,10 +390,7 @@ class KalmanES(Strategy):
     def _throttle(self, belief) -> float:
         c: KalmanESConfig = self.config
         if belief.surprised and belief.innovation < 0:  # worse than predicted: the world changed
-            self.sigma_scale = min(self.sigma_scale * c.sigma_surprise, c.sigma_scale_max)
-            self.lr_scale = 1.0
-            self.optimizer.state.clear()
-            self.direction_belief = DirectionBelief(self.dim, c.direction)
+            self._explore()
             return self.lr_scale
         self.sigma_scale = max(1.0, self.sigma_scale * c.sigma_relax)
         if c.adapt_lr and math.isfinite(belief.S):
@@ -391,11 +399,23 @@ class KalmanES(Strategy):
             self.lr_scale = min(max(self.lr_scale * factor, lo), hi)
         return self.lr_scale
 
+    def _explore(self) -> None:
+        """Drop the old world's statistics and widen the search."""
+        c: KalmanESConfig = self.config
+        self.sigma_scale = min(self.sigma_scale * c.sigma_surprise, c.sigma_scale_max)
+        self.lr_scale = 1.0
+        self.optimizer.state.clear()
+        self.direction_belief = DirectionBelief(self.dim, c.direction)
+
+    def world_changed(self) -> None:
+        super().world_changed()
+        self._explore()
+
     def _step(self, direction: list[torch.Tensor], lr: float) -> None:
         if self.config.step_rule == "optimizer":
             return super()._step(direction, lr)
-        db = self.direction_belief  # step_i = lr m_i / sqrt(m_i^2 + P_i): |step_i| <= lr
-        snr_step = db.mean / torch.sqrt(db.mean * db.mean + db.var).clamp_min(1e-30)
+        m = self.direction_belief.mean  # step_i = lr m_i / sqrt(m_i^2 + Rbar_i): |step_i| <= lr
+        snr_step = m / torch.sqrt(m * m + self.noise_var.to(m.dtype)).clamp_min(1e-30)
         with torch.no_grad():
             i = 0
             for p in self.params:
@@ -406,11 +426,16 @@ class KalmanES(Strategy):
 
     def _extra_state(self) -> dict[str, Any]:
         return {"sigma_scale": self.sigma_scale,
-                "direction_belief": self.direction_belief.to_dict()}
+                "direction_belief": self.direction_belief.to_dict(),
+                "noise_var": None if self.noise_var is None
+                else self.noise_var.float().numpy().tobytes()}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self.sigma_scale = float(state["sigma_scale"])
         self.direction_belief = DirectionBelief.from_dict(state["direction_belief"])
+        nv = state["noise_var"]
+        self.noise_var = None if nv is None else torch.from_numpy(
+            np.frombuffer(nv, dtype=np.float32).copy())
 
 
 STRATEGIES = {"lowrank": LowRankES, "kalman": KalmanES}

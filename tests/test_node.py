@@ -1,0 +1,96 @@
+"""Node: a generation evolves the policy; checkpoint/restore continues bitwise identically."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+from tracking_env import TrackingEnv
+
+from rwkv_swarm.kernels import RWKV7Config
+from rwkv_swarm.node import ESConfig, KalmanESConfig, Node, NodeConfig
+
+MODEL = RWKV7Config(n_embd=32, n_layer=1, head_size=16, input_dim=3, output_dim=2)
+TIMING = {"ask_s", "evaluate_s", "tell_s", "centre_s"}
+
+
+def config(strategy="kalman", **kw) -> NodeConfig:
+    es_cls = KalmanESConfig if strategy == "kalman" else ESConfig
+    es = es_cls(population=16, sigma=0.05, lr=0.03, include=("matrices", "head"))
+    return NodeConfig(model=MODEL, strategy=strategy, es=es, seed=11, **kw)
+
+
+@pytest.mark.parametrize("strategy", ["kalman", "lowrank"])
+def test_generations_improve_the_policy_and_count_episodes(strategy):
+    node = Node(config(strategy, episodes=2), TrackingEnv())
+    before = node.evaluate_centre(8, seed=5).mean()
+    rows = [node.generation() for _ in range(15)]
+    after = node.evaluate_centre(8, seed=5).mean()
+    assert after > before + 0.3 * abs(before)
+    assert rows[-1]["episodes"] == 15 * 16 * 2 and rows[-1]["env_steps"] == 15 * 32 * 20
+    assert rows[-1]["generation"] == 14 and rows[-1]["node"] == 0
+    for key in ("fitness_mean", "belief_mean", "belief_var", "gain", "innovation", "nis",
+                "sigma", "step_norm", *TIMING):
+        assert key in rows[-1] and math.isfinite(rows[-1][key])
+
+
+@pytest.mark.parametrize("strategy, persistent", [("kalman", True), ("lowrank", False),
+                                                  ("kalman", False)])
+def test_restored_node_continues_bitwise_identically(strategy, persistent):
+    node = Node(config(strategy), TrackingEnv(persistent=persistent))
+    for _ in range(3):
+        node.generation()
+    blob = node.checkpoint()
+    expected = node.generation()
+    restored = Node.restore(blob, TrackingEnv(persistent=persistent, seed=999))
+    got = restored.generation()
+    assert got.keys() == expected.keys()
+    for key in expected.keys() - TIMING:  # NaN (a value that does not apply) equals NaN
+        a, b = got[key], expected[key]
+        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), key
+    for a, b in zip(node.model.parameters(), restored.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert node.live_state.equal(restored.live_state)
+
+
+def test_a_continuing_world_carries_the_live_state_across_generations():
+    node = Node(config(), TrackingEnv(persistent=True))
+    zero = node.live_state.clone()
+    row = node.generation()
+    assert not node.live_state.equal(zero) and math.isfinite(row["centre_return"])
+    episodic = Node(config(), TrackingEnv(persistent=False))
+    assert math.isnan(episodic.generation()["centre_return"])
+    assert episodic.live_state.equal(zero)
+
+
+def test_evaluate_centre_does_not_count_as_training():
+    node = Node(config(), TrackingEnv())
+    returns = node.evaluate_centre(5)
+    assert returns.shape == (5,) and node.episodes_used == 0 and node.generation_count == 0
+
+
+def test_an_injected_signal_changes_the_world_and_widens_the_search():
+    node = Node(config(), TrackingEnv())
+    node.generation()
+    w = node.env.W.copy()
+    node.apply_signal("scale", {"factor": 2.0})
+    assert np.allclose(node.env.W, 2 * w) and node.strategy.sigma_scale == 2.0
+    assert node.strategy.fitness_belief.var > 50 * node.strategy.fitness_belief.config.min_var
+
+
+def test_mismatched_or_foreign_environments_are_rejected():
+    with pytest.raises(ValueError, match=r"\(input_dim, output_dim\) = \(4, 2\) does not match"):
+        Node(NodeConfig(model=RWKV7Config(n_embd=32, n_layer=1, head_size=16, input_dim=4,
+                                          output_dim=2), es=KalmanESConfig()), TrackingEnv())
+    with pytest.raises(TypeError, match="Environment"):
+        Node(config(), object())
+
+
+def test_restore_rejects_bytes_that_are_not_a_checkpoint():
+    with pytest.raises(ValueError, match="not a node checkpoint"):
+        Node.restore(b"\x93garbage", TrackingEnv())
+    with pytest.raises(ValueError, match="version"):
+        Node.restore(msgpack.packb({"version": 99}), TrackingEnv())
