@@ -328,8 +328,8 @@ class Transport:
             frames = _recv_frames(sock, keep)
             if frames is None:
                 return
-            self._stats.bytes_received += sum(map(len, frames))
             route = frames.pop(0) if from_router else None
+            self._stats.bytes_received += sum(map(len, frames))
             msg = self._accept(frames, peer_id)
             if msg is None:
                 continue
