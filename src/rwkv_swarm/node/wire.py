@@ -358,7 +358,7 @@ def decode(frames: Sequence[Any], limits: WireLimits = DEFAULT_LIMITS) -> Messag
     schema, values, decls = _parse_header(header, sizes, limits)
     arrays: dict[str, np.ndarray] = {}
     for (name, dtype, shape), view in zip(decls, views[1:], strict=True):
-        arr = np.frombuffer(view, dtype=DTYPES[dtype]).reshape(shape)
+        arr = np.ndarray(shape, DTYPES[dtype], view)  # a view, sizes checked above
         arr.flags.writeable = False  # a view on a received frame: copy before changing it
         if dtype in FLOAT_DTYPES:
             _require_finite(name, arr, dtype)
