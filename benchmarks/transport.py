@@ -124,7 +124,12 @@ class Ours:
         for _ in range(n):
             if not self.a.send("b", msg):
                 raise RuntimeError(f"send dropped: {self.a.stats()['dropped']}")
-        self._take(self.b, n)
+        received = 0
+        deadline = time.monotonic() + TIMEOUT_MS / 1000
+        while received < n:  # like raw, keep no message longer than one poll's batch
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"b received {received} of {n}: {self.b.stats()}")
+            received += len(self.b.poll(TIMEOUT_MS))
 
     def ping(self, msg: Message) -> None:
         self.a.send("b", msg)
