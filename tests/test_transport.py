@@ -123,6 +123,12 @@ def test_plain_tcp_only_when_asked_and_then_without_keys(make) -> None:
         Transport("b", insecure=True, keys=NodeKeys.generate())
 
 
+@pytest.mark.parametrize("node_id", ["", "n" * 129, 7])
+def test_refuses_a_node_id_the_wire_cannot_carry(node_id: object) -> None:
+    with pytest.raises(ValueError, match="node_id must be a str of 1..128 chars"):
+        Transport(node_id, insecure=True)  # type: ignore[arg-type]
+
+
 def test_binds_the_given_port(make) -> None:
     probe = make("probe", insecure=True)
     port = int(probe.endpoint.rsplit(":", 1)[1])

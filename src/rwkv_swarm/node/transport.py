@@ -20,6 +20,7 @@ from zmq.utils import z85
 from .keys import NodeKeys, SwarmKeyring, check_key
 from .wire import (
     DEFAULT_LIMITS,
+    MAX_ID_CHARS,
     Message,
     ProtocolError,
     WireLimits,
@@ -111,6 +112,8 @@ class Transport:
         config: TransportConfig = TransportConfig(),  # noqa: B008 - frozen, shared safely
         insecure: bool = False,
     ) -> None:
+        if type(node_id) is not str or not 0 < len(node_id) <= MAX_ID_CHARS:
+            raise ValueError(f"node_id must be a str of 1..{MAX_ID_CHARS} chars, got {node_id!r}")
         if insecure and (keys is not None or keyring is not None):
             raise ValueError("insecure=True takes no keys or keyring: plain TCP has no keys")
         self.node_id = node_id
