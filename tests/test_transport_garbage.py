@@ -54,8 +54,29 @@ def garbage_kinds(rng: np.random.Generator) -> list[tuple[str, Callable[[], list
     ]
 
 
+def flood(mallory: zmq.Socket, alice: Transport, bob: Transport) -> tuple[Counter, list]:
+    """Send the garbage from mallory, with a valid message from mallory and from alice every
+    VALID_EVERY; returns the expected drops by reason and what bob delivered meanwhile."""
+    kinds = garbage_kinds(np.random.default_rng(0))
+    expected: Counter[str] = Counter()
+    got = []
+    for i in range(GARBAGE):
+        reason, make = kinds[i % len(kinds)]
+        mallory.send_multipart(make())
+        expected[reason] += 1
+        if i % VALID_EVERY == 0:
+            seq = i // VALID_EVERY
+            mallory.send_multipart(encode(message("heartbeat", swarm="s", node="mallory",
+                                                  gen=seq)))
+            mallory.send_multipart(encode(message("control", swarm="s", node="mallory",
+                                                  gen=seq, command="valid", args={})))
+            assert alice.send("bob", message("control", swarm="s", node="alice", gen=seq,
+                                             command="valid", args={}))
+            got += bob.poll(0)
+    return expected, got
+
+
 def test_ten_thousand_garbage_messages_are_counted_and_valid_ones_still_arrive_in_order():
-    rng = np.random.default_rng(0)
     keyring, keys = SwarmKeyring.generate(["alice", "bob", "mallory"])
     bob = Transport("bob", keys=keys["bob"], keyring=keyring, swarm="s")
     alice = Transport("alice", keys=keys["alice"], keyring=keyring, swarm="s")
@@ -63,27 +84,12 @@ def test_ten_thousand_garbage_messages_are_counted_and_valid_ones_still_arrive_i
     mallory = ctx.socket(zmq.DEALER)  # a member's keys: its garbage gets past CURVE
     try:
         mallory.linger, mallory.sndhwm = 0, 0
-        mallory.curve_publickey, mallory.curve_secretkey = keys["mallory"].public, keys[
-            "mallory"].secret
+        mallory.curve_publickey = keys["mallory"].public
+        mallory.curve_secretkey = keys["mallory"].secret
         mallory.curve_serverkey = bob.public_key
         mallory.connect(bob.endpoint)
         alice.connect("bob", bob.endpoint)
-        kinds = garbage_kinds(rng)
-        expected: Counter[str] = Counter()
-        got = []
-        for i in range(GARBAGE):
-            reason, make = kinds[i % len(kinds)]
-            mallory.send_multipart(make())
-            expected[reason] += 1
-            if i % VALID_EVERY == 0:
-                seq = i // VALID_EVERY
-                mallory.send_multipart(encode(message("heartbeat", swarm="s", node="mallory",
-                                                      gen=seq)))
-                mallory.send_multipart(encode(message("control", swarm="s", node="mallory",
-                                                      gen=seq, command="valid", args={})))
-                assert alice.send("bob", message("control", swarm="s", node="alice", gen=seq,
-                                                 command="valid", args={}))
-                got += bob.poll(0)
+        expected, got = flood(mallory, alice, bob)
         n_valid = 2 * GARBAGE // VALID_EVERY
         deadline = time.monotonic() + WAIT_S
         while (len(got) < n_valid or sum(bob.stats()["dropped"].values()) < GARBAGE) \
