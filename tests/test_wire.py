@@ -1,0 +1,364 @@
+"""Wire protocol: round trips, zero-copy decoding, and the reason each bad message is refused."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+
+from rwkv_swarm.kernels import RWKV7Config, RWKV7State
+from rwkv_swarm.node.wire import (
+    BFLOAT16,
+    DEFAULT_LIMITS,
+    PROTOCOL_VERSION,
+    REASONS,
+    SCHEMAS,
+    Message,
+    ProtocolError,
+    WireLimits,
+    decode,
+    encode,
+    message,
+    state_from_message,
+    state_message,
+)
+
+CONFIG = RWKV7Config(n_embd=128, n_layer=2, head_size=64, vocab_size=16)
+FINGERPRINT = bytes(range(32))
+
+
+def random_state(dtype: torch.dtype = torch.float32, batch: int = 1, seed: int = 0) -> RWKV7State:
+    state = RWKV7State.zeros(CONFIG, batch, dtype=dtype)
+    gen = torch.Generator().manual_seed(seed)
+    for t in state.tensors():
+        t.copy_(torch.randn(t.shape, generator=gen))
+    return state
+
+
+def sample_messages() -> dict[str, Message]:
+    """One valid message of every type."""
+    rng = np.random.default_rng(0)
+    common = {"swarm": "swarm-1", "node": "node-a", "gen": 7, "ts": 1234.5}
+    return {
+        "state": state_message(random_state(), FINGERPRINT, **common),
+        "fitness": message("fitness", **common, seed=2**40 + 3, sigma=0.02, belief_mean=-1.5,
+                           belief_var=0.25,
+                           arrays={"shaped": rng.standard_normal(16).astype(np.float32)}),
+        "belief": message("belief", **common, name="fitness",
+                          arrays={"mean": rng.standard_normal((4, 3)),
+                                  "var": rng.random((4, 3)).astype(np.float64)}),
+        "signal": message("signal", **common, name="curriculum",
+                          params={"level": 3, "rate": 0.5, "tag": "x", "on": True,
+                                  "steps": [1, 2.5, "three"]},
+                          targets=["node-b", "node-c"]),
+        "control": message("control", **common, command="stop", args={"after_gen": 9}),
+        "heartbeat": message("heartbeat", **common),
+    }
+
+
+def assert_same(got: Message, sent: Message) -> None:
+    assert (got.type, got.swarm, got.node, got.gen, got.ts) == (
+        sent.type, sent.swarm, sent.node, sent.gen, sent.ts)
+    assert got.fields == sent.fields
+    assert got.arrays.keys() == sent.arrays.keys()
+    for name, arr in sent.arrays.items():
+        assert got.arrays[name].dtype == arr.dtype, name
+        assert got.arrays[name].shape == arr.shape, name
+        assert got.arrays[name].tobytes() == arr.tobytes(), name
+
+
+def frames_of(msg: Message) -> list[bytes]:
+    return [bytes(f) for f in encode(msg)]
+
+
+def repack(frames: list[bytes], **changes: object) -> list[bytes]:
+    """Frames with header fields replaced (a value of ... deletes the field)."""
+    header = msgpack.unpackb(frames[0])
+    for key, value in changes.items():
+        if value is ...:
+            del header[key]
+        else:
+            header[key] = value
+    return [msgpack.packb(header), *frames[1:]]
+
+
+def reason_of(frames: list, limits: WireLimits = DEFAULT_LIMITS) -> str:
+    with pytest.raises(ProtocolError) as info:
+        decode(frames, limits)
+    assert info.value.reason in REASONS
+    return info.value.reason
+
+
+# -- round trips -------------------------------------------------------------------------------
+
+
+def test_samples_cover_every_message_type() -> None:
+    assert sample_messages().keys() == SCHEMAS.keys()
+
+
+@pytest.mark.parametrize("msg_type", sorted(SCHEMAS))
+def test_round_trip_preserves_every_field_and_array(msg_type: str) -> None:
+    sent = sample_messages()[msg_type]
+    assert_same(decode(frames_of(sent)), sent)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_state_round_trip_reproduces_to_bytes_exactly(dtype: torch.dtype) -> None:
+    original = random_state(dtype, batch=3, seed=1)
+    blob = original.to_bytes()
+    state = RWKV7State.from_bytes(blob, CONFIG)
+    msg = state_message(state, FINGERPRINT, swarm="s", node="n", gen=1)
+    got = state_from_message(decode(frames_of(msg)), CONFIG, fingerprint=FINGERPRINT)
+    assert got.to_bytes() == blob
+    assert got.equal(original)
+    got.wkv.add_(1.0)  # the received state owns writable memory
+    assert not got.equal(original)
+
+
+def test_bfloat16_travels_as_its_own_wire_dtype() -> None:
+    msg = state_message(random_state(torch.bfloat16), FINGERPRINT, swarm="s", node="n", gen=0)
+    header = msgpack.unpackb(encode(msg)[0])
+    assert [a[1] for a in header["arrays"]] == ["bfloat16", "bfloat16", "float32"]
+    assert decode(frames_of(msg)).arrays["att_x_prev"].dtype == BFLOAT16
+
+
+def test_state_message_snapshots_the_state_unless_told_not_to() -> None:
+    state = random_state()
+    snap = state_message(state, FINGERPRINT, swarm="s", node="n", gen=0)
+    alias = state_message(state, FINGERPRINT, swarm="s", node="n", gen=0, copy=False)
+    before = snap.arrays["wkv"].copy()
+    state.wkv.mul_(2.0)
+    assert np.array_equal(snap.arrays["wkv"], before)
+    assert np.array_equal(alias.arrays["wkv"], state.wkv.numpy())
+
+
+def test_decoded_arrays_are_read_only_views_on_the_received_frames() -> None:
+    frames = [bytearray(f) for f in frames_of(sample_messages()["state"])]
+    msg = decode(frames)
+    for i, name in enumerate(["att_x_prev", "ffn_x_prev", "wkv"], start=1):
+        arr = msg.arrays[name]
+        assert np.shares_memory(arr, np.frombuffer(frames[i], np.uint8)), name
+        assert not arr.flags.writeable
+    frames[3][:4] = np.float32(42.0).tobytes()  # the frame, not a copy, is what was decoded
+    assert msg.arrays["wkv"].reshape(-1)[0] == 42.0
+
+
+def test_encode_sends_contiguous_arrays_without_copying_them() -> None:
+    msg = sample_messages()["belief"]
+    frames = encode(msg)
+    assert np.shares_memory(np.frombuffer(frames[1], np.uint8), msg.arrays["mean"])
+
+
+def test_encode_makes_non_contiguous_and_big_endian_arrays_little_endian_c_order() -> None:
+    mean = np.arange(12, dtype=">f8").reshape(3, 4).T
+    msg = message("belief", swarm="s", node="n", name="b",
+                  arrays={"mean": mean, "var": np.ones((4, 3))})
+    got = decode(frames_of(msg))
+    assert np.array_equal(got.arrays["mean"], mean)
+    assert got.arrays["mean"].dtype == np.dtype("<f8")
+
+
+def test_float_fields_given_as_ints_decode_as_floats() -> None:
+    msg = message("fitness", swarm="s", node="n", seed=1, sigma=1, belief_mean=0,
+                  belief_var=2, arrays={"shaped": np.zeros(3, np.float32)})
+    fields = decode(frames_of(msg)).fields
+    assert [type(fields[k]) for k in ("sigma", "belief_mean", "belief_var")] == [float] * 3
+
+
+# -- state helpers -----------------------------------------------------------------------------
+
+
+def test_state_from_message_rejects_a_state_of_another_model_shape() -> None:
+    msg = decode(frames_of(sample_messages()["state"]))
+    other = RWKV7Config(n_embd=128, n_layer=3, head_size=64, vocab_size=16)
+    with pytest.raises(ProtocolError, match=r"mismatch: .*\(2, 128, 64\).*\(3, 128, 64\)"):
+        state_from_message(msg, other)
+
+
+def test_state_from_message_rejects_a_state_of_other_weights() -> None:
+    msg = decode(frames_of(sample_messages()["state"]))
+    with pytest.raises(ProtocolError, match="mismatch: state of weights"):
+        state_from_message(msg, CONFIG, fingerprint=b"\xff" * 32)
+
+
+def test_state_from_message_rejects_other_message_types() -> None:
+    with pytest.raises(ProtocolError, match="type: expected a state message"):
+        state_from_message(sample_messages()["belief"], CONFIG)
+
+
+# -- encode refuses what decode would ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("msg", "reason"),
+    [
+        (message("gossip", swarm="s", node="n"), "type"),
+        (message("heartbeat", swarm="s", node="n", extra=1), "field"),
+        (message("control", swarm="s", node="n", command="go"), "field"),  # args missing
+        (message("heartbeat", swarm="", node="n"), "field"),
+        (message("heartbeat", swarm="s", node="n", gen=-1), "field"),
+        (message("heartbeat", swarm="s", node="n", gen=True), "field"),
+        (message("heartbeat", swarm="s", node="n", ts=float("nan")), "field"),
+        (message("control", swarm="s", node="n", command="go", args={"x": {"nested": 1}}),
+         "field"),
+        (message("control", swarm="s", node="n", command="go", args={"x": object()}), "field"),
+        (message("fitness", swarm="s", node="n", seed=1, sigma=0.1, belief_mean=0.0,
+                 belief_var=1.0, arrays={"shaped": np.zeros(3, np.float64)}), "array_spec"),
+        (message("fitness", swarm="s", node="n", seed=1, sigma=0.1, belief_mean=0.0,
+                 belief_var=1.0, arrays={"shaped": np.zeros((3, 1), np.float32)}), "array_spec"),
+        (message("fitness", swarm="s", node="n", seed=1, sigma=-0.1, belief_mean=0.0,
+                 belief_var=1.0, arrays={"shaped": np.zeros(3, np.float32)}), "field"),
+        (message("belief", swarm="s", node="n", name="b",
+                 arrays={"mean": np.zeros(2), "var": np.zeros(3)}), "inconsistent"),
+        (message("belief", swarm="s", node="n", name="b",
+                 arrays={"mean": np.zeros(2), "var": -np.ones(2)}), "inconsistent"),
+        (message("belief", swarm="s", node="n", name="b",
+                 arrays={"mean": np.zeros(2, np.complex64), "var": np.zeros(2)}), "array_spec"),
+    ],
+)
+def test_encode_rejects_invalid_message_with_its_reason(msg: Message, reason: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        encode(msg)
+    assert info.value.reason == reason
+
+
+def test_encode_checks_finiteness_only_when_asked() -> None:
+    shaped = np.array([0.0, np.nan], np.float32)
+    msg = message("fitness", swarm="s", node="n", seed=1, sigma=0.1, belief_mean=0.0,
+                  belief_var=1.0, arrays={"shaped": shaped})
+    frames = encode(msg)  # the receiver's check: one pass over every float
+    assert reason_of([bytes(f) for f in frames]) == "non_finite"
+    with pytest.raises(ProtocolError, match="non_finite: array shaped"):
+        encode(msg, check_finite=True)
+
+
+def test_encode_enforces_the_size_limits() -> None:
+    with pytest.raises(ProtocolError, match="too_large: message of"):
+        encode(sample_messages()["state"], WireLimits(max_total_bytes=1024))
+
+
+# -- decode: each bad input has its reason -----------------------------------------------------
+
+
+def test_decode_rejects_declared_shape_larger_than_frame() -> None:
+    frames = frames_of(sample_messages()["fitness"])
+    frames = repack(frames, arrays=[["shaped", "float32", [17]]])
+    assert reason_of(frames) == "size_mismatch"
+
+
+def test_decode_checks_declared_sizes_before_reading_a_nan_payload() -> None:
+    nan = np.full(16, np.nan, np.float32).tobytes()
+    frames = frames_of(sample_messages()["fitness"])
+    assert reason_of([frames[0], nan]) == "non_finite"
+    assert reason_of([frames[0], nan + b"\0" * 4]) == "size_mismatch"
+
+
+def test_decode_rejects_huge_declared_shape_without_allocating() -> None:
+    frames = repack(frames_of(sample_messages()["fitness"]),
+                    arrays=[["shaped", "float32", [2**62]]])
+    assert reason_of(frames) == "too_large"
+
+
+@pytest.mark.parametrize(
+    ("limits", "frames_for", "reason"),
+    [
+        (WireLimits(max_frames=3), lambda f: f, "frames"),
+        (WireLimits(max_header_bytes=64), lambda f: f, "too_large"),
+        (WireLimits(max_total_bytes=2000), lambda f: f, "too_large"),
+        (WireLimits(max_array_elements=1000), lambda f: f, "too_large"),
+        (WireLimits(), lambda f: [], "frames"),
+        (WireLimits(), lambda f: f[:-1], "frames"),
+        (WireLimits(), lambda f: [*f, b""], "frames"),
+        (WireLimits(), lambda f: [f[0][:-3], *f[1:]], "header"),
+        (WireLimits(), lambda f: [f[0] + b"\x00", *f[1:]], "header"),
+        (WireLimits(), lambda f: [msgpack.packb([1, 2]), *f[1:]], "header"),
+        (WireLimits(), lambda f: [f[0], f[1], f[2], f[3][:-4]], "size_mismatch"),
+        (WireLimits(), lambda f: [f[0], f[2], f[1], f[3] + b"\0" * 4], "size_mismatch"),
+        (WireLimits(), lambda f: [*f[:3], np.full(len(f[3]) // 4, np.inf, "<f4").tobytes()],
+         "non_finite"),
+        (WireLimits(), lambda f: [f[0], "not a buffer", f[2], f[3]], "frames"),
+    ],
+)
+def test_decode_rejects_bad_frames_with_their_reason(limits, frames_for, reason) -> None:
+    frames = frames_of(sample_messages()["state"])
+    assert reason_of(frames_for(frames), limits) == reason
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"v": PROTOCOL_VERSION + 1}, "version"),
+        ({"v": True}, "version"),
+        ({"v": ...}, "version"),
+        ({"type": "gossip"}, "type"),
+        ({"type": b"state"}, "type"),
+        ({"type": "heartbeat"}, "field"),  # state fields on a heartbeat
+        ({"node": ...}, "field"),
+        ({"node": 5}, "field"),
+        ({"node": "n" * 129}, "field"),
+        ({"gen": 2**64 - 1 + 0.5}, "field"),
+        ({"ts": float("inf")}, "field"),
+        ({"fingerprint": "text, not bytes"}, "field"),
+        ({"fingerprint": b""}, "field"),
+        ({"extra": 1}, "field"),
+        ({"arrays": ...}, "field"),
+        ({"arrays": "wkv"}, "array_spec"),
+        ({"arrays": [["att_x_prev", "float32", [2, 1, 128]]] * 3}, "array_spec"),
+        ({"arrays": [["att_x_prev", "float32"], 1, 2]}, "array_spec"),
+        ({"arrays": [["att_x_prev", "int32", [2, 1, 128]], ["ffn_x_prev", "float32", [2, 1, 128]],
+                     ["wkv", "float32", [2, 1, 2, 64, 64]]]}, "array_spec"),
+        ({"arrays": [["att_x_prev", "float32", [2, 1, 128]], ["ffn_x_prev", "float32", [2, 128]],
+                     ["wkv", "float32", [2, 1, 2, 64, 64]]]}, "array_spec"),
+        ({"arrays": [["att_x_prev", "float32", [2, 1, 128]],
+                     ["ffn_x_prev", "float32", [2, 1, -128]],
+                     ["wkv", "float32", [2, 1, 2, 64, 64]]]}, "array_spec"),
+        ({"arrays": [["att_x_prev", "float32", [2, 1, 128]],
+                     ["ffn_x_prev", "float32", [2, 1, 128.0]],
+                     ["wkv", "float32", [2, 1, 2, 64, 64]]]}, "array_spec"),
+        ({"arrays": [["att_x_prev", "float32", [1, 2, 128]], ["ffn_x_prev", "float32", [2, 1, 128]],
+                     ["wkv", "float32", [2, 1, 2, 64, 64]]]}, "inconsistent"),
+        ({"arrays": [["att_x_prev", "float32", [2, 1, 128]], ["ffn_x_prev", "float32", [2, 1, 128]],
+                     ["wkv", "float32", [2, 1, 8, 32, 32]]]}, "inconsistent"),
+    ],
+)
+def test_decode_rejects_bad_header_with_its_reason(changes: dict, reason: str) -> None:
+    frames = frames_of(sample_messages()["state"])
+    assert reason_of(repack(frames, **changes)) == reason
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("size", [7, 70_000])  # below and above the sum fast path
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_decode_finds_every_non_finite_value(dtype: str, size: int, bad: float) -> None:
+    rng = np.random.default_rng(size)
+    for where in (0, size // 2, size - 1):
+        mean = rng.standard_normal(size).astype(dtype)
+        mean[where] = bad
+        msg = message("belief", swarm="s", node="n", name="b",
+                      arrays={"mean": mean, "var": np.ones(size, dtype)})
+        assert reason_of(frames_of(msg)) == "non_finite", where
+
+
+@pytest.mark.parametrize("bits", [0x7F80, 0xFF80, 0x7FC0, 0x7F81])  # inf, -inf, NaNs
+def test_decode_finds_non_finite_bfloat16(bits: int) -> None:
+    msg = state_message(random_state(torch.bfloat16), FINGERPRINT, swarm="s", node="n", gen=0)
+    frames = frames_of(msg)
+    att = bytearray(frames[1])
+    att[10:12] = bits.to_bytes(2, "little")
+    assert reason_of([frames[0], bytes(att), *frames[2:]]) == "non_finite"
+
+
+def test_decode_accepts_finite_arrays_whose_sum_overflows() -> None:
+    big = np.full(70_000, 3e38, np.float32)  # the fast path's sum is inf; every value is finite
+    msg = message("belief", swarm="s", node="n", name="b", arrays={"mean": big, "var": big})
+    assert np.array_equal(decode(frames_of(msg)).arrays["mean"], big)
+
+
+def test_protocol_error_names_reason_and_detail() -> None:
+    frames = repack(frames_of(sample_messages()["heartbeat"]), v=9)
+    with pytest.raises(ProtocolError) as info:
+        decode(frames)
+    assert info.value.reason == "version"
+    assert str(info.value) == f"version: v must be {PROTOCOL_VERSION}, got int 9"
+    assert isinstance(info.value, ValueError)
