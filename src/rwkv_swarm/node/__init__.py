@@ -1,6 +1,7 @@
 """One organism: model + estimator + evolution step; wire messages; ZeroMQ transport."""
 
 from .environment import Environment
+from .keys import NodeKeys, SwarmKeyring
 from .node import Node, NodeConfig
 from .rollout import Rollout, rollout
 from .strategy import (
@@ -15,7 +16,20 @@ from .strategy import (
     derive_seed,
     zscore,
 )
+from .transport import Transport, TransportConfig
+from .wire import (
+    Message,
+    ProtocolError,
+    WireLimits,
+    decode,
+    encode,
+    message,
+    state_from_message,
+    state_message,
+)
 
-__all__ = ["ESConfig", "Environment", "KalmanES", "KalmanESConfig", "LowRankES", "Mutants",
-           "Node", "NodeConfig", "Rollout", "StepInfo", "Strategy", "centered_ranks",
-           "derive_seed", "rollout", "zscore"]
+__all__ = ["ESConfig", "Environment", "KalmanES", "KalmanESConfig", "LowRankES", "Message",
+           "Mutants", "Node", "NodeConfig", "NodeKeys", "ProtocolError", "Rollout", "StepInfo",
+           "Strategy", "SwarmKeyring", "Transport", "TransportConfig", "WireLimits",
+           "centered_ranks", "decode", "derive_seed", "encode", "message", "rollout",
+           "state_from_message", "state_message", "zscore"]
