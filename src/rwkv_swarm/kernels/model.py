@@ -273,6 +273,7 @@ class RWKV7(nn.Module):
         out = config.vocab_size if config.token_mode else config.output_dim
         self.head = nn.Linear(C, out, bias=False)
         init_weights(self, torch.Generator().manual_seed(seed))
+        self.n_params = sum(p.numel() for p in self.parameters())
         self.use_native = True  # small-batch CPU steps through csrc/rwkv7_step.c when built
         self._native = None
         self._graph = None  # CudaGraphStep, after enable_cuda_graph_step

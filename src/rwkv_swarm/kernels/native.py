@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csrc") / "rwkv7_step.c"
 CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno",
           "-std=c99"]
-MAX_BATCH = 8  # beyond this, batched GEMMs in PyTorch win
+MAX_BATCH = 64  # rows; and at most MAX_WORK rows x parameters: beyond, batched GEMMs win
+MAX_WORK = 25_000_000  # measured crossover (docs/kernels.md): C=256 L=4 near 16 rows,
+# C=128 L=2 near 64
 LAYER_PTRS = 33  # keep in the order of the enum in rwkv7_step.c
 LAYER_NAMES = ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "att.x_r", "att.x_w",
                "att.x_k", "att.x_v", "att.x_a", "att.x_g", "att.w0", "att.w1", "att.w2",
@@ -110,8 +112,8 @@ class NativeStep:
     @staticmethod
     def supports(model: torch.nn.Module, batch: int) -> bool:
         p = model.head.weight
-        return batch <= MAX_BATCH and p.device.type == "cpu" and p.dtype == torch.float32 \
-            and load() is not None
+        return batch <= MAX_BATCH and batch * model.n_params <= MAX_WORK \
+            and p.device.type == "cpu" and p.dtype == torch.float32 and load() is not None
 
     def _pointers(self) -> None:
         key = [p.data_ptr() for p in self._params]  # in-place updates keep pointers valid
