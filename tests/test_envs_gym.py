@@ -316,6 +316,8 @@ def test_state_round_trip_through_msgpack_gives_identical_future():
         twin.end_generation()
     with pytest.raises(ValueError, match="Pendulum"):
         GymEnv("Pendulum-v1").load_state_dict(state)
+    with pytest.raises(ValueError, match="unknown pending signals"):
+        twin.load_state_dict({**state, "pending": {"gravity": 1.0}})
 
 
 def test_changing_n_keeps_working_on_both_paths():

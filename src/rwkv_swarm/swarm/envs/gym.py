@@ -261,6 +261,10 @@ class GymEnv:
             raise ValueError(f"state is for {state['kind']}:{state['env_id']} with "
                              f"observation_dim {state['observation_dim']}, this env is "
                              f"gym:{self._spec.id} with {self.observation_dim}")
+        unknown = sorted(set(state["pending"]) - set(GYM_SIGNALS))
+        if unknown:
+            raise ValueError(f"state holds unknown pending signals {unknown}; accepted: "
+                             f"{sorted(GYM_SIGNALS)}")
         self.norm.load_state_dict(state["norm"])
         self._noise = {k: float(state[k]) for k in ("obs_noise", "action_noise")}
         self._pending = {str(k): float(v) for k, v in state["pending"].items()}
