@@ -1,0 +1,214 @@
+"""How `GymEnv` drives gymnasium: space mappings, per-copy noise, vectorised and list paths."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from ._util import copy_int_seed, copy_seed
+
+# Vector entry points whose copies we can seed one by one (gymnasium seeds a vector env with
+# one generator for all copies, so copy i would depend on n): entry point -> per-copy seeder.
+_CARTPOLE_VECTOR = "gymnasium.envs.classic_control.cartpole:CartPoleVectorEnv"
+NOISE_BLOCK = 64  # steps of noise drawn per copy at a time (amortises per-copy generator calls)
+
+
+def resolve_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The registered spec for `env_id` ("module:Id" imports module first), or a ValueError
+    naming close matches and how to list ids."""
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"env_id must be a non-empty gymnasium id string, got {env_id!r}")
+    name = env_id
+    if ":" in env_id:
+        module, name = env_id.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"cannot import module {module!r} named in env id {env_id!r}: "
+                             f"{e}") from e
+    if name not in gym.registry:
+        close = difflib.get_close_matches(name, list(gym.registry), n=5, cutoff=0.5)
+        hint = f"close matches: {close}; " if close else ""
+        raise ValueError(f"unknown gymnasium env id {name!r}; {hint}list all registered ids "
+                         "with sorted(gymnasium.registry) or gymnasium.pprint_registry()")
+    return gym.registry[name]
+
+
+class ObsMap:
+    """Flattens a single observation space to float64 rows: Box -> its values, Discrete ->
+    one-hot."""
+
+    def __init__(self, space: spaces.Space) -> None:
+        if isinstance(space, spaces.Box):
+            self.dim = int(np.prod(space.shape))
+            self._start: int | None = None
+        elif isinstance(space, spaces.Discrete):
+            self.dim, self._start = int(space.n), int(space.start)
+        else:
+            raise ValueError(f"unsupported observation space {space}; supported: Box "
+                             "(flattened) and Discrete (one-hot)")
+
+    def rows(self, batch: np.ndarray) -> np.ndarray:
+        """A batch of n observations as (n, dim) float64."""
+        if self._start is None:
+            return np.asarray(batch, dtype=np.float64).reshape(len(batch), self.dim)
+        idx = np.asarray(batch, dtype=np.int64) - self._start
+        out = np.zeros((len(idx), self.dim))
+        out[np.arange(len(idx)), idx] = 1.0
+        return out
+
+
+class ActionMap:
+    """Maps policy outputs (n, action_dim) to a batch of actions.
+
+    Discrete(k): action_dim = k, action = start + argmax; noise = probability of a uniformly
+    random action instead. Box (finite bounds): action_dim = prod(shape),
+    action = low + (tanh(out) + 1) / 2 * (high - low); noise = Gaussian std added, then clipped.
+    """
+
+    def __init__(self, space: spaces.Space) -> None:
+        if isinstance(space, spaces.Discrete):
+            self.discrete = True
+            self.action_dim, self._start = int(space.n), int(space.start)
+        elif isinstance(space, spaces.Box):
+            if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+                raise ValueError(f"Box action space {space} has infinite bounds; tanh scaling "
+                                 "needs finite low and high")
+            self.discrete = False
+            self.action_dim = int(np.prod(space.shape))
+            self._shape, self._dtype = space.shape, space.dtype
+            self._low = space.low.astype(np.float64).reshape(-1)
+            self._high = space.high.astype(np.float64).reshape(-1)
+        else:
+            raise ValueError(f"unsupported action space {space}; supported: Discrete (argmax) "
+                             "and Box with finite bounds (tanh-scaled)")
+
+    def noise_dim(self) -> int:
+        """Noise values a copy needs per step: (replace?, which action) or one per dimension."""
+        return 2 if self.discrete else self.action_dim
+
+    def __call__(self, out: np.ndarray, level: float, noise: np.ndarray | None) -> np.ndarray:
+        if self.discrete:
+            act = np.argmax(out, axis=1)
+            if noise is not None:
+                replace = noise[:, 0] < level
+                random = np.minimum((noise[:, 1] * self.action_dim).astype(np.int64),
+                                    self.action_dim - 1)
+                act = np.where(replace, random, act)
+            return (act + self._start).astype(np.int64)
+        act = self._low + (np.tanh(out) + 1.0) * 0.5 * (self._high - self._low)
+        if noise is not None:
+            act = np.clip(act + level * noise, self._low, self._high)
+        return act.reshape(len(out), *self._shape).astype(self._dtype)
+
+
+class CopyNoise:
+    """Per-copy noise streams: copy i's values depend only on (seed, i, stream), never on n.
+    Drawn NOISE_BLOCK steps at a time so that the per-copy generators cost little per step."""
+
+    def __init__(self, seed: int, n: int, dim: int, stream: int, uniform: bool) -> None:
+        self._rngs = [np.random.default_rng(copy_seed(seed, i, stream)) for i in range(n)]
+        self._buf = np.empty((n, NOISE_BLOCK, dim))
+        self._uniform = uniform
+        self._t = NOISE_BLOCK
+
+    def next(self) -> np.ndarray:
+        """The next step's (n, dim) values: U[0, 1) or standard normal."""
+        if self._t == NOISE_BLOCK:
+            shape = self._buf.shape[1:]
+            for i, rng in enumerate(self._rngs):
+                self._buf[i] = rng.random(shape) if self._uniform else rng.standard_normal(shape)
+            self._t = 0
+        self._t += 1
+        return self._buf[:, self._t - 1]
+
+
+def _seed_cartpole(env: Any, seeds: list[int]) -> np.ndarray:
+    # CartPoleEnv.reset(seed=s) draws its state as default_rng(s).uniform(-0.05, 0.05, 4):
+    # replaying that per copy makes copy i identical to a single env seeded with seeds[i]
+    env.reset(seed=seeds[0])
+    env.state = np.stack([np.random.default_rng(s).uniform(-0.05, 0.05, 4) for s in seeds], 1)
+    return env.state.T.astype(np.float32)
+
+
+_VECTOR_SEEDERS: dict[str, Callable[[Any, list[int]], np.ndarray]] = {
+    _CARTPOLE_VECTOR: _seed_cartpole,
+}
+
+
+def vector_supported(spec: gym.envs.registration.EnvSpec, kwargs: dict[str, Any]) -> bool:
+    """Whether `spec` has a vector entry point we can seed per copy that accepts `kwargs`."""
+    entry = spec.vector_entry_point
+    if not isinstance(entry, str) or entry not in _VECTOR_SEEDERS:
+        return False
+    params = inspect.signature(gym.envs.registration.load_env_creator(entry)).parameters
+    return set(kwargs) <= set(params)
+
+
+class VectorBackend:
+    """All n copies in one gymnasium vector env (autoreset is masked by the caller)."""
+
+    def __init__(self, spec: gym.envs.registration.EnvSpec, n: int, kwargs: dict[str, Any]):
+        self.n = n
+        self._seeder = _VECTOR_SEEDERS[spec.vector_entry_point]  # type: ignore[index]
+        self.env = gym.make_vec(spec.id, num_envs=n, vectorization_mode="vector_entry_point",
+                                **kwargs)
+        self.observation_space = self.env.single_observation_space
+        self.action_space = self.env.single_action_space
+
+    def reset(self, seed: int) -> np.ndarray:
+        return self._seeder(self.env, [copy_int_seed(seed, i) for i in range(self.n)])
+
+    def step(self, actions: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, ...]:
+        obs, reward, term, trunc, _ = self.env.step(actions)
+        return obs, np.asarray(reward, dtype=np.float64), np.logical_or(term, trunc)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class ListBackend:
+    """One single gymnasium env per copy; only live copies are stepped."""
+
+    def __init__(self, spec: gym.envs.registration.EnvSpec, n: int, kwargs: dict[str, Any]):
+        self._spec, self._kwargs = spec, kwargs
+        self.envs: list[gym.Env] = []
+        self.resize(n)
+        self.observation_space = self.envs[0].observation_space
+        self.action_space = self.envs[0].action_space
+
+    def resize(self, n: int) -> None:
+        """Keep the existing envs (creating them is slow), add or close the difference."""
+        while len(self.envs) > n:
+            self.envs.pop().close()
+        while len(self.envs) < n:
+            # the passive checker only warns (errors under strict warning filters) and costs
+            # time per step; the adapter validates the spaces itself
+            self.envs.append(gym.make(self._spec.id, disable_env_checker=True, **self._kwargs))
+        self.n = n
+        self._last: list[Any] = [None] * n
+
+    def reset(self, seed: int) -> np.ndarray:
+        self._last = [env.reset(seed=copy_int_seed(seed, i))[0] for i, env in
+                      enumerate(self.envs)]
+        return np.stack([np.asarray(o) for o in self._last])
+
+    def step(self, actions: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, ...]:
+        reward, ended = np.zeros(self.n), np.zeros(self.n, dtype=bool)
+        discrete = isinstance(self.action_space, spaces.Discrete)
+        for i in np.flatnonzero(live):
+            a = int(actions[i]) if discrete else actions[i]
+            self._last[i], r, term, trunc, _ = self.envs[i].step(a)
+            reward[i], ended[i] = float(r), bool(term or trunc)
+        return np.stack([np.asarray(o) for o in self._last]), reward, ended
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
