@@ -94,3 +94,22 @@ def test_restore_rejects_bytes_that_are_not_a_checkpoint():
         Node.restore(b"\x93garbage", TrackingEnv())
     with pytest.raises(ValueError, match="version"):
         Node.restore(msgpack.packb({"version": 99}), TrackingEnv())
+
+
+def test_a_diverged_mutant_scores_nan_and_never_stops_the_others():
+    from rwkv_swarm.kernels import RWKV7State
+    from rwkv_swarm.node import rollout
+    from rwkv_swarm.swarm.envs import GymEnv
+
+    env = GymEnv("CartPole-v1", normalize_obs=False)
+    state = RWKV7State.zeros(MODEL, 4)
+
+    def policy(obs: torch.Tensor, st: RWKV7State):
+        out = torch.zeros(len(obs), 2)
+        out[:, 1] = obs[:, 2]  # push toward the pole's lean: balances for a while
+        out[1] = float("nan")  # mutant 1 diverged
+        return out, st
+
+    result = rollout(env, policy, 4, seed=3, state=state, max_steps=200)
+    assert math.isnan(result.returns[1])
+    assert np.isfinite(result.returns[[0, 2, 3]]).all() and (result.returns[[0, 2, 3]] > 20).all()
