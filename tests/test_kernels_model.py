@@ -145,3 +145,22 @@ def test_initial_weights_are_deterministic_per_seed():
     a, b, c = (RWKV7(CONTROL, seed=s) for s in (1, 1, 2))
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
     assert not torch.equal(a.head.weight, c.head.weight)
+
+
+def test_live_init_makes_every_block_path_act_and_trainer_init_starts_at_identity():
+    trainer, live = RWKV7(CONTROL, seed=1), RWKV7(CONTROL, seed=1, init="live")
+    for i in range(CONTROL.n_layer):
+        assert torch.count_nonzero(trainer.blocks[i].att.output.weight) == 0
+        assert torch.count_nonzero(trainer.blocks[i].ffn.value.weight) == 0
+        assert live.blocks[i].att.output.weight.std() > 0.5 * CONTROL.n_embd ** -0.5
+    x = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # a key-weight change is invisible only while output is zero
+        for m in (trainer, live):
+            before, _ = m(x)
+            m.blocks[0].att.key.weight.mul_(2.0)
+            m.use_native = False
+            after, _ = m(x)
+            m.changed = not torch.allclose(before, after)
+    assert live.changed and not trainer.changed
+    with pytest.raises(ValueError, match="init scheme"):
+        RWKV7(CONTROL, init="xavier")

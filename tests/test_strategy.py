@@ -85,9 +85,15 @@ def test_nodes_of_one_swarm_draw_different_noise():
 
 
 def test_centered_ranks_are_symmetric_and_rank_nan_worst():
-    u = centered_ranks(np.array([3.0, np.nan, -1.0, 10.0, np.inf * -1]))
+    u = centered_ranks(np.array([3.0, np.nan, -1.0, 10.0, 7.0]))
     assert u.min() == -0.5 and u.max() == 0.5 and abs(u.sum()) < 1e-12
-    assert u[3] == 0.5 and u[1] < u[2] and u[4] < u[2]  # NaN and -inf below every real value
+    assert u[3] == 0.5 and u[1] == -0.5  # NaN below every real value
+
+
+def test_centered_ranks_give_ties_equal_weight_so_tied_pairs_cancel():
+    u = centered_ranks(np.array([9.0, 9.0, 12.0, 9.0, np.nan, -np.inf, 30.0, 12.0]))
+    assert u[0] == u[1] == u[3] and u[2] == u[7] and u[4] == u[5]
+    assert abs(u.sum()) < 1e-12 and u[6] == 0.5
 
 
 def test_zscore_gives_nonfinite_values_the_worst_score():

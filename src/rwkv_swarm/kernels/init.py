@@ -41,9 +41,21 @@ def _mix_and_decay(cfg: RWKV7Config, layer_id: int) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in out.items()}
 
 
+INITS = ("trainer", "live")
+
+
 @torch.no_grad()
-def init_weights(model: nn.Module, gen: torch.Generator) -> None:
-    """Trainer-style initial weights for an `RWKV7` (token or control mode)."""
+def init_weights(model: nn.Module, gen: torch.Generator, scheme: str = "trainer") -> None:
+    """Initial weights for an `RWKV7` (token or control mode).
+
+    "trainer": as BlinkDL's trainer, every block starts as the identity (output and ffn.value
+    zero). "live": the same, but output and ffn.value drawn N(0, 1/fan_in), so every path
+    through the blocks acts from the start. Evolution needs that: while output is zero, a
+    perturbation of receptance, key, value or a LoRA changes nothing, and its evaluation is
+    wasted.
+    """
+    if scheme not in INITS:
+        raise ValueError(f"init scheme must be one of {INITS}, got {scheme!r}")
     cfg: RWKV7Config = model.config
     C = cfg.n_embd
     bound = 0.5 / C ** 0.5
@@ -62,11 +74,17 @@ def init_weights(model: nn.Module, gen: torch.Generator) -> None:
         nn.init.uniform_(att.receptance.weight, -bound, bound, generator=gen)
         nn.init.uniform_(att.key.weight, -0.1 * bound, 0.1 * bound, generator=gen)
         nn.init.uniform_(att.value.weight, -bound, bound, generator=gen)
-        att.output.weight.zero_()
+        if scheme == "live":
+            att.output.weight.normal_(0.0, C ** -0.5, generator=gen)
+        else:
+            att.output.weight.zero_()
         att.ln_x.weight.fill_(((1 + i) / cfg.n_layer) ** 0.7)
         att.ln_x.bias.zero_()
         nn.init.uniform_(ffn.key.weight, -bound, bound, generator=gen)
-        ffn.value.weight.zero_()
+        if scheme == "live":
+            ffn.value.weight.normal_(0.0, cfg.ffn_dim ** -0.5, generator=gen)
+        else:
+            ffn.value.weight.zero_()
         for ln in (block.ln1, block.ln2, getattr(block, "ln0", None)):
             if ln is not None:
                 ln.weight.fill_(1.0)

@@ -260,7 +260,7 @@ class RWKV7(nn.Module):
     sequence in chunks. Both return `(outputs, new_state)` and never modify `state`.
     """
 
-    def __init__(self, config: RWKV7Config, seed: int = 0):
+    def __init__(self, config: RWKV7Config, seed: int = 0, init: str = "trainer"):
         super().__init__()
         self.config = config
         C = config.n_embd
@@ -272,7 +272,7 @@ class RWKV7(nn.Module):
         self.ln_out = nn.LayerNorm(C, eps=LN_EPS)
         out = config.vocab_size if config.token_mode else config.output_dim
         self.head = nn.Linear(C, out, bias=False)
-        init_weights(self, torch.Generator().manual_seed(seed))
+        init_weights(self, torch.Generator().manual_seed(seed), init)
         self.n_params = sum(p.numel() for p in self.parameters())
         self.use_native = True  # small-batch CPU steps through csrc/rwkv7_step.c when built
         self._native = None

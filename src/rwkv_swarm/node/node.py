@@ -40,6 +40,7 @@ class NodeConfig:
     es: ESConfig = field(default_factory=KalmanESConfig)
     episodes: int = 1  # episodes per mutant per generation (fitness = their mean)
     max_steps: int = 500  # cap on steps per episode / segment
+    init: str = "live"  # initial weights: "live" (every block path active) or "trainer"
     node_id: int = 0  # index in the swarm; seeds and noise streams derive from it
     seed: int = 0  # swarm seed
 
@@ -80,7 +81,8 @@ class Node:
         self._check_env(config, env)
         es = replace(config.es, seed=derive_seed(config.seed, 0), stream=config.node_id)
         self.config, self.env = config, env
-        self.model = RWKV7(config.model, seed=derive_seed(config.seed, config.node_id, 1) % 2**31)
+        self.model = RWKV7(config.model, seed=derive_seed(config.seed, config.node_id, 1) % 2**31,
+                           init=config.init)
         self.strategy = STRATEGIES[config.strategy](self.model, es)
         self.live_state = self.model.zero_state(1)
         self.generation_count = 0

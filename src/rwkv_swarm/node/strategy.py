@@ -30,7 +30,7 @@ from ..kernels.population import targets_for
 SHAPINGS = ("centered_ranks", "zscore")
 STEP_RULES = ("snr", "optimizer")
 WORLD_CHANGE_INFLATION = 100.0  # fitness-belief variance factor on an announced world change
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "sgd", "clipup")
 
 
 def derive_seed(*keys: int) -> int:
@@ -40,11 +40,17 @@ def derive_seed(*keys: int) -> int:
 
 
 def centered_ranks(f: np.ndarray) -> np.ndarray:
-    """Ranks mapped to [-0.5, 0.5]; non-finite values rank worst (ties broken by position)."""
+    """Ranks mapped to [-0.5, 0.5]; non-finite values rank worst.
+
+    Tied values share their average rank. Episode returns tie often (every early CartPole
+    episode lasts 8-12 steps), and breaking ties by position would give every tied antithetic
+    pair a spurious difference, all pointing the same way relative to their noise.
+    """
     f = np.where(np.isfinite(f), f, -np.inf)
-    ranks = np.empty(len(f))
-    ranks[np.argsort(f, kind="stable")] = np.arange(len(f))
-    return ranks / (len(f) - 1) - 0.5
+    values, inverse, counts = np.unique(f, return_inverse=True, return_counts=True)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    average = first + (counts - 1) / 2.0  # mean of the ranks first .. first + count - 1
+    return average[inverse] / (len(f) - 1) - 0.5
 
 
 def zscore(f: np.ndarray) -> np.ndarray:
@@ -65,8 +71,9 @@ class ESConfig:
     rank: int = 1  # rank r of each matrix perturbation
     sigma: float = 0.05  # perturbation scale
     lr: float = 0.05  # optimizer learning rate
-    optimizer: str = "adam"  # "adam" or "sgd"
-    momentum: float = 0.9  # SGD momentum
+    optimizer: str = "adam"  # "adam", "sgd" or "clipup" (Toklu et al. 2020)
+    momentum: float = 0.9  # SGD and ClipUp momentum
+    max_speed: float = 0.3  # ClipUp: largest norm of one whole step
     weight_decay: float = 0.0  # decoupled weight decay per step
     shaping: str = "centered_ranks"  # "centered_ranks" or "zscore"
     include: tuple[str, ...] = ("matrices",)  # perturbed groups (kernels.population.GROUPS)
@@ -113,6 +120,44 @@ class KalmanESConfig(ESConfig):
         super().__post_init__()
         if self.step_rule not in STEP_RULES:
             raise ValueError(f"step_rule must be one of {STEP_RULES}, got {self.step_rule!r}")
+
+
+class ClipUp(torch.optim.Optimizer):
+    """ClipUp (Toklu et al., PPSN 2020): momentum on the normalised gradient, speed clipped.
+
+        v <- momentum * v - lr * grad / ||grad||;  v <- v * min(1, max_speed / ||v||);  x += v
+
+    Norms are over all parameters together, so a step keeps the estimate's direction and its
+    size is set by lr and max_speed alone, whatever the number of coordinates or the fitness
+    scale (unlike Adam's per-coordinate normalisation, which moves every coordinate by about
+    lr even where the estimate is pure noise).
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, max_speed: float = 0.3,
+                 weight_decay: float = 0.0):
+        if not (lr > 0 and max_speed > 0):
+            raise ValueError(f"lr and max_speed must be > 0, got {lr}, {max_speed}")
+        super().__init__(params, {"lr": lr, "momentum": momentum, "max_speed": max_speed,
+                                  "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - torch.optim.Optimizer.step
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            gnorm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params))
+            if gnorm == 0:
+                continue
+            vel = [self.state[p].setdefault("velocity", torch.zeros_like(p)) for p in params]
+            for v, p in zip(vel, params, strict=True):
+                v.mul_(group["momentum"]).add_(p.grad, alpha=-group["lr"] / float(gnorm))
+            vnorm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in vel)))
+            scale = min(1.0, group["max_speed"] / vnorm) if vnorm > 0 else 1.0
+            for v, p in zip(vel, params, strict=True):
+                v.mul_(scale)
+                p.mul_(1 - group["weight_decay"]).add_(v)
+        return None
 
 
 @dataclass
@@ -207,6 +252,9 @@ class Strategy:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
+        if c.optimizer == "clipup":
+            return ClipUp(self.params, lr=c.lr, momentum=c.momentum, max_speed=c.max_speed,
+                          weight_decay=c.weight_decay)
         if c.optimizer == "adam":
             return torch.optim.AdamW(self.params, lr=c.lr, weight_decay=c.weight_decay)
         return torch.optim.SGD(self.params, lr=c.lr, momentum=c.momentum,
