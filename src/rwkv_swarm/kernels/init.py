@@ -48,11 +48,11 @@ INITS = ("trainer", "live")
 def init_weights(model: nn.Module, gen: torch.Generator, scheme: str = "trainer") -> None:
     """Initial weights for an `RWKV7` (token or control mode).
 
-    "trainer": as BlinkDL's trainer, every block starts as the identity (output and ffn.value
-    zero). "live": the same, but output and ffn.value drawn N(0, 1/fan_in), so every path
-    through the blocks acts from the start. Evolution needs that: while output is zero, a
-    perturbation of receptance, key, value or a LoRA changes nothing, and its evaluation is
-    wasted.
+    "trainer": as BlinkDL's trainer, every block starts as the identity (output, ffn.value and
+    the LoRA down-projections w1/a1/v1/g1 zero). "live": the same, but those drawn
+    N(0, 1/fan_in), so every path through the blocks acts from the start. Evolution needs
+    that: while output is zero, a perturbation of receptance, key, value or a LoRA changes
+    nothing, and while w1 is zero neither does one of w2 (and the decay ignores the input).
     """
     if scheme not in INITS:
         raise ValueError(f"init scheme must be one of {INITS}, got {scheme!r}")
@@ -68,7 +68,10 @@ def init_weights(model: nn.Module, gen: torch.Generator, scheme: str = "trainer"
                 target.copy_(value)
         for lora in ("w", "a", "v", "g"):
             if hasattr(att, lora + "1"):
-                getattr(att, lora + "1").zero_()
+                if scheme == "live":
+                    getattr(att, lora + "1").normal_(0.0, C ** -0.5, generator=gen)
+                else:
+                    getattr(att, lora + "1").zero_()
                 nn.init.orthogonal_(getattr(att, lora + "2"), gain=0.1, generator=gen)
         att.r_k.fill_(-0.04)
         nn.init.uniform_(att.receptance.weight, -bound, bound, generator=gen)
