@@ -339,3 +339,18 @@ def test_make_env_builds_gym_envs_and_lists_kinds_on_error():
         make_env({"kind": "mujoco"})
     with pytest.raises(ValueError, match="needs 'id'"):
         make_env({"kind": "gym"})
+
+
+def test_copies_with_equal_keys_meet_the_same_episode_and_noise():
+    env = GymEnv("CartPole-v1", obs_noise=0.05, action_noise=0.2, normalize_obs=False)
+    obs = env.reset(4, seed=9, keys=[0, 0, 5, 5])
+    assert np.array_equal(obs[0], obs[1]) and np.array_equal(obs[2], obs[3])
+    assert not np.array_equal(obs[0], obs[2])
+    for _ in range(30):  # same actions in -> same noisy trajectories out, pair by pair
+        obs, reward, done = env.step(np.tile([[0.3, -0.1]], (4, 1)))
+        assert np.array_equal(obs[0], obs[1]) and np.array_equal(obs[2], obs[3])
+    default = GymEnv("CartPole-v1", normalize_obs=False)
+    keyed = GymEnv("CartPole-v1", normalize_obs=False)
+    assert np.array_equal(default.reset(3, seed=2), keyed.reset(3, seed=2, keys=[0, 1, 2]))
+    with pytest.raises(ValueError, match="keys must be 3 non-negative ints"):
+        keyed.reset(3, seed=2, keys=[0, -1, 2])

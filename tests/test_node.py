@@ -113,3 +113,12 @@ def test_a_diverged_mutant_scores_nan_and_never_stops_the_others():
     result = rollout(env, policy, 4, seed=3, state=state, max_steps=200)
     assert math.isnan(result.returns[1])
     assert np.isfinite(result.returns[[0, 2, 3]]).all() and (result.returns[[0, 2, 3]] > 20).all()
+
+
+def test_antithetic_pairs_meet_the_same_episodes_unless_told_otherwise():
+    paired = Node(config(episodes=2), TrackingEnv())
+    paired.generation()
+    assert paired.env.last_keys[:8] == [0, 1, 0, 1, 2, 3, 2, 3]  # member-major, E=2
+    unpaired = Node(config(episodes=2, paired_episodes=False), TrackingEnv())
+    unpaired.generation()
+    assert unpaired.env.last_keys[:8] == list(range(8))

@@ -21,12 +21,14 @@ class TrackingEnv:
         self.segment = 0
         self.resets = 0
 
-    def reset(self, n: int, seed: int) -> np.ndarray:
+    def reset(self, n: int, seed: int, keys=None) -> np.ndarray:
         self.resets += 1
         key = self.segment if self.persistent else seed
         rng = np.random.default_rng(key)
         shared = rng.normal(size=(self.length + 1, 1, 3))  # continuing: one world for all copies
-        per_copy = rng.normal(size=(self.length + 1, n, 3))
+        keys = np.arange(n) if keys is None else np.asarray(keys)
+        self.last_keys = keys.tolist()
+        per_copy = rng.normal(size=(self.length + 1, int(keys.max()) + 1, 3))[:, keys]
         self.obs = np.broadcast_to(shared, (self.length + 1, n, 3)) if self.persistent \
             else per_copy
         self.t = 0

@@ -7,6 +7,7 @@ in lock step, one per mutant (or per mutant and episode); copies end independent
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -27,8 +28,10 @@ class Environment(Protocol):
     action_dim: int
     persistent: bool
 
-    def reset(self, n: int, seed: int) -> np.ndarray:
-        """Start n copies; returns observations (n, observation_dim) float32."""
+    def reset(self, n: int, seed: int, keys: Sequence[int] | None = None) -> np.ndarray:
+        """Start n copies; returns observations (n, observation_dim) float32. Copy i is seeded
+        from (seed, keys[i]), keys 0..n-1 by default: copies with equal keys start alike and
+        meet the same noise (common random numbers, e.g. for an antithetic pair)."""
 
     def step(self, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Apply policy outputs (n, action_dim); returns (obs (n, obs_dim), reward (n,),
@@ -41,7 +44,8 @@ class Environment(Protocol):
         updated centre see the same data)."""
 
     def apply_signal(self, name: str, params: dict[str, Any]) -> None:
-        """Change the world (e.g. shift a frequency); takes effect at the next reset."""
+        """Change the world (e.g. shift a frequency): from the next reset, or for a stream
+        from its next segment (the node applies signals at a generation boundary)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything that decides future behaviour (stats, stream position, RNG), msgpack-able."""

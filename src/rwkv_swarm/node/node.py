@@ -39,6 +39,8 @@ class NodeConfig:
     strategy: str = "kalman"  # "kalman" (KalmanES) or "lowrank" (LowRankES)
     es: ESConfig = field(default_factory=KalmanESConfig)
     episodes: int = 1  # episodes per mutant per generation (fitness = their mean)
+    paired_episodes: bool = True  # the two members of an antithetic pair meet the same
+    # episodes (starts and noise): their fitness difference then measures the mutation alone
     max_steps: int = 500  # cap on steps per episode / segment
     init: str = "live"  # initial weights: "live" (every block path active) or "trainer"
     node_id: int = 0  # index in the swarm; seeds and noise streams derive from it
@@ -117,7 +119,9 @@ class Node:
 
         seed = derive_seed(self.config.seed, self.config.node_id, self.generation_count, 2)
         t1 = time.perf_counter()
-        evaluated = rollout(self.env, policy, P * E, seed, start, self.config.max_steps)
+        keys = [(m // 2) * E + e for m in range(P) for e in range(E)] \
+            if self.config.paired_episodes else None
+        evaluated = rollout(self.env, policy, P * E, seed, start, self.config.max_steps, keys)
         fitness = evaluated.returns.reshape(P, E).mean(axis=1)
         t2 = time.perf_counter()
         info = self.strategy.tell(fitness)

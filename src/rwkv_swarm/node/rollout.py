@@ -30,13 +30,13 @@ class Rollout:
 
 
 def rollout(env: Environment, policy: Policy, n: int, seed: int, state: RWKV7State,
-            max_steps: int) -> Rollout:
+            max_steps: int, keys: list[int] | None = None) -> Rollout:
     """Step `policy` in `n` copies of `env` from `state` (n rows). Copies end independently:
     a done copy's later rewards are ignored (the batch still computes its row: one batched
     pass is cheaper than compacting it). A copy whose policy outputs turn non-finite (a
     diverged mutant) acts with zeros from then on and returns NaN: it is ranked worst, and
     it never stops the others."""
-    obs = env.reset(n, seed)
+    obs = env.reset(n, seed) if keys is None else env.reset(n, seed, keys)
     returns = np.zeros(n)
     steps = np.zeros(n, dtype=np.int64)
     alive = np.ones(n, dtype=bool)

@@ -110,12 +110,12 @@ class ActionMap:
 
 
 class CopyNoise:
-    """Per-copy noise streams: copy i's values depend only on (seed, i, stream), never on n.
-    Drawn NOISE_BLOCK steps at a time so that the per-copy generators cost little per step."""
+    """Per-copy noise streams: copy i's values depend only on (seed, keys[i], stream), never on
+    n. Drawn NOISE_BLOCK steps at a time so that the per-copy generators cost little per step."""
 
-    def __init__(self, seed: int, n: int, dim: int, stream: int, uniform: bool) -> None:
-        self._rngs = [np.random.default_rng(copy_seed(seed, i, stream)) for i in range(n)]
-        self._buf = np.empty((n, NOISE_BLOCK, dim))
+    def __init__(self, seed: int, keys: list[int], dim: int, stream: int, uniform: bool) -> None:
+        self._rngs = [np.random.default_rng(copy_seed(seed, k, stream)) for k in keys]
+        self._buf = np.empty((len(keys), NOISE_BLOCK, dim))
         self._uniform = uniform
         self._t = NOISE_BLOCK
 
@@ -163,8 +163,8 @@ class VectorBackend:
         self.observation_space = self.env.single_observation_space
         self.action_space = self.env.single_action_space
 
-    def reset(self, seed: int) -> np.ndarray:
-        return self._seeder(self.env, [copy_int_seed(seed, i) for i in range(self.n)])
+    def reset(self, seed: int, keys: list[int]) -> np.ndarray:
+        return self._seeder(self.env, [copy_int_seed(seed, k) for k in keys])
 
     def step(self, actions: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, ...]:
         obs, reward, term, trunc, _ = self.env.step(actions)
@@ -195,9 +195,9 @@ class ListBackend:
         self.n = n
         self._last: list[Any] = [None] * n
 
-    def reset(self, seed: int) -> np.ndarray:
-        self._last = [env.reset(seed=copy_int_seed(seed, i))[0] for i, env in
-                      enumerate(self.envs)]
+    def reset(self, seed: int, keys: list[int]) -> np.ndarray:
+        self._last = [env.reset(seed=copy_int_seed(seed, k))[0] for k, env in
+                      zip(keys, self.envs, strict=True)]
         return np.stack([np.asarray(o) for o in self._last])
 
     def step(self, actions: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -58,6 +59,17 @@ def copy_seed(seed: int, i: int, stream: int = 0) -> np.random.SeedSequence:
     """Seed material for copy i of an evaluation seeded `seed`: a function of (seed, i, stream)
     only, so copy i behaves the same whatever the number of copies."""
     return np.random.SeedSequence([seed, i, stream])
+
+
+def check_keys(keys: Sequence[int] | None, n: int) -> list[int]:
+    """Per-copy seed keys: 0..n-1 by default; otherwise n non-negative ints."""
+    if keys is None:
+        return list(range(n))
+    keys = list(keys)
+    if len(keys) != n or not all(isinstance(k, (int, np.integer)) and k >= 0 for k in keys):
+        raise ValueError(f"keys must be {n} non-negative ints (one per copy), got {keys[:8]}"
+                         + ("..." if len(keys) > 8 else ""))
+    return [int(k) for k in keys]
 
 
 def copy_int_seed(seed: int, i: int, stream: int = 0) -> int:

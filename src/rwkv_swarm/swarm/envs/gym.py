@@ -8,6 +8,7 @@ Gaussian noise, and normalised with running statistics that change only in `end_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from ._gym_backends import (
 )
 from ._util import (
     check_count,
+    check_keys,
     check_outputs,
     check_seed,
     check_state_keys,
@@ -181,21 +183,24 @@ class GymEnv:
         """Whether copies run in gymnasium's vectorised implementation."""
         return self._use_vector
 
-    def reset(self, n: int, seed: int) -> np.ndarray:
-        """Start n episodes (copy i seeded from (seed, i)); returns obs (n, observation_dim)."""
+    def reset(self, n: int, seed: int, keys: Sequence[int] | None = None) -> np.ndarray:
+        """Start n episodes, copy i seeded from (seed, keys[i]) (keys default to 0..n-1: copies
+        with equal keys start alike and draw the same noise); returns obs (n, observation_dim).
+        """
         n, seed = check_count(n), check_seed(seed)
+        keys = check_keys(keys, n)
         self._noise.update(self._pending)
         self._pending = {}
         self._make_backend(n)
         assert self._backend is not None
         self._n = n
-        self._obs_rng = (CopyNoise(seed, n, self.observation_dim, _OBS_STREAM, uniform=False)
+        self._obs_rng = (CopyNoise(seed, keys, self.observation_dim, _OBS_STREAM, uniform=False)
                          if self._noise["obs_noise"] > 0 else None)
-        self._act_rng = (CopyNoise(seed, n, self._action_map.noise_dim(), _ACTION_STREAM,
+        self._act_rng = (CopyNoise(seed, keys, self._action_map.noise_dim(), _ACTION_STREAM,
                                    uniform=self._action_map.discrete)
                          if self._noise["action_noise"] > 0 else None)
         self._done = np.zeros(n, dtype=bool)
-        self._obs = self._observe(self._backend.reset(seed), np.ones(n, dtype=bool))
+        self._obs = self._observe(self._backend.reset(seed, keys), np.ones(n, dtype=bool))
         return self._obs.copy()
 
     def step(self, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ the organism's recurrent state persists across segments.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from ._util import (
     check_count,
+    check_keys,
     check_outputs,
     check_seed,
     check_state_keys,
@@ -175,10 +177,12 @@ class SignalEnv:
         window = self._segment[t : t + self.config.lags + 1][::-1]  # newest first
         return np.tile(window.astype(np.float32), (self._n, 1))
 
-    def reset(self, n: int, seed: int) -> np.ndarray:
-        """Start n copies on the current segment (the same data for all; `seed` is only
-        validated: the stream's randomness comes from the config's seed)."""
+    def reset(self, n: int, seed: int, keys: Sequence[int] | None = None) -> np.ndarray:
+        """Start n copies on the current segment (the same data for all, so `keys` only need
+        to be valid; `seed` is only validated: the stream's randomness comes from the config's
+        seed)."""
         self._n, _ = check_count(n), check_seed(seed)
+        check_keys(keys, self._n)
         self._ensure_segment()
         self._t = 0
         self._sse = np.zeros(self._n)
