@@ -81,7 +81,9 @@ class Node:
 
     def __init__(self, config: NodeConfig, env: Environment):
         self._check_env(config, env)
-        es = replace(config.es, seed=derive_seed(config.seed, 0), stream=config.node_id)
+        # noise seeds: the swarm seed and the ES config's own; the node index picks the stream
+        es = replace(config.es, seed=derive_seed(config.seed, config.es.seed),
+                     stream=config.node_id)
         self.config, self.env = config, env
         self.model = RWKV7(config.model, seed=derive_seed(config.seed, config.node_id, 1) % 2**31,
                            init=config.init)
