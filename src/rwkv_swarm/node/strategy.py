@@ -107,6 +107,8 @@ class KalmanESConfig(ESConfig):
     step_rule: str = "snr"  # "snr": lr * m / sqrt(m^2 + Rbar), m the filtered gradient, Rbar
     # the running per-coordinate variance of one estimate; "optimizer": m fed to `optimizer`
     noise_memory: float = 0.9  # weight kept per generation by the running variance Rbar
+    drift_floor: float = 0.2  # per-coordinate process noise at least drift_floor * Rbar: a
+    # steady-state gain of at least K with K^2 / (1 - K) = drift_floor (0.2: K ~ 0.36)
     adapt_lr: bool = False  # scale lr by lr_up / lr_down as measured changes beat / miss the
     # predicted ones
     lr_up: float = 1.2  # lr scale factor when the measured change beats the prediction
@@ -415,7 +417,13 @@ class KalmanES(Strategy):
         self.noise_var: torch.Tensor | None = None  # Rbar: running variance of one estimate
 
     def _on_predict(self) -> None:
-        self.direction_belief.predict()
+        db = self.direction_belief
+        db.predict()
+        if db.var is not None and self.noise_var is not None and self.config.drift_floor > 0:
+            # the pooled drift estimate is dominated by the many weights whose gradient never
+            # moves; a floor per coordinate keeps the relevant ones from being over-smoothed
+            floor = self.config.drift_floor * self.noise_var.to(db.var.dtype)
+            db.var = db.var + torch.clamp(floor - db.drift, min=0.0)
 
     def _sigma_scale(self) -> float:
         return self.sigma_scale
