@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rwkv_swarm.kalman import FitnessUpdate
+from rwkv_swarm.kalman import DirectionConfig, FitnessUpdate
 from rwkv_swarm.kernels import RWKV7, RWKV7Config
 from rwkv_swarm.node.strategy import (
     ESConfig,
@@ -190,3 +190,20 @@ def test_snr_step_is_bounded_by_lr_per_coordinate():
     es.tell(np.random.default_rng(0).normal(size=8))
     moved = torch.cat([(p - b).flatten() for p, b in zip(es.params, before, strict=True)])
     assert moved.abs().max() <= 0.01 + 1e-7 and moved.abs().max() > 0.009
+
+
+def test_direction_filter_keeps_a_per_coordinate_process_noise_floor():
+    gains = {}
+    for floor in (0.0, 0.2):  # pooled drift pinned at 0: the case where smoothing runs away
+        es = KalmanES(RWKV7(CFG), KalmanESConfig(population=8, seed=2, drift_floor=floor,
+                                                 direction=DirectionConfig(drift=0.0)))
+        rng = np.random.default_rng(3)  # the same fitness values for both
+        for _ in range(10):
+            es.ask()
+            es.tell(rng.normal(size=8))
+        es.ask()  # predict: the prior variance now includes at least floor * Rbar
+        db = es.direction_belief
+        assert bool((db.var >= floor * es.noise_var.to(db.var.dtype) * (1 - 1e-6)).all())
+        es.tell(rng.normal(size=8))
+        gains[floor] = float(db.gain.median())
+    assert gains[0.0] < 0.15 and gains[0.2] > 2 * gains[0.0]  # ~1/n without the floor
