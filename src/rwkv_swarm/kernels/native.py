@@ -29,6 +29,7 @@ CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp-simd", "-fno-mat
 MAX_BATCH = 64  # rows; and at most MAX_WORK rows x parameters: beyond, batched GEMMs win
 MAX_WORK = 25_000_000  # measured crossover (docs/kernels.md): C=256 L=4 near 16 rows,
 # C=128 L=2 near 64
+ALWAYS_ROWS = 2  # whatever the size: the native step is 2x faster at 1-2 rows even for C=768 L=12
 LAYER_PTRS = 33  # keep in the order of the enum in rwkv7_step.c
 LAYER_NAMES = ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "att.x_r", "att.x_w",
                "att.x_k", "att.x_v", "att.x_a", "att.x_g", "att.w0", "att.w1", "att.w2",
@@ -112,7 +113,8 @@ class NativeStep:
     @staticmethod
     def supports(model: torch.nn.Module, batch: int) -> bool:
         p = model.head.weight
-        return batch <= MAX_BATCH and batch * model.n_params <= MAX_WORK \
+        fits = batch <= ALWAYS_ROWS or batch * model.n_params <= MAX_WORK
+        return batch <= MAX_BATCH and fits \
             and p.device.type == "cpu" and p.dtype == torch.float32 and load() is not None
 
     def _pointers(self) -> None:
