@@ -207,3 +207,24 @@ def test_direction_filter_keeps_a_per_coordinate_process_noise_floor():
         es.tell(rng.normal(size=8))
         gains[floor] = float(db.gain.median())
     assert gains[0.0] < 0.15 and gains[0.2] > 2 * gains[0.0]  # ~1/n without the floor
+
+
+def test_all_pairs_tied_is_a_missing_measurement_not_a_zero_gradient():
+    es = KalmanES(RWKV7(CFG), KalmanESConfig(population=8, seed=5, lr=0.01))
+    es.ask()
+    first = es.tell(np.repeat([1.0, 2.0, 3.0, 4.0], 2))  # tied before any evidence: no step
+    assert first.step_norm == 0.0 and first.direction_gain == 0.0
+    assert es.direction_belief.mean is None
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        es.ask()
+        es.tell(rng.normal(size=8))
+    mean, var = es.direction_belief.mean.clone(), es.direction_belief.var.clone()
+    noise_var = es.noise_var.clone()
+    es.ask()  # a plateau at the predicted level (no surprise): every antithetic pair tied
+    info = es.tell(es.fitness_belief.mean + np.repeat([-0.5, 0.5, -0.2, 0.2], 2))
+    assert not info.surprised
+    db = es.direction_belief
+    assert torch.equal(db.mean, mean) and torch.equal(es.noise_var, noise_var)
+    assert bool((db.var >= var).all())  # predicted only: uncertainty grew, nothing was measured
+    assert info.direction_gain == 0.0 and info.step_norm > 0.0  # keeps walking the filtered way

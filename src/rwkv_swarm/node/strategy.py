@@ -429,19 +429,27 @@ class KalmanES(Strategy):
         return self.sigma_scale
 
     def _direction(self, pop: Population, u: np.ndarray) -> tuple[list[torch.Tensor], float]:
-        grads, var = pop.gradient_variance(u)
-        flat = torch.cat([grads[t.name].flatten() for t in self.targets])
-        flat_var = torch.cat([var[t.name].flatten() for t in self.targets])
-        b = self.config.noise_memory
-        self.noise_var = flat_var.clone() if self.noise_var is None \
-            else b * self.noise_var + (1 - b) * flat_var
-        upd = self.direction_belief.update(flat, flat_var)
-        m = self.direction_belief.direction.to(flat.dtype)
+        db = self.direction_belief
+        if np.array_equal(u[0::2], u[1::2]):
+            # every antithetic pair tied (common on a plateau): the estimate is exactly 0 with
+            # a sample variance of 0, which is no evidence at all, not an exact measurement of
+            # 0 (gain 1 would erase the direction). A missing measurement: predict only.
+            m, gain = db.direction, 0.0
+        else:
+            grads, var = pop.gradient_variance(u)
+            flat = torch.cat([grads[t.name].flatten() for t in self.targets])
+            flat_var = torch.cat([var[t.name].flatten() for t in self.targets])
+            b = self.config.noise_memory
+            self.noise_var = flat_var.clone() if self.noise_var is None \
+                else b * self.noise_var + (1 - b) * flat_var
+            gain = float(db.update(flat, flat_var).gain.mean())
+            m = db.direction
+        m = m.to(self.params[0].dtype)
         out, i = [], 0
         for p in self.params:
             out.append(m[i:i + p.numel()].view_as(p))
             i += p.numel()
-        return out, float(upd.gain.mean())
+        return out, gain
 
     def _throttle(self, belief) -> float:
         c: KalmanESConfig = self.config
@@ -471,6 +479,8 @@ class KalmanES(Strategy):
         if self.config.step_rule == "optimizer":
             return super()._step(direction, lr)
         m = self.direction_belief.mean  # step_i = lr m_i / sqrt(m_i^2 + Rbar_i): |step_i| <= lr
+        if m is None or self.noise_var is None:  # no evidence yet: every pair has tied so far
+            return None
         snr_step = m / torch.sqrt(m * m + self.noise_var.to(m.dtype)).clamp_min(1e-30)
         with torch.no_grad():
             i = 0
