@@ -4,13 +4,15 @@ Tasks (the configuration of each is printed with its results):
   cartpole   CartPole-v1 until the centre policy's mean return over 20 episodes is >= 475:
              LowRankES and KalmanES on an RWKV-7 policy, and EvoTorch's PGPE (popsize 50, a
              16-unit tanh MLP, ClipUp, centered ranks), each checked after every generation.
-  masked     CartPole-v1 with the velocities removed (memory needed): the RWKV-7 policy, and
-             EvoTorch's PGPE MLP as the memoryless reference.
+  masked     CartPole-v1 with the velocities removed (memory needed): the RWKV-7 policy with
+             MASKED_ES (64 mutants; the per-channel vectors evolve too, among them the token
+             shift's mixes of x_t and x_t-1), and EvoTorch's PGPE MLP as the memoryless
+             reference, both with a budget of 9600 training episodes.
   noisy      CartPole-v1 with observation and action noise: KalmanES vs LowRankES, episodes
              until the centre policy reaches the target in the noisy world.
-  signal     SignalEnv, its frequencies moved at generation 30 without telling the node, to
-             new ones of the same difficulty (the error of predicting "next = current" stays
-             0.30): generations until the centre's error is back to its pre-shift level.
+  signal     SignalEnv, its fast component moved from 0.113 to 0.25 cycles/step at
+             generation 30 without telling the node: generations until the centre's error is
+             back to its own pre-shift level (90 generations in all).
 
 Episodes count training episodes only (solve checks are free for every method alike); wall
 time includes the checks. Medians over seeds; a run that never gets there counts as the cap.
@@ -39,9 +41,12 @@ from rwkv_swarm.swarm.envs import GymEnv, SignalEnv
 SOLVED = 475.0
 CHECK_EPISODES = 20
 SHIFT_AT = 30
-# default (0.021, 0.047, 0.113) -> NEW_FREQS: sum of (1 - cos 2 pi f), the persistence error of
-# unit sines, is 0.297 before and 0.304 after, so the pre-shift error is reachable again
-NEW_FREQS = [0.035, 0.060, 0.105]
+# default (0.021, 0.047, 0.113) -> NEW_FREQS. The shift must hurt and the old level must be
+# reachable again. Least squares on the observation window (value + 3 lags): the best linear
+# predictor's MSE is 0.032 before and 0.037 after, while the old best predictor's MSE in the
+# new world is 2.7. (A first choice, [0.035, 0.060, 0.105], kept the old predictor at 0.034:
+# nothing degraded, and both strategies "recovered" at the metric's floor.)
+NEW_FREQS = [0.021, 0.047, 0.25]
 MASK = (0, 2)  # CartPole observation indices kept: cart position and pole angle
 
 
@@ -52,11 +57,16 @@ def tiny_rwkv(input_dim: int, output_dim: int) -> RWKV7Config:
 
 
 ES = {"population": 32, "sigma": 0.05, "lr": 0.05, "include": ("matrices", "head", "embedding")}
+# Velocities must be inferred from consecutive observations. With ES, 100 generations (3200
+# episodes) solved no seed (best centre 145); the vectors hold the token shift's per-channel
+# mixes of x_t and x_t-1, and 64 mutants resolve the larger search space (docs/benchmarks.md).
+MASKED_ES = {**ES, "population": 64, "include": ("matrices", "head", "embedding", "vectors")}
 
 
-def node_config(strategy: str, model: RWKV7Config, seed: int, **kw) -> NodeConfig:
-    es = (KalmanESConfig if strategy == "kalman" else ESConfig)(**ES)
-    return NodeConfig(model=model, strategy=strategy, es=es, seed=seed, **kw)
+def node_config(strategy: str, model: RWKV7Config, seed: int, es: dict | None = None,
+                **kw) -> NodeConfig:
+    cfg = (KalmanESConfig if strategy == "kalman" else ESConfig)(**(es or ES))
+    return NodeConfig(model=model, strategy=strategy, es=cfg, seed=seed, **kw)
 
 
 @dataclass
@@ -69,9 +79,9 @@ class Run:
 
 
 def run_rwkv(strategy: str, env: GymEnv, check_env: GymEnv, seed: int, max_gens: int,
-             target: float = SOLVED) -> Run:
+             target: float = SOLVED, es: dict | None = None) -> Run:
     model = tiny_rwkv(env.observation_dim, env.action_dim)
-    node = Node(node_config(strategy, model, seed), env)
+    node = Node(node_config(strategy, model, seed, es), env)
     t0, best = time.perf_counter(), -np.inf
     for g in range(max_gens):
         node.generation()
@@ -157,13 +167,17 @@ def task_cartpole(seeds: list[int]) -> dict:
     return out
 
 
-def task_masked(seeds: list[int], max_gens: int = 100) -> dict:
+MASKED_EPISODES = 9600
+
+
+def task_masked(seeds: list[int]) -> dict:
     out = {}
+    gens = MASKED_EPISODES // MASKED_ES["population"]
     for name in ("lowrank", "kalman"):
         out[name] = summary([run_rwkv(name, GymEnv("CartPole-v1", obs_mask=MASK),
-                                      GymEnv("CartPole-v1", obs_mask=MASK), s, max_gens)
-                             for s in seeds])
-    out["pgpe_mlp"] = summary([run_pgpe(s, max_gens, masked=True) for s in seeds])
+                                      GymEnv("CartPole-v1", obs_mask=MASK), s, gens,
+                                      es=MASKED_ES) for s in seeds])
+    out["pgpe_mlp"] = summary([run_pgpe(s, MASKED_EPISODES // 50, masked=True) for s in seeds])
     return out
 
 
@@ -183,7 +197,7 @@ def task_noisy(seeds: list[int], max_gens: int = 80) -> dict:
 SIGNAL_LAGS = 3  # the observation holds the last 4 values: learnable within 30 generations
 
 
-def signal_run(strategy: str, seed: int, gens: int = 60) -> np.ndarray:
+def signal_run(strategy: str, seed: int, gens: int = 90) -> np.ndarray:
     """Centre MSE per generation; the world's frequencies move at SHIFT_AT, unannounced."""
     env = SignalEnv(seed=seed, lags=SIGNAL_LAGS)
     node = Node(node_config(strategy, tiny_rwkv(1 + SIGNAL_LAGS, 1), seed, max_steps=64), env)
@@ -212,12 +226,12 @@ def task_signal(seeds: list[int]) -> dict:
         curves = [signal_run(name, s) for s in seeds]
         rec = [recovery(c) for c in curves]
         out[name] = {"median_recovery_generations": statistics.median(rec), "recovery": rec,
-                     "median_pre_shift_mse": round(statistics.median(
-                         c[SHIFT_AT - 5:SHIFT_AT].mean() for c in curves), 4),
-                     "median_first_post_shift_mse": round(statistics.median(
-                         c[SHIFT_AT:SHIFT_AT + 3].mean() for c in curves), 4),
-                     "median_mean_post_shift_mse": round(statistics.median(
-                         c[SHIFT_AT:].mean() for c in curves), 4)}
+                     "median_pre_shift_mse": round(float(statistics.median(
+                         c[SHIFT_AT - 5:SHIFT_AT].mean() for c in curves)), 4),
+                     "median_first_post_shift_mse": round(float(statistics.median(
+                         c[SHIFT_AT:SHIFT_AT + 3].mean() for c in curves)), 4),
+                     "median_mean_post_shift_mse": round(float(statistics.median(
+                         c[SHIFT_AT:].mean() for c in curves)), 4)}
     return out
 
 
@@ -234,7 +248,8 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = list(range(args.seeds))
     tasks = args.tasks.split(",")
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
-    print(f"machine: {machine}; seeds {seeds}; RWKV-7 {tiny_rwkv(4, 2)}; ES {ES}")
+    print(f"machine: {machine}; seeds {seeds}; RWKV-7 {tiny_rwkv(4, 2)}; ES {ES}; "
+          f"masked ES {MASKED_ES}")
     result: dict = {"benchmark": "evolve", "machine": machine}
     for task in tasks:
         t0 = time.perf_counter()
