@@ -220,18 +220,20 @@ def recovery(mse: np.ndarray, window: int = 5, tolerance: float = 1.1) -> int:
     return len(mse) - SHIFT_AT
 
 
+def median_mse(curves: list[np.ndarray], start: int, stop: int | None) -> float:
+    """Median over seeds of the mean error in generations [start, stop)."""
+    return round(float(statistics.median(c[start:stop].mean() for c in curves)), 4)
+
+
 def task_signal(seeds: list[int]) -> dict:
     out = {}
     for name in ("lowrank", "kalman"):
         curves = [signal_run(name, s) for s in seeds]
         rec = [recovery(c) for c in curves]
         out[name] = {"median_recovery_generations": statistics.median(rec), "recovery": rec,
-                     "median_pre_shift_mse": round(float(statistics.median(
-                         c[SHIFT_AT - 5:SHIFT_AT].mean() for c in curves)), 4),
-                     "median_first_post_shift_mse": round(float(statistics.median(
-                         c[SHIFT_AT:SHIFT_AT + 3].mean() for c in curves)), 4),
-                     "median_mean_post_shift_mse": round(float(statistics.median(
-                         c[SHIFT_AT:].mean() for c in curves)), 4)}
+                     "median_pre_shift_mse": median_mse(curves, SHIFT_AT - 5, SHIFT_AT),
+                     "median_first_post_shift_mse": median_mse(curves, SHIFT_AT, SHIFT_AT + 3),
+                     "median_mean_post_shift_mse": median_mse(curves, SHIFT_AT, None)}
     return out
 
 

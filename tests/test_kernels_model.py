@@ -9,6 +9,9 @@ from torch.testing import assert_close
 from rwkv_swarm.kernels import RWKV7, RWKV7Config, native, wkv
 from rwkv_swarm.kernels.wkv import wkv_chunked, wkv_loop
 
+needs_native = pytest.mark.skipif(native.load() is None,
+                                  reason="no C compiler for the native step")
+
 
 def wkv_inputs(B, H, T, N, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -86,7 +89,7 @@ def test_stepping_equals_sequence_forward(cfg, use_native):
         assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(native.load() is None, reason="no C compiler for the native step")
+@needs_native
 def test_native_step_sees_in_place_weight_updates():
     model = nontrivial(CONTROL)
     x, state = torch.randn(1, 6), model.zero_state(1)
@@ -101,7 +104,7 @@ def test_native_step_sees_in_place_weight_updates():
     assert_close(after, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(native.load() is None, reason="no C compiler for the native step")
+@needs_native
 def test_native_step_takes_one_or_two_rows_of_any_model_size(monkeypatch):
     model = nontrivial(CONTROL)
     monkeypatch.setattr(native, "MAX_WORK", model.n_params)  # as if the model were large
