@@ -6,6 +6,8 @@ one array declared in the header's ``arrays`` list as ``[name, dtype, shape]``, 
 
 Every check that can fail on hostile input runs before a payload byte is looked at, and every
 failure is a `ProtocolError` whose ``reason`` is one of `REASONS` (the transport counts by it).
+Nothing received is ever repr'd whole or walked recursively: error messages show a bounded
+preview.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import msgpack
@@ -95,6 +98,51 @@ class Message:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+# -- previews of received values for error messages: bounded however big or deep the value --
+
+_SHOW_CHARS = 40  # of a preview
+_SHOW_ITEMS = 3  # items of a list or map shown
+_SHOW_DEPTH = 2  # container levels shown; deeper ones are elided as [...] or {...}
+
+
+def _show(v: Any) -> str:
+    """Type name and a short preview of `v`, for an error message."""
+    return f"{type(v).__name__} {_cut(_preview(v, _SHOW_DEPTH))}"
+
+
+def _cut(text: str, chars: int = _SHOW_CHARS) -> str:
+    return text[:chars] + ("..." if len(text) > chars else "")
+
+
+def _preview(v: Any, depth: int) -> str:
+    """A repr of `v` cut short: at most _SHOW_ITEMS items per container, `depth` levels deep.
+
+    Never calls repr on a container (it recurses without bound: a RecursionError on 1000
+    nested lists), nor on an object of a type not listed here.
+    """
+    t = type(v)
+    if v is None or t in (bool, float):
+        return repr(v)
+    if t is int:  # int -> str is quadratic in the digits, and refused beyond 4300 of them
+        return repr(v) if v.bit_length() <= 64 else f"<int of {v.bit_length()} bits>"
+    if t in (str, bytes):
+        return repr(v[: _SHOW_CHARS + 1])  # one more than shown: _cut marks the cut
+    if t in (list, tuple, dict):
+        ends = "{}" if t is dict else "[]" if t is list else "()"
+        if not v or depth == 0:
+            return ends if not v else f"{ends[0]}...{ends[1]}"
+        first = islice(v.items() if t is dict else v, _SHOW_ITEMS)
+        items = [f"{_preview(x[0], 0)}: {_preview(x[1], depth - 1)}" if t is dict
+                 else _preview(x, depth - 1) for x in first]
+        more = ", ..." if len(v) > _SHOW_ITEMS else ""
+        return f"{ends[0]}{', '.join(items)}{more}{ends[1]}"
+    if t is msgpack.ExtType:
+        return f"ExtType(code={v.code}, {len(v.data)} bytes)"
+    if t is msgpack.Timestamp:
+        return f"Timestamp({v.seconds}, {v.nanoseconds})"
+    return f"<{t.__name__}>"
+
+
 # -- field kinds: each validates a header value and returns it normalised --------------------
 
 
@@ -112,7 +160,9 @@ def _uint(name: str, v: Any) -> int:
 
 
 def _float(name: str, v: Any) -> float:
-    if type(v) not in (float, int) or not math.isfinite(v):
+    # an int is taken as its float; only a sender's own Python int can be too big to convert
+    ok = math.isfinite(v) if type(v) is float else type(v) is int and abs(v) < 2**64
+    if not ok:
         raise ProtocolError("field", f"{name} must be a finite float, got {_show(v)}")
     return float(v)
 
@@ -141,8 +191,8 @@ def _params(name: str, v: Any) -> dict[str, Any]:
     for key, val in v.items():
         ok = _scalar_ok(val) or (type(val) is list and all(_scalar_ok(x) for x in val))
         if type(key) is not str or not ok:
-            raise ProtocolError("field", f"{name}[{key!r}] must map a str to a scalar or a list "
-                                         f"of scalars, got {_show(val)}")
+            raise ProtocolError("field", f"{name}[{_cut(_preview(key, 0))}] must map a str to a "
+                                         f"scalar or a list of scalars, got {_show(val)}")
     return v
 
 
@@ -150,11 +200,6 @@ def _ids(name: str, v: Any) -> list[str]:
     if type(v) is not list:
         raise ProtocolError("field", f"{name} must be a list of node ids, got {_show(v)}")
     return [_id(f"{name}[{i}]", x) for i, x in enumerate(v)]
-
-
-def _show(v: Any) -> str:
-    text = repr(v)
-    return f"{type(v).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
 FieldKind = Callable[[str, Any], Any]
@@ -259,8 +304,10 @@ def _parse_header(
     except KeyError as e:
         raise ProtocolError("field", f"{msg_type} message lacks field {e.args[0]!r}") from None
     if len(header) != len(kinds) + 3:  # + v, type, arrays
-        unknown = sorted(map(repr, header.keys() - kinds.keys() - {"v", "type", "arrays"}))
-        raise ProtocolError("field", f"unknown fields {', '.join(unknown)} in {msg_type} message")
+        unknown = sorted(header.keys() - kinds.keys() - {"v", "type", "arrays"}, key=repr)
+        shown = ", ".join(_cut(_preview(k, 0)) for k in unknown[:_SHOW_ITEMS])
+        more = f" and {len(unknown) - _SHOW_ITEMS} more" if len(unknown) > _SHOW_ITEMS else ""
+        raise ProtocolError("field", f"unknown fields {shown}{more} in {msg_type} message")
     values["type"] = msg_type
     return schema, values, _parse_arrays(entries, schema, sizes, limits)
 
@@ -354,7 +401,8 @@ def decode(frames: Sequence[Any], limits: WireLimits = DEFAULT_LIMITS) -> Messag
     try:
         header = msgpack.unpackb(views[0], raw=False, strict_map_key=True, timestamp=0)
     except Exception as e:  # msgpack reports malformed input with many exception types
-        raise ProtocolError("header", f"frame 0 is not msgpack ({type(e).__name__}: {e})") from None
+        raise ProtocolError("header", f"frame 0 is not msgpack ({type(e).__name__}: "
+                                      f"{_cut(str(e), 2 * _SHOW_CHARS)})") from None
     schema, values, decls = _parse_header(header, sizes, limits)
     arrays: dict[str, np.ndarray] = {}
     for (name, dtype, shape), view in zip(decls, views[1:], strict=True):
