@@ -7,7 +7,7 @@ one array declared in the header's ``arrays`` list as ``[name, dtype, shape]``, 
 Every check that can fail on hostile input runs before a payload byte is looked at, and every
 failure is a `ProtocolError` whose ``reason`` is one of `REASONS` (the transport counts by it).
 Nothing received is ever repr'd whole or walked recursively: error messages show a bounded
-preview.
+preview, and msgpack's own unpacking is bounded by `WireLimits.max_header_bytes`.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ _WIRE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 REASONS = (
     "frames",  # no frames, too many, a frame not a buffer, or not one frame per array
     "too_large",  # header, total size or an array's element count over `WireLimits`
-    "header",  # frame 0 is not a msgpack map
+    "header",  # frame 0 is not one msgpack map of str keys, each key once, within msgpack's bounds
     "version",  # `v` is not PROTOCOL_VERSION
     "type",  # unknown message type
     "field",  # a field missing, unknown, of the wrong type or out of range
@@ -272,6 +272,45 @@ _FIELDS = {t: {**COMMON_FIELDS, **schema.fields} for t, schema in SCHEMAS.items(
 _ArrayDecl = tuple[str, str, tuple[int, ...]]
 
 
+_HEADER_BYTES_PER_ITEM = 64  # a header list may hold one item per 64 bytes of header limit
+
+
+def _unpack_header(buf: memoryview, limits: WireLimits) -> Any:
+    """Frame 0 as Python objects: msgpack with every length bounded and map keys unique.
+
+    msgpack allocates a list as long as declared before reading its items, and nests up to
+    1024 deep, so lists of 65535 items declared in 3 KiB took 78 MiB and 30 ms to refuse;
+    capping list lengths at 1024 bounds that to 8 MiB. Maps, strings and bytes are allocated
+    as read, so they are bounded by the header size only.
+    """
+    n = limits.max_header_bytes
+    max_list = max(limits.max_frames, MAX_NDIM, n // _HEADER_BYTES_PER_ITEM)  # 1024 in 64 KiB
+    try:
+        return msgpack.unpackb(
+            buf, raw=False, strict_map_key=True, timestamp=0, object_pairs_hook=_unique_keys,
+            max_str_len=n, max_bin_len=n, max_ext_len=n, max_map_len=n // 2,
+            max_array_len=max_list)
+    except ProtocolError:
+        raise
+    except msgpack.StackError:  # its message is empty
+        raise ProtocolError("header", "frame 0 nests deeper than msgpack allows") from None
+    except Exception as e:  # msgpack reports malformed input with many exception types
+        raise ProtocolError("header", f"frame 0 must be msgpack with str map keys and lists of "
+                                      f"<= {max_list} items ({type(e).__name__}: "
+                                      f"{_cut(str(e), 2 * _SHOW_CHARS)})") from None
+
+
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A msgpack map as a dict, refusing repeated keys (a dict would keep the last silently)."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[Any] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ProtocolError("header", f"frame 0 repeats the key {_cut(_preview(key, 0))}: "
+                                      f"each key of a map must appear once")
+    return d
+
+
 def _check_sizes(sizes: Sequence[int], limits: WireLimits) -> None:
     if not 0 < len(sizes) <= limits.max_frames:
         raise ProtocolError("frames", f"{len(sizes)} frames, expected 1..{limits.max_frames}")
@@ -398,12 +437,7 @@ def decode(frames: Sequence[Any], limits: WireLimits = DEFAULT_LIMITS) -> Messag
         raise ProtocolError("frames", f"frames must be a sequence of buffers: {e}") from None
     sizes = [v.nbytes for v in views]
     _check_sizes(sizes, limits)
-    try:
-        header = msgpack.unpackb(views[0], raw=False, strict_map_key=True, timestamp=0)
-    except Exception as e:  # msgpack reports malformed input with many exception types
-        raise ProtocolError("header", f"frame 0 is not msgpack ({type(e).__name__}: "
-                                      f"{_cut(str(e), 2 * _SHOW_CHARS)})") from None
-    schema, values, decls = _parse_header(header, sizes, limits)
+    schema, values, decls = _parse_header(_unpack_header(views[0], limits), sizes, limits)
     arrays: dict[str, np.ndarray] = {}
     for (name, dtype, shape), view in zip(decls, views[1:], strict=True):
         arr = np.ndarray(shape, DTYPES[dtype], view)  # a view, sizes checked above
