@@ -421,3 +421,26 @@ def test_header_of_many_unknown_fields_is_refused_with_a_short_message(msg_type,
     result = refusal([header, *frames[1:]])
     expected = "too_large" if len(header) > HEADER_LIMIT else "field"
     assert isinstance(result, ProtocolError) and result.reason == expected
+
+
+@FUZZ
+@given(st.lists(st.integers(0, 2**64 - 1), max_size=7), st.data())
+def test_empty_array_of_huge_dimensions_is_refused_as_too_large(dims, data) -> None:
+    shape = list(dims)
+    shape.insert(data.draw(st.integers(0, len(shape))), 0)
+    frames = VALID["belief"]
+    header = msgpack.unpackb(frames[0])
+    for entry in header["arrays"]:
+        entry[2] = shape
+    result = decode_or_reason([msgpack.packb(header), b"", b""])
+    if math.prod(d for d in shape if d) > DEFAULT_LIMITS.max_array_elements:
+        assert result == "too_large"
+
+
+@pytest.mark.parametrize("i", [0, 1, 2])
+def test_non_contiguous_buffer_frame_is_refused(i: int) -> None:
+    frames: list = list(VALID["belief"])
+    strided = np.zeros(2 * len(frames[i]), np.uint8)
+    strided[::2] = np.frombuffer(frames[i], np.uint8)
+    frames[i] = memoryview(strided[::2])
+    assert decode_or_reason(frames) == "frames"

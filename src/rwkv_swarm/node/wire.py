@@ -375,10 +375,12 @@ def _parse_arrays(
         if type(shape) is not list or not _shape_fits(shape, spec.ndim):
             raise ProtocolError("array_spec", f"array {name} shape {_show(shape)} must be a list "
                                               f"of {spec.ndim or f'<= {MAX_NDIM}'} ints >= 0")
+        # zeros left out: numpy refuses an empty array whose other dimensions overflow
+        span = math.prod(d for d in shape if d)
+        if span > limits.max_array_elements:
+            raise ProtocolError("too_large", f"array {name} shape {_show(shape)} spans over "
+                                             f"{limits.max_array_elements} elements")
         count = math.prod(shape)
-        if count > limits.max_array_elements:
-            raise ProtocolError("too_large", f"array {name} of {count} elements, limit "
-                                             f"{limits.max_array_elements}")
         nbytes = count * DTYPES[dtype].itemsize
         if nbytes != sizes[i + 1]:
             raise ProtocolError("size_mismatch", f"array {name} {dtype}{shape} needs {nbytes} "
@@ -435,6 +437,8 @@ def decode(frames: Sequence[Any], limits: WireLimits = DEFAULT_LIMITS) -> Messag
         views = [memoryview(f) for f in frames]
     except TypeError as e:
         raise ProtocolError("frames", f"frames must be a sequence of buffers: {e}") from None
+    if not all(v.c_contiguous for v in views):  # numpy cannot view a strided buffer
+        raise ProtocolError("frames", "frames must be contiguous buffers")
     sizes = [v.nbytes for v in views]
     _check_sizes(sizes, limits)
     schema, values, decls = _parse_header(_unpack_header(views[0], limits), sizes, limits)
