@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import struct
 import sys
@@ -268,6 +269,29 @@ def test_nested_lists_declaring_more_items_than_they_hold_are_refused_in_bounded
     finally:
         tracemalloc.stop()
     assert peak <= 256 * HEADER_LIMIT  # 16 MiB
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_decoding_a_header_of_many_containers_sets_off_no_garbage_collection(enabled) -> None:
+    # a collection while 61,000 received lists live traverses them all and promotes them:
+    # every such header then made the process collect its whole heap
+    args = b"\xdc" + (1000).to_bytes(2, "big") + (b"\xdc\x00\x3c" + b"\x90" * 60) * 1000
+    frames = with_field("control", "args", args)
+    starts: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        starts.extend([info["generation"]] if phase == "start" else [])
+
+    was = gc.isenabled()
+    gc.enable() if enabled else gc.disable()
+    gc.callbacks.append(count)
+    try:
+        assert decode_or_reason(frames) == "field"
+        assert gc.isenabled() == enabled
+    finally:
+        gc.callbacks.remove(count)
+        gc.enable() if was else gc.disable()
+    assert starts == []
 
 
 @FUZZ

@@ -12,6 +12,7 @@ preview, and msgpack's own unpacking is bounded by `WireLimits.max_header_bytes`
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -432,7 +433,23 @@ def decode(frames: Sequence[Any], limits: WireLimits = DEFAULT_LIMITS) -> Messag
     """Validate and decode multipart frames; arrays are read-only views on the frames.
 
     Raises ProtocolError (and nothing else) on any malformed, oversized or non-finite input.
+    Pauses the (process-wide) cyclic garbage collector while it runs.
     """
+    if not gc.isenabled():
+        return _decode(frames, limits)
+    # Collections set off by a header of 61,000 empty lists (63 KB) traversed them and moved
+    # them to the oldest generation, so every such message collected the whole heap: 39 ms
+    # instead of 1.8 ms. Received objects are freed by reference counting before it resumes.
+    gc.disable()
+    try:
+        return _decode(frames, limits)
+    except ProtocolError as e:  # its traceback's frames hold the received objects: drop them
+        raise e.with_traceback(None) from None
+    finally:
+        gc.enable()
+
+
+def _decode(frames: Sequence[Any], limits: WireLimits) -> Message:
     try:
         views = [memoryview(f) for f in frames]
     except TypeError as e:
