@@ -4,14 +4,38 @@ counts every input under its reason and still delivers every valid message, in o
 from __future__ import annotations
 
 import logging
+import math
 import time
 
+import numpy as np
 import pytest
 import zmq
+from hostile_inputs import AFTER, hostile_kinds, run_hostile
 
 from rwkv_swarm.node import transport
-from rwkv_swarm.node.transport import Transport
-from rwkv_swarm.node.wire import encode, message
+from rwkv_swarm.node.transport import DROP_REASONS, Transport
+from rwkv_swarm.node.wire import REASONS, encode, message
+
+HOSTILE = 12_000
+CHUNK = 200  # hostile inputs between two rounds of valid messages
+
+
+def test_twelve_thousand_hostile_inputs_are_counted_by_reason_and_valid_messages_arrive() -> None:
+    report = run_hostile(HOSTILE, chunk=CHUNK)
+    assert report.crashes == []
+    assert report.tried == HOSTILE
+    assert report.dropped == dict(report.expected)
+    rounds = list(range(math.ceil(HOSTILE / CHUNK)))
+    assert [g for n, g in report.delivered if n == "mallory"] == rounds
+    assert [g for n, g in report.delivered if n == "alice"] == [*rounds, AFTER]
+    assert len(report.delivered) == report.valid_sent + 1
+
+
+def test_the_mix_holds_every_reason_decode_and_the_transport_give_for_input() -> None:
+    reasons = {kind.reason for kind in hostile_kinds(np.random.default_rng(0))}
+    not_for_input = {"mismatch", "send_blocked", "internal"}  # a state check, sending, bugs
+    assert reasons == set(DROP_REASONS) - not_for_input
+    assert set(REASONS) <= set(DROP_REASONS)
 
 
 @pytest.fixture

@@ -7,12 +7,11 @@ import math
 import struct
 import sys
 import tracemalloc
-from itertools import cycle, islice
-from typing import Any
 
 import msgpack
 import numpy as np
 import pytest
+from hostile_inputs import HEADER_LIMIT, MSGPACK_MAX_DEPTH, nested, packed_map
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -175,21 +174,11 @@ def test_non_finite_payload_is_always_refused(msg_type, data) -> None:
 
 # -- inputs at Python's limits: depth, size, 64-bit edges, every msgpack type in every field -----
 
-HEADER_LIMIT = DEFAULT_LIMITS.max_header_bytes
 ROOMY = WireLimits(max_header_bytes=2**20)  # room for nesting deeper than msgpack allows
-MSGPACK_MAX_DEPTH = 1024  # containers msgpack nests before it raises StackError
 # header fields of each valid message, and one field no schema has
 FIELDS = {t: [*msgpack.unpackb(frames[0]), "unknown"] for t, frames in VALID.items()}
 # the reason a bad value of each field gives (a field's own kind of error otherwise)
 FIELD_REASONS = {"v": {"version"}, "type": {"type"}, "arrays": {"array_spec", "frames"}}
-
-
-def packed_map(pairs: list[tuple[Any, bytes]]) -> bytes:
-    """A msgpack map of keys and already packed values, built by hand: keys may repeat."""
-    parts = [b"\xdf", len(pairs).to_bytes(4, "big")]
-    for key, raw in pairs:
-        parts += [msgpack.packb(key), raw]
-    return b"".join(parts)
 
 
 def with_field(msg_type: str, field: str, raw: bytes) -> list[bytes]:
@@ -199,12 +188,6 @@ def with_field(msg_type: str, field: str, raw: bytes) -> list[bytes]:
     header.setdefault(field, None)
     pairs = [(k, raw if k == field else msgpack.packb(v)) for k, v in header.items()]
     return [packed_map(pairs), *frames[1:]]
-
-
-def nested(depth: int, container: str) -> bytes:
-    """A nil inside `depth` one-item lists, maps, or both alternating, as msgpack."""
-    units = {"list": [b"\x91"], "map": [b"\x81\xa1k"], "mixed": [b"\x91", b"\x81\xa1k"]}
-    return b"".join(islice(cycle(units[container]), depth)) + b"\xc0"
 
 
 def assert_names_field(result: Message | ProtocolError, field: str) -> None:
