@@ -182,6 +182,7 @@ class Report:
 
     tried: int = 0
     expected: Counter[str] = field(default_factory=Counter)  # drop reason -> inputs sent
+    kinds: Counter[str] = field(default_factory=Counter)  # kind of input -> inputs sent
     dropped: dict[str, int] = field(default_factory=dict)  # the node's stats()["dropped"]
     valid_sent: int = 0
     delivered: list[tuple[str, int]] = field(default_factory=list)  # (node, gen) in order
@@ -240,6 +241,7 @@ def _fire(report: Report, count: int, chunk: int, wait_s: float, rng: np.random.
             kind = schedule[i % len(schedule)]
             mallory.send_multipart(kind.make())
             report.expected[kind.reason] += 1
+            report.kinds[kind.name] += 1
             report.tried += 1
         mallory.send_multipart(encode(_valid("mallory", seq)))
         assert alice.send("bob", _valid("alice", seq))
