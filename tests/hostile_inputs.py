@@ -78,102 +78,136 @@ class Kind:
     make: Callable[[], list[bytes]]
 
 
-def hostile_kinds(rng: np.random.Generator, node: str = "mallory") -> list[Kind]:
-    """Every kind of hostile input, from `node`; costly ones (near 64 KiB) weigh less."""
+class _Maker:
+    """Makes the frames of messages from `node`, varied by `rng`."""
 
-    def control(**kw: Any) -> list[bytes]:
-        args = {"step": int(rng.integers(0, 9)), "rate": float(rng.random())}
-        fields = {"swarm": SWARM, "node": node, "gen": 1, "command": "go", "args": args, **kw}
-        return frames_of(message("control", **fields))
+    def __init__(self, rng: np.random.Generator, node: str) -> None:
+        self.rng, self.node = rng, node
 
-    def belief(**kw: Any) -> list[bytes]:
-        n = int(rng.integers(1, 8))
-        arrays = {"mean": rng.standard_normal(n), "var": rng.random(n) + 0.1}
-        fields = {"swarm": SWARM, "node": node, "name": "b", "arrays": arrays, **kw}
-        return frames_of(message("belief", **fields))
+    def pick(self, values: list) -> Any:
+        return values[int(self.rng.integers(0, len(values)))]
 
-    def pick(values: list) -> Any:
-        return values[int(rng.integers(0, len(values)))]
+    def between(self, lo: int, hi: int) -> int:
+        return int(self.rng.integers(lo, hi))
 
-    def depth(lo: int, hi: int) -> int:
-        return int(rng.integers(lo, hi))
+    def control(self, **kw: Any) -> list[bytes]:
+        """A valid control message (unless `kw` makes it otherwise)."""
+        args = {"step": self.between(0, 9), "rate": float(self.rng.random())}
+        fields = {"swarm": SWARM, "node": self.node, "gen": 1, "command": "go", "args": args}
+        return frames_of(message("control", **{**fields, **kw}))
 
-    def nan_belief() -> list[bytes]:
-        frames = belief()
+    def belief(self) -> list[bytes]:
+        """A valid belief message: two float64 arrays of 1..7 elements."""
+        n = self.between(1, 8)
+        arrays = {"mean": self.rng.standard_normal(n), "var": self.rng.random(n) + 0.1}
+        return frames_of(message("belief", swarm=SWARM, node=self.node, name="b", arrays=arrays))
+
+    def belief_arrays(self, mean: list, var: list) -> list[bytes]:
+        """A belief whose header declares `mean` and `var` as [dtype, shape]."""
+        return with_fields(self.belief(), arrays=[["mean", *mean], ["var", *var]])
+
+    def nan_belief(self) -> list[bytes]:
+        frames = self.belief()
         mean = np.frombuffer(frames[1], np.float64).copy()
-        mean[int(rng.integers(0, mean.size))] = pick([np.nan, np.inf, -np.inf])
+        mean[self.between(0, mean.size)] = self.pick([np.nan, np.inf, -np.inf])
         return [frames[0], mean.tobytes(), frames[2]]
 
-    def belief_arrays(mean: list, var: list) -> list[bytes]:
-        return with_fields(belief(), arrays=[["mean", *mean], ["var", *var]])
-
-    def wide_nested_lists() -> list[bytes]:
-        # every level declares 1024 items and holds one: msgpack allocates them all
-        header = b"\xdc\x04\x00" * (MSGPACK_MAX_DEPTH - 1)
-        return [header + b"\xc0" * (HEADER_LIMIT - len(header))]
-
-    def too_deep() -> list[bytes]:  # within the header limit: 1 byte a list, 3 a map
-        container = pick(["list", "map"])
-        return [nested(depth(MSGPACK_MAX_DEPTH + 1, 60_000 // len(nested(1, container))),
-                       container)]
-
-    def negative_var() -> list[bytes]:  # encode refuses it: patch the payload
-        frames = belief()
+    def negative_var(self) -> list[bytes]:  # encode refuses it: patch the payload
+        frames = self.belief()
         return [*frames[:2], (-np.frombuffer(frames[2], np.float64)).tobytes()]
 
-    def truncated() -> list[bytes]:
-        header = control()[0]
-        return [header[: int(rng.integers(1, len(header)))]]
+    def too_deep(self) -> list[bytes]:  # within the header limit: 1 byte a list, 3 a map
+        container = self.pick(["list", "map"])
+        deepest = 60_000 // len(nested(1, container))
+        return [nested(self.between(MSGPACK_MAX_DEPTH + 1, deepest), container)]
 
-    kinds = [
-        # frame 0 not one msgpack map of str keys within the unpacking bounds
-        Kind("random_bytes", "header", 4, lambda: [b"\xc1" + rng.bytes(depth(0, 300))]),
+    def truncated(self) -> list[bytes]:
+        header = self.control()[0]
+        return [header[: self.between(1, len(header))]]
+
+    def repeated_key(self) -> list[bytes]:
+        pairs = [(k, msgpack.packb(v)) for k, v in msgpack.unpackb(self.control()[0]).items()]
+        return [packed_map([*pairs, ("gen", msgpack.packb(self.between(0, 9)))])]
+
+    def missing_args(self) -> list[bytes]:
+        header = msgpack.unpackb(self.control()[0])
+        del header["args"]
+        return [msgpack.packb(header)]
+
+
+def wide_nested_lists() -> list[bytes]:
+    """Every level declares 1024 items and holds one: msgpack allocates them all."""
+    header = b"\xdc\x04\x00" * (MSGPACK_MAX_DEPTH - 1)
+    return [header + b"\xc0" * (HEADER_LIMIT - len(header))]
+
+
+def hostile_kinds(rng: np.random.Generator, node: str = "mallory") -> list[Kind]:
+    """Every kind of hostile input, from `node`; costly ones (near 64 KiB) weigh less."""
+    m = _Maker(rng, node)
+    return [*_header_kinds(m), *_size_kinds(m), *_field_kinds(m), *_array_kinds(m)]
+
+
+def _header_kinds(m: _Maker) -> list[Kind]:
+    """Frame 0 not one msgpack map of str keys within the unpacking bounds."""
+    return [
+        Kind("random_bytes", "header", 4, lambda: [b"\xc1" + m.rng.bytes(m.between(0, 300))]),
         Kind("empty_frame", "header", 2, lambda: [b""]),
-        Kind("truncated_header", "header", 4, truncated),
-        Kind("extra_bytes", "header", 2, lambda: [control()[0] + b"\xc0"]),
-        Kind("nested_header", "header", 4, lambda: [nested(depth(2, 1024), "list")]),
-        Kind("too_deep", "header", 4, too_deep),
+        Kind("truncated_header", "header", 4, m.truncated),
+        Kind("extra_bytes", "header", 2, lambda: [m.control()[0] + b"\xc0"]),
+        Kind("nested_header", "header", 4, lambda: [nested(m.between(2, 1024), "list")]),
+        Kind("too_deep", "header", 4, m.too_deep),
         Kind("wide_nested_lists", "header", 1, wide_nested_lists),
-        Kind("long_list", "header", 2, lambda: with_fields(control(), args={"x": [1] * 1025})),
-        Kind("repeated_key", "header", 4, lambda: [packed_map(
-            [(k, msgpack.packb(v)) for k, v in msgpack.unpackb(control()[0]).items()]
-            + [("gen", msgpack.packb(int(rng.integers(0, 9))))])]),
-        Kind("int_map_key", "header", 2, lambda: with_raw(control(), "args", b"\x81\x01\x01")),
-        Kind("bad_utf8", "header", 2, lambda: with_raw(control(), "node", b"\xa2\xed\xa0")),
-        Kind("bad_timestamp", "header", 2, lambda: with_raw(control(), "ts", b"\xd5\xff\0\0")),
-        # sizes
-        Kind("header_over_limit", "too_large", 1, lambda: [control()[0] + b"\0" * HEADER_LIMIT]),
-        Kind("huge_shape", "too_large", 2,
-             lambda: belief_arrays(["float64", [2**40]], ["float64", [2**40]])),
-        Kind("empty_huge_dims", "too_large", 2, lambda: belief_arrays(
-            ["float64", [0, 2**64 - 1]], ["float64", [0, 2**64 - 1]])[:1] + [b"", b""]),
-        Kind("too_many_frames", "frames", 2, lambda: control() + [b"x"] * 20),
-        Kind("frame_without_array", "frames", 2, lambda: control() + [b"x"]),
-        # header fields
-        Kind("bad_version", "version", 2, lambda: with_fields(control(), v=pick([99, "1", 1.0]))),
-        Kind("unknown_type", "type", 2, lambda: with_fields(control(), type=pick(["x", b"x"]))),
-        Kind("nested_field", "field", 4, lambda: with_raw(
-            control(), pick(CONTROL_FIELDS), nested(depth(1, 1023), pick(["list", "map"])))),
-        Kind("odd_value", "field", 4,
-             lambda: with_raw(control(), pick(CONTROL_FIELDS), pick(REFUSED_EVERYWHERE))),
-        Kind("negative_gen", "field", 2, lambda: with_fields(control(), gen=-1)),
-        Kind("missing_field", "field", 2, lambda: [msgpack.packb(
-            {k: v for k, v in msgpack.unpackb(control()[0]).items() if k != "args"})]),
-        Kind("unknown_fields", "field", 2, lambda: with_fields(
-            control(), **{f"x{i}": i for i in range(depth(1, 2000))})),
-        Kind("long_id", "field", 1,
-             lambda: with_fields(control(), node="n" * (HEADER_LIMIT - 200))),
-        # arrays
-        Kind("refused_dtype", "array_spec", 2,
-             lambda: belief_arrays(["complex64", [1]], ["float64", [1]])),
-        Kind("short_payload", "size_mismatch", 2, lambda: belief()[:2] + [b"\0" * 3]),
-        Kind("nan_payload", "non_finite", 2, nan_belief),
-        Kind("negative_var", "inconsistent", 2, negative_var),
-        # valid messages that this sender may not send
-        Kind("impersonation", "impersonation", 2, lambda: control(node="alice")),
-        Kind("wrong_swarm", "wrong_swarm", 2, lambda: control(swarm="other")),
+        Kind("long_list", "header", 2, lambda: m.control(args={"x": [1] * 1025})),
+        Kind("repeated_key", "header", 4, m.repeated_key),
+        Kind("int_map_key", "header", 2, lambda: with_raw(m.control(), "args", b"\x81\x01\x01")),
+        Kind("bad_utf8", "header", 2, lambda: with_raw(m.control(), "node", b"\xa2\xed\xa0")),
+        Kind("bad_timestamp", "header", 2, lambda: with_raw(m.control(), "ts", b"\xd5\xff\0\0")),
     ]
-    return kinds
+
+
+def _size_kinds(m: _Maker) -> list[Kind]:
+    huge, empty_huge = ["float64", [2**40]], ["float64", [0, 2**64 - 1]]
+    return [
+        Kind("header_over_limit", "too_large", 1, lambda: [m.control()[0] + b"\0" * HEADER_LIMIT]),
+        Kind("huge_shape", "too_large", 2, lambda: m.belief_arrays(huge, huge)),
+        Kind("empty_huge_dims", "too_large", 2,
+             lambda: m.belief_arrays(empty_huge, empty_huge)[:1] + [b"", b""]),
+        Kind("too_many_frames", "frames", 2, lambda: m.control() + [b"x"] * 20),
+        Kind("frame_without_array", "frames", 2, lambda: m.control() + [b"x"]),
+    ]
+
+
+def _field_kinds(m: _Maker) -> list[Kind]:
+    """Header fields: version, type, and the fields of a control message."""
+    return [
+        Kind("bad_version", "version", 2,
+             lambda: with_fields(m.control(), v=m.pick([99, "1", 1.0]))),
+        Kind("unknown_type", "type", 2, lambda: with_fields(m.control(), type=m.pick(["x", b"x"]))),
+        Kind("nested_field", "field", 4, lambda: with_raw(
+            m.control(), m.pick(CONTROL_FIELDS),
+            nested(m.between(1, MSGPACK_MAX_DEPTH - 1), m.pick(["list", "map"])))),
+        Kind("odd_value", "field", 4,
+             lambda: with_raw(m.control(), m.pick(CONTROL_FIELDS), m.pick(REFUSED_EVERYWHERE))),
+        Kind("negative_gen", "field", 2, lambda: with_fields(m.control(), gen=-1)),
+        Kind("missing_field", "field", 2, m.missing_args),
+        Kind("unknown_fields", "field", 2, lambda: with_fields(
+            m.control(), **{f"x{i}": i for i in range(m.between(1, 2000))})),
+        Kind("long_id", "field", 1,
+             lambda: with_fields(m.control(), node="n" * (HEADER_LIMIT - 200))),
+    ]
+
+
+def _array_kinds(m: _Maker) -> list[Kind]:
+    """Arrays, then valid messages this sender may not send."""
+    return [
+        Kind("refused_dtype", "array_spec", 2,
+             lambda: m.belief_arrays(["complex64", [1]], ["float64", [1]])),
+        Kind("short_payload", "size_mismatch", 2, lambda: m.belief()[:2] + [b"\0" * 3]),
+        Kind("nan_payload", "non_finite", 2, m.nan_belief),
+        Kind("negative_var", "inconsistent", 2, m.negative_var),
+        Kind("impersonation", "impersonation", 2, lambda: m.control(node="alice")),
+        Kind("wrong_swarm", "wrong_swarm", 2, lambda: m.control(swarm="other")),
+    ]
 
 
 @dataclass

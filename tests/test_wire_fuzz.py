@@ -11,7 +11,7 @@ import tracemalloc
 import msgpack
 import numpy as np
 import pytest
-from hostile_inputs import HEADER_LIMIT, MSGPACK_MAX_DEPTH, nested, packed_map
+from hostile_inputs import HEADER_LIMIT, MSGPACK_MAX_DEPTH, nested, packed_map, with_raw
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -183,11 +183,7 @@ FIELD_REASONS = {"v": {"version"}, "type": {"type"}, "arrays": {"array_spec", "f
 
 def with_field(msg_type: str, field: str, raw: bytes) -> list[bytes]:
     """Frames of VALID[msg_type] whose header holds the packed value `raw` as `field`."""
-    frames = VALID[msg_type]
-    header = msgpack.unpackb(frames[0])
-    header.setdefault(field, None)
-    pairs = [(k, raw if k == field else msgpack.packb(v)) for k, v in header.items()]
-    return [packed_map(pairs), *frames[1:]]
+    return with_raw(VALID[msg_type], field, raw)
 
 
 def assert_names_field(result: Message | ProtocolError, field: str) -> None:
