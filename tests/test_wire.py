@@ -362,3 +362,20 @@ def test_protocol_error_names_reason_and_detail() -> None:
     assert info.value.reason == "version"
     assert str(info.value) == f"version: v must be {PROTOCOL_VERSION}, got int 9"
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ([[[[1]]]], "list [[[...]]]"),
+        ({"a": 1, "b": [1, 2, 3, 4]}, "dict {'a': 1, 'b': [1, 2, 3, ...]}"),
+        ("x" * 200, "str '" + "x" * 39 + "..."),
+        (b"\xff" * 3, r"bytes b'\xff\xff\xff'"),
+        (msgpack.ExtType(5, b"abc"), "ExtType ExtType(code=5, 3 bytes)"),
+    ],
+)
+def test_protocol_error_previews_the_bad_value_briefly(value: object, shown: str) -> None:
+    frames = repack(frames_of(sample_messages()["heartbeat"]), node=value)
+    with pytest.raises(ProtocolError) as info:
+        decode(frames)
+    assert str(info.value) == f"field: node must be a str of 1..128 chars, got {shown}"

@@ -130,8 +130,10 @@ def _preview(v: Any, depth: int) -> str:
         return repr(v[: _SHOW_CHARS + 1])  # one more than shown: _cut marks the cut
     if t in (list, tuple, dict):
         ends = "{}" if t is dict else "[]" if t is list else "()"
-        if not v or depth == 0:
-            return ends if not v else f"{ends[0]}...{ends[1]}"
+        if not v:
+            return ends
+        if depth == 0:
+            return f"{ends[0]}...{ends[1]}"
         first = islice(v.items() if t is dict else v, _SHOW_ITEMS)
         items = [f"{_preview(x[0], 0)}: {_preview(x[1], depth - 1)}" if t is dict
                  else _preview(x, depth - 1) for x in first]
