@@ -157,7 +157,7 @@ def _header_kinds(m: _Maker) -> list[Kind]:
         Kind("nested_header", "header", 4, lambda: [nested(m.between(2, 1024), "list")]),
         Kind("too_deep", "header", 4, m.too_deep),
         Kind("wide_nested_lists", "header", 1, wide_nested_lists),
-        Kind("long_list", "header", 2, lambda: m.control(args={"x": [1] * 1025})),
+        Kind("long_list", "header", 2, lambda: with_fields(m.control(), args={"x": [1] * 1025})),
         Kind("repeated_key", "header", 4, m.repeated_key),
         Kind("int_map_key", "header", 2, lambda: with_raw(m.control(), "args", b"\x81\x01\x01")),
         Kind("bad_utf8", "header", 2, lambda: with_raw(m.control(), "node", b"\xa2\xed\xa0")),

@@ -379,3 +379,13 @@ def test_protocol_error_previews_the_bad_value_briefly(value: object, shown: str
     with pytest.raises(ProtocolError) as info:
         decode(frames)
     assert str(info.value) == f"field: node must be a str of 1..128 chars, got {shown}"
+
+
+def test_encode_refuses_a_header_list_longer_than_decode_accepts() -> None:
+    longest = DEFAULT_LIMITS.max_header_bytes // 64
+    ok = message("control", swarm="s", node="n", command="go", args={"x": [1] * longest})
+    assert decode(frames_of(ok)).fields["args"]["x"] == [1] * longest
+    too_long = message("control", swarm="s", node="n", command="go",
+                       args={"x": [1] * (longest + 1)})
+    with pytest.raises(ProtocolError, match=f"header: .*lists of <= {longest} items"):
+        encode(too_long)

@@ -278,6 +278,11 @@ _ArrayDecl = tuple[str, str, tuple[int, ...]]
 _HEADER_BYTES_PER_ITEM = 64  # a header list may hold one item per 64 bytes of header limit
 
 
+def _max_list(limits: WireLimits) -> int:
+    """Items a list in a header may hold: 1024 in 64 KiB; room for every array and shape."""
+    return max(limits.max_frames, MAX_NDIM, limits.max_header_bytes // _HEADER_BYTES_PER_ITEM)
+
+
 def _unpack_header(buf: memoryview, limits: WireLimits) -> Any:
     """Frame 0 as Python objects: msgpack with every length bounded and map keys unique.
 
@@ -286,8 +291,7 @@ def _unpack_header(buf: memoryview, limits: WireLimits) -> Any:
     capping list lengths at 1024 bounds that to 8 MiB. Maps, strings and bytes are allocated
     as read, so they are bounded by the header size only.
     """
-    n = limits.max_header_bytes
-    max_list = max(limits.max_frames, MAX_NDIM, n // _HEADER_BYTES_PER_ITEM)  # 1024 in 64 KiB
+    n, max_list = limits.max_header_bytes, _max_list(limits)
     try:
         return msgpack.unpackb(
             buf, raw=False, strict_map_key=True, timestamp=0, object_pairs_hook=_unique_keys,
@@ -500,6 +504,8 @@ def encode(
     frames += [a.data for a in payloads]
     sizes = [len(packed)] + [a.nbytes for a in payloads]
     _check_sizes(sizes, limits)
+    if len(packed) > _max_list(limits):  # only so long a header can hold too long a list
+        _unpack_header(memoryview(packed), limits)
     schema, values, _ = _parse_header(header, sizes, limits)
     if check_finite:
         for (name, dtype, _), arr in zip(decls, payloads, strict=True):
