@@ -362,3 +362,30 @@ def test_protocol_error_names_reason_and_detail() -> None:
     assert info.value.reason == "version"
     assert str(info.value) == f"version: v must be {PROTOCOL_VERSION}, got int 9"
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ([[[[1]]]], "list [[[...]]]"),
+        ({"a": 1, "b": [1, 2, 3, 4]}, "dict {'a': 1, 'b': [1, 2, 3, ...]}"),
+        ("x" * 200, "str '" + "x" * 39 + "..."),
+        (b"\xff" * 3, r"bytes b'\xff\xff\xff'"),
+        (msgpack.ExtType(5, b"abc"), "ExtType ExtType(code=5, 3 bytes)"),
+    ],
+)
+def test_protocol_error_previews_the_bad_value_briefly(value: object, shown: str) -> None:
+    frames = repack(frames_of(sample_messages()["heartbeat"]), node=value)
+    with pytest.raises(ProtocolError) as info:
+        decode(frames)
+    assert str(info.value) == f"field: node must be a str of 1..128 chars, got {shown}"
+
+
+def test_encode_refuses_a_header_list_longer_than_decode_accepts() -> None:
+    longest = DEFAULT_LIMITS.max_header_bytes // 64
+    ok = message("control", swarm="s", node="n", command="go", args={"x": [1] * longest})
+    assert decode(frames_of(ok)).fields["args"]["x"] == [1] * longest
+    too_long = message("control", swarm="s", node="n", command="go",
+                       args={"x": [1] * (longest + 1)})
+    with pytest.raises(ProtocolError, match=f"header: .*lists of <= {longest} items"):
+        encode(too_long)

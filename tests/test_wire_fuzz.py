@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import struct
+import sys
+import tracemalloc
 
 import msgpack
 import numpy as np
+import pytest
+from hostile_inputs import HEADER_LIMIT, MSGPACK_MAX_DEPTH, nested, packed_map, with_raw
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rwkv_swarm.kernels import RWKV7Config, RWKV7State
 from rwkv_swarm.node.wire import (
+    DEFAULT_LIMITS,
     DTYPES,
     FLOAT_DTYPES,
     REASONS,
     SCHEMAS,
     Message,
     ProtocolError,
+    WireLimits,
     decode,
     encode,
     message,
@@ -45,6 +53,7 @@ def _valid_frames() -> dict[str, list[bytes]]:
 
 
 VALID = _valid_frames()
+MAX_DETAIL_CHARS = 200  # an error message is a line of a log, whatever the input
 msgpack_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats()
     | st.text(max_size=20) | st.binary(max_size=20),
@@ -56,15 +65,23 @@ header_keys = st.sampled_from(["v", "type", "swarm", "node", "gen", "ts", "array
                                "sigma", "shaped", "fingerprint", "params", "args", "name"])
 
 
-def decode_or_reason(frames: list) -> Message | str:
-    """The decoded message, or the reason of the ProtocolError (anything else fails the test)."""
+def refusal(frames: list, limits: WireLimits = DEFAULT_LIMITS) -> Message | ProtocolError:
+    """The decoded message or the ProtocolError (anything else fails the test); a refusal's
+    message must be short."""
     try:
-        msg = decode(frames)
+        msg = decode(frames, limits)
     except ProtocolError as e:
         assert e.reason in REASONS
-        return e.reason
+        assert len(str(e)) <= MAX_DETAIL_CHARS, str(e)[:1000]
+        return e
     assert_consistent(msg, frames)
     return msg
+
+
+def decode_or_reason(frames: list, limits: WireLimits = DEFAULT_LIMITS) -> Message | str:
+    """The decoded message, or the reason of the ProtocolError (anything else fails the test)."""
+    result = refusal(frames, limits)
+    return result.reason if isinstance(result, ProtocolError) else result
 
 
 def assert_consistent(msg: Message, frames: list) -> None:
@@ -77,6 +94,10 @@ def assert_consistent(msg: Message, frames: list) -> None:
         assert arr.dtype in DTYPES.values()
         if arr.dtype.kind == "f":
             assert np.isfinite(arr).all()
+    for value in msg.fields.values():  # no NaN or inf anywhere: params hold lists of scalars
+        for x in value.values() if type(value) is dict else [value]:
+            for y in x if type(x) is list else [x]:
+                assert type(y) is not float or math.isfinite(y)
 
 
 @FUZZ
@@ -149,3 +170,280 @@ def test_non_finite_payload_is_always_refused(msg_type, data) -> None:
     arr.reshape(-1)[data.draw(st.integers(0, arr.size - 1))] = bad
     frames[i + 1] = arr.tobytes()
     assert decode_or_reason(frames) == "non_finite"
+
+
+# -- inputs at Python's limits: depth, size, 64-bit edges, every msgpack type in every field -----
+
+ROOMY = WireLimits(max_header_bytes=2**20)  # room for nesting deeper than msgpack allows
+# header fields of each valid message, and one field no schema has
+FIELDS = {t: [*msgpack.unpackb(frames[0]), "unknown"] for t, frames in VALID.items()}
+# the reason a bad value of each field gives (a field's own kind of error otherwise)
+FIELD_REASONS = {"v": {"version"}, "type": {"type"}, "arrays": {"array_spec", "frames"}}
+
+
+def with_field(msg_type: str, field: str, raw: bytes) -> list[bytes]:
+    """Frames of VALID[msg_type] whose header holds the packed value `raw` as `field`."""
+    return with_raw(VALID[msg_type], field, raw)
+
+
+def assert_names_field(result: Message | ProtocolError, field: str) -> None:
+    """A refusal of a bad `field` value has the field's reason and names it."""
+    if isinstance(result, ProtocolError) and result.reason != "header":
+        assert result.reason in FIELD_REASONS.get(field, {"field"}), result
+        assert field in result.detail, result
+
+
+DEPTHS = [100, 1000, MSGPACK_MAX_DEPTH - 1, MSGPACK_MAX_DEPTH, 100_000]
+CONTAINERS = ["list", "map", "mixed"]
+
+
+# Exhaustive rather than drawn by hypothesis, which raises the recursion limit while it runs
+# (a repr of 1000 nested lists passes under it and fails in a node).
+@pytest.mark.parametrize("depth", DEPTHS)
+@pytest.mark.parametrize("container", CONTAINERS)
+def test_deeply_nested_value_in_any_header_field_is_refused_naming_the_field(
+    depth: int, container: str
+) -> None:
+    for msg_type, fields in FIELDS.items():
+        for field in fields:
+            frames = with_field(msg_type, field, nested(depth, container))
+            for limits in (DEFAULT_LIMITS, ROOMY):
+                result = refusal(frames, limits)
+                assert isinstance(result, ProtocolError), (msg_type, field)
+                if len(frames[0]) > limits.max_header_bytes:
+                    assert result.reason == "too_large"
+                elif depth + 1 > MSGPACK_MAX_DEPTH:  # + 1: the header map
+                    assert result.reason == "header"
+                else:
+                    assert_names_field(result, field)
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+@pytest.mark.parametrize("container", CONTAINERS)
+def test_deeply_nested_header_is_refused(depth: int, container: str) -> None:
+    frames = [nested(depth, container)]
+    for limits in (DEFAULT_LIMITS, ROOMY):
+        result = refusal(frames, limits)
+        assert isinstance(result, ProtocolError)
+        if len(frames[0]) > limits.max_header_bytes:
+            assert result.reason == "too_large"
+        elif depth > MSGPACK_MAX_DEPTH or container != "map":
+            assert result.reason == "header"
+        else:  # a map, but without the version field
+            assert result.reason == "version"
+
+
+@pytest.mark.parametrize("declared", [64, 1024, 4096, 65535])
+def test_nested_lists_declaring_more_items_than_they_hold_are_refused_in_bounded_memory(
+    declared: int,
+) -> None:
+    # msgpack allocates each list as declared before reading its items: 1023 levels of
+    # 65535-item lists in 3 KiB took 78 MiB and 30 ms to refuse
+    header = (b"\xdc" + declared.to_bytes(2, "big")) * (MSGPACK_MAX_DEPTH - 1)
+    header += b"\xc0" * (HEADER_LIMIT - len(header))
+    tracemalloc.start()
+    try:
+        assert decode_or_reason([header]) == "header"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= 256 * HEADER_LIMIT  # 16 MiB
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_decoding_a_header_of_many_containers_sets_off_no_garbage_collection(enabled) -> None:
+    # a collection while 61,000 received lists live traverses them all and promotes them:
+    # every such header then made the process collect its whole heap
+    args = b"\xdc" + (1000).to_bytes(2, "big") + (b"\xdc\x00\x3c" + b"\x90" * 60) * 1000
+    frames = with_field("control", "args", args)
+    starts: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        starts.extend([info["generation"]] if phase == "start" else [])
+
+    was = gc.isenabled()
+    gc.enable() if enabled else gc.disable()
+    gc.callbacks.append(count)
+    try:
+        assert decode_or_reason(frames) == "field"
+        assert gc.isenabled() == enabled
+    finally:
+        gc.callbacks.remove(count)
+        gc.enable() if was else gc.disable()
+    assert starts == []
+
+
+@FUZZ
+@given(st.sampled_from(sorted(VALID)), st.data())
+def test_header_repeating_a_key_is_refused(msg_type, data) -> None:
+    frames = VALID[msg_type]
+    header = msgpack.unpackb(frames[0])
+    pairs = [(k, msgpack.packb(v)) for k, v in header.items()]
+    key = data.draw(st.sampled_from(sorted(header)))
+    again = data.draw(st.sampled_from([header[key], None]))  # the same value or another
+    pairs.insert(data.draw(st.integers(0, len(pairs))), (key, msgpack.packb(again)))
+    result = refusal([packed_map(pairs), *frames[1:]])
+    assert isinstance(result, ProtocolError) and result.reason == "header"
+    assert repr(key) in result.detail
+
+
+def test_map_inside_a_field_repeating_a_key_is_refused() -> None:
+    args = packed_map([("after", msgpack.packb(1)), ("after", msgpack.packb(2))])
+    result = refusal(with_field("control", "args", args))
+    assert isinstance(result, ProtocolError) and result.reason == "header"
+    assert "'after'" in result.detail
+
+
+def _f32(x: float) -> bytes:
+    return b"\xca" + struct.pack(">f", x)
+
+
+ODD_VALUES = [
+    None, True, False, 0, 1, -1, 2**63 - 1, 2**63, 2**64 - 1, -(2**63), 0.0, -0.0, 5e-324,
+    sys.float_info.max, math.nan, math.inf, -math.inf, "", "x", "n" * 129, "\x00", "\ud7ff",
+    b"", b"x", b"\x07" * 65, [], [1], [[[[]]]], {}, {"a": 1}, {"a": [1, "b"]}, {"a": {"b": 1}},
+    {"": None}, ["x"] * 3, msgpack.ExtType(1, b"x"), msgpack.ExtType(127, b"\0" * 300),
+    msgpack.Timestamp(0, 0), msgpack.Timestamp(2**34, 999_999_999), msgpack.Timestamp(-1, 5),
+]
+ODD_RAW = [
+    _f32(math.nan), _f32(math.inf), _f32(-0.0), _f32(1e-45), b"\xca\x7f\x80\x00\x01",  # sNaN
+    b"\xd4\x05\x00", b"\xc7\x00\x05", b"\xd6\xff\x00\x00\x00\x00",  # ext, empty ext, timestamp
+    b"\xd5\xff\x00\x00",  # a timestamp of a length msgpack refuses
+    b"\x81\x01\x01", b"\x81\xc0\x01", b"\x81\xc4\x01k\x01",  # map keys: int, nil, bytes
+    b"\xa2\xed\xa0", b"\xa1\xff",  # invalid UTF-8: a surrogate, a stray byte
+    b"\xc1",  # the one byte msgpack never uses
+    b"\xcf" + (5).to_bytes(8, "big"), b"\xd3" + (5).to_bytes(8, "big"),  # 5, 8 bytes wide
+]
+packed_values = (st.sampled_from([msgpack.packb(v) for v in ODD_VALUES]) | st.sampled_from(ODD_RAW)
+                 | msgpack_values.map(msgpack.packb))
+
+
+@FUZZ
+@given(st.sampled_from(sorted(VALID)), st.data(), packed_values)
+def test_any_msgpack_value_in_any_header_field_is_accepted_or_refused_naming_the_field(
+    msg_type, data, raw
+) -> None:
+    field = data.draw(st.sampled_from(FIELDS[msg_type]))
+    result = refusal(with_field(msg_type, field, raw))
+    if field != "type":  # another valid type fails on that type's fields
+        assert_names_field(result, field)
+
+
+EDGE_INTS = [-(2**63), -(2**63) + 1, -(2**32), -1, 0, 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1]
+
+
+@FUZZ
+@given(st.sampled_from(sorted(VALID)), st.data(),
+       st.sampled_from(EDGE_INTS) | st.integers(-(2**63), 2**64 - 1), st.booleans())
+def test_integers_at_the_64_bit_edges_are_accepted_exactly_where_the_field_allows(
+    msg_type, data, x, wide
+) -> None:
+    field = data.draw(st.sampled_from(FIELDS[msg_type]))
+    raw = msgpack.packb(x)
+    if wide:  # the same value in msgpack's 8-byte encodings, as other packers may send it
+        raw = b"\xd3" + x.to_bytes(8, "big", signed=True) if x < 2**63 else raw
+    result = refusal(with_field(msg_type, field, raw))
+    if field == "gen":
+        assert isinstance(result, Message) == (x >= 0)
+        assert not isinstance(result, Message) or result.gen == x
+    elif field == "ts":
+        assert isinstance(result, Message) and result.ts == float(x)
+    assert_names_field(result, field)
+
+
+@pytest.mark.parametrize("changes", [{"gen": 2**64}, {"gen": -(2**63) - 1}, {"ts": 10**400},
+                                     {"args": {"x": 10**5000}}, {"args": {"x": [2**64]}}])
+def test_integers_beyond_64_bits_are_refused_by_the_sender(changes: dict) -> None:
+    fields = {"swarm": "s", "node": "n", "command": "go", "args": {}, **changes}
+    with pytest.raises(ProtocolError) as info:
+        encode(message("control", **fields))
+    assert info.value.reason == "field"
+    assert len(str(info.value)) <= MAX_DETAIL_CHARS
+
+
+EDGE_FLOATS = [0.0, -0.0, 5e-324, 2.2250738585072014e-308, sys.float_info.max,
+               -sys.float_info.max, math.nan, -math.nan, math.inf, -math.inf]
+
+
+@FUZZ
+@given(st.sampled_from(sorted(VALID)), st.data(), st.sampled_from(EDGE_FLOATS) | st.floats(),
+       st.booleans())
+def test_float_edge_cases_are_accepted_bit_exact_when_finite_and_never_when_not(
+    msg_type, data, x, single
+) -> None:
+    field = data.draw(st.sampled_from(FIELDS[msg_type]))
+    if single:
+        x = float(np.float32(x)) if abs(x) <= 3.4e38 or not math.isfinite(x) else math.inf
+        raw = _f32(x)
+    else:
+        raw = b"\xcb" + struct.pack(">d", x)
+    result = refusal(with_field(msg_type, field, raw))
+    if field == "ts":
+        assert isinstance(result, Message) == math.isfinite(x)
+        assert not isinstance(result, Message) or struct.pack(">d", result.ts) == struct.pack(
+            ">d", x)
+    assert_names_field(result, field)
+
+
+def big_value(kind: str, size: int) -> bytes:
+    """A packed value of `kind` taking about `size` bytes."""
+    n = max(0, size - 6)
+    head = {"str": b"\xdb", "bin": b"\xc6", "ext": b"\xc9"}
+    if kind in head:
+        return head[kind] + n.to_bytes(4, "big") + (b"\x05" if kind == "ext" else b"") + b"a" * n
+    if kind == "list":  # small ints, as a params list of scalars would hold
+        return b"\xdd" + n.to_bytes(4, "big") + b"\x01" * n
+    # a map of distinct keys of small ints, as a params map would be
+    keys = [f"{i:05x}".encode() for i in range(n // 7)]
+    return b"\xdf" + len(keys).to_bytes(4, "big") + b"".join(b"\xa5" + k + b"\x01" for k in keys)
+
+
+@FUZZ
+@given(st.sampled_from(sorted(VALID)), st.data(),
+       st.sampled_from(["str", "bin", "ext", "list", "map"]), st.integers(-64, 64))
+def test_values_filling_the_header_limit_raise_only_protocol_error(
+    msg_type, data, kind, slack
+) -> None:
+    field = data.draw(st.sampled_from(FIELDS[msg_type]))
+    room = HEADER_LIMIT - len(with_field(msg_type, field, b"")[0]) + slack
+    frames = with_field(msg_type, field, big_value(kind, room))
+    result = refusal(frames)
+    if len(frames[0]) > HEADER_LIMIT:
+        assert isinstance(result, ProtocolError) and result.reason == "too_large"
+    else:
+        assert_names_field(result, field)
+
+
+@FUZZ
+@given(st.sampled_from(sorted(VALID)), st.integers(1, HEADER_LIMIT // 8))
+def test_header_of_many_unknown_fields_is_refused_with_a_short_message(msg_type, n) -> None:
+    frames = VALID[msg_type]
+    pairs = [(k, msgpack.packb(v)) for k, v in msgpack.unpackb(frames[0]).items()]
+    pairs += [(f"x{i:06}", b"\xc0") for i in range(n)]
+    header = packed_map(pairs)
+    result = refusal([header, *frames[1:]])
+    expected = "too_large" if len(header) > HEADER_LIMIT else "field"
+    assert isinstance(result, ProtocolError) and result.reason == expected
+
+
+@FUZZ
+@given(st.lists(st.integers(0, 2**64 - 1), max_size=7), st.data())
+def test_empty_array_of_huge_dimensions_is_refused_as_too_large(dims, data) -> None:
+    shape = list(dims)
+    shape.insert(data.draw(st.integers(0, len(shape))), 0)
+    frames = VALID["belief"]
+    header = msgpack.unpackb(frames[0])
+    for entry in header["arrays"]:
+        entry[2] = shape
+    result = decode_or_reason([msgpack.packb(header), b"", b""])
+    if math.prod(d for d in shape if d) > DEFAULT_LIMITS.max_array_elements:
+        assert result == "too_large"
+
+
+@pytest.mark.parametrize("i", [0, 1, 2])
+def test_non_contiguous_buffer_frame_is_refused(i: int) -> None:
+    frames: list = list(VALID["belief"])
+    strided = np.zeros(2 * len(frames[i]), np.uint8)
+    strided[::2] = np.frombuffer(frames[i], np.uint8)
+    frames[i] = memoryview(strided[::2])
+    assert decode_or_reason(frames) == "frames"

@@ -8,6 +8,7 @@ drains the sockets, validates, sends heartbeats when due and keeps per-peer live
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from .keys import NodeKeys, SwarmKeyring, check_key
 from .wire import (
     DEFAULT_LIMITS,
     MAX_ID_CHARS,
+    REASONS,
     Message,
     ProtocolError,
     WireLimits,
@@ -28,6 +30,8 @@ from .wire import (
     encode,
     message,
 )
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats to each peer
 HEARTBEAT_LIVENESS = 3  # heartbeat intervals of silence after which a peer is dead
@@ -39,6 +43,15 @@ MAX_BATCH = 1000  # messages one poll() takes from one socket before it returns
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 _COPY_THRESHOLD = 65536  # smaller frames are copied: cheaper than pinning a Python buffer
+
+# what stats()["dropped"] counts: the wire's REASONS, then the transport's own
+DROP_REASONS = (
+    *REASONS,
+    "impersonation",  # the message's node is not the sender that CURVE authenticated
+    "wrong_swarm",  # a message of another swarm (heartbeats excepted)
+    "send_blocked",  # send() or a heartbeat found the peer's queue full
+    "internal",  # decode raised something other than ProtocolError: a bug, counted, not fatal
+)
 
 
 @dataclass(frozen=True)
@@ -308,7 +321,7 @@ class Transport:
         """Valid messages that arrive within `timeout_ms` (all that are waiting, once any are).
 
         Sends heartbeats when due and answers peers' heartbeats. Never raises on bad input:
-        a bad message is dropped and counted by reason in `stats()["dropped"]`.
+        a bad message is dropped and counted by reason (`DROP_REASONS`) in `stats()["dropped"]`.
         """
         self._check_open()
         now = time.monotonic()
@@ -351,6 +364,12 @@ class Transport:
             msg = decode(frames, self.config.limits)
         except ProtocolError as e:
             self._stats.dropped[e.reason] += 1
+            return None
+        except Exception:  # decode's bug must not let one peer's frame stop this node
+            if not self._stats.dropped["internal"]:
+                log.exception("%s: decode raised other than ProtocolError; dropping such "
+                              "messages, counted as 'internal'", self.node_id)
+            self._stats.dropped["internal"] += 1
             return None
         sender = peer_id if peer_id is not None else self._authenticated_sender(frames)
         if sender is not None and msg.node != sender:
