@@ -175,3 +175,37 @@ def test_live_init_makes_every_block_path_act_and_trainer_init_starts_at_identit
     assert live.changed and not trainer.changed
     with pytest.raises(ValueError, match="init scheme"):
         RWKV7(CONTROL, init="xavier")
+
+
+def test_numpy_input_runs_like_the_same_tensor_and_other_types_are_refused():
+    import numpy as np
+
+    model = RWKV7(RWKV7Config(n_embd=32, n_layer=1, head_size=16, input_dim=3, output_dim=2),
+                  init="live")
+    obs = np.random.default_rng(0).normal(size=(4, 3))  # float64, as environments return
+    out, state = model.step(obs)
+    ref, ref_state = model.step(torch.from_numpy(obs).float())
+    assert torch.equal(out, ref) and state.equal(ref_state)
+    seq, _ = model(obs[None].repeat(2, axis=0))
+    assert seq.shape == (2, 4, 2)
+    with pytest.raises(TypeError, match="torch.Tensor or numpy.ndarray, got list"):
+        model.step([[0.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="real observations, got numpy <U1"):
+        model.step(np.array([["a", "b", "c"]]))
+    tokens = RWKV7(RWKV7Config(n_embd=32, n_layer=1, head_size=16, vocab_size=8))
+    with pytest.raises(ValueError, match="integer token ids, got numpy float64"):
+        tokens.step(np.zeros(2))
+    assert tokens.step(np.array([1, 2], dtype=np.int32))[0].shape == (2, 8)
+
+
+def test_parameter_groups_have_one_definition_shared_by_matrices_and_targets():
+    from rwkv_swarm.kernels.model import parameter_group
+    from rwkv_swarm.kernels.population import targets_for
+
+    model = RWKV7(RWKV7Config(n_embd=32, n_layer=2, head_size=16, input_dim=3, output_dim=2))
+    params = dict(model.named_parameters())
+    in_matrices = {n for n, p in params.items() if parameter_group(n, p) == "matrices"}
+    assert {n for n, _ in model.matrices()} == in_matrices
+    assert {t.name for t in targets_for(model, 1, ["matrices"])} == in_matrices
+    assert parameter_group("blocks.0.att.r_k", params["blocks.0.att.r_k"]) == "vectors"
+    assert {t.kind for t in targets_for(model, 1, ["matrices"])} == {"rows", "cols"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +28,23 @@ from .wkv import CHUNK, wkv_chunked, wkv_step
 
 LORA_NAMES = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2")  # stored (in, out), used as x @ W
 MIX_NAMES = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
+GROUPS = ("matrices", "vectors", "embedding", "head")  # what evolution may perturb
+
+
+def is_matrix(name: str, param: torch.Tensor) -> bool:
+    """Whether a weight acts as a matrix (x W^T, x W or an embedding lookup). r_k is stored
+    (H, N) but multiplies elementwise, so it counts as a vector."""
+    return param.dim() == 2 and not name.endswith("r_k")
+
+
+def parameter_group(name: str, param: torch.Tensor) -> str:
+    """Which of `GROUPS` a parameter belongs to: the one definition evolution and the
+    population forward share."""
+    if name.startswith(("emb.", "encoder.")):
+        return "embedding"
+    if name.startswith("head."):
+        return "head"
+    return "matrices" if is_matrix(name, param) else "vectors"
 
 
 class Ops:
@@ -299,7 +317,9 @@ class RWKV7(nn.Module):
 
         Small CPU batches run the native kernel (`native.py`); a CUDA batch for which
         `enable_cuda_graph_step` was called replays a graph; anything else runs PyTorch ops.
+        numpy input is accepted (observations become float32, tokens int64).
         """
+        x = self._as_tensor(x)
         B = x.shape[0]
         state = self.zero_state(B) if state is None else state
         if state.batch == B and state.att_x_prev.dtype == torch.float32:
@@ -336,6 +356,7 @@ class RWKV7(nn.Module):
     def forward(self, x: torch.Tensor, state: RWKV7State | None = None
                 ) -> tuple[torch.Tensor, RWKV7State]:
         """Tokens (B, T) or observations (B, T, input_dim) -> (outputs (B, T, out), state)."""
+        x = self._as_tensor(x)
         self._check_input(x)
         B = x.shape[0]
         state = self.zero_state(B) if state is None else state
@@ -352,6 +373,22 @@ class RWKV7(nn.Module):
                 outs.append(readout(ops, h))
         return (outs[0] if len(outs) == 1 else torch.cat(outs)), new
 
+    def _as_tensor(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """x as a tensor on the model's device: numpy observations as float32, tokens int64."""
+        if isinstance(x, torch.Tensor):
+            return x
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"input must be a torch.Tensor or numpy.ndarray, got "
+                            f"{type(x).__name__}")
+        p = self.head.weight
+        if self.config.token_mode:
+            if not np.issubdtype(x.dtype, np.integer):
+                raise ValueError(f"token mode expects integer token ids, got numpy {x.dtype}")
+            return torch.from_numpy(x.astype(np.int64, copy=False)).to(p.device)
+        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+            raise ValueError(f"control mode expects real observations, got numpy {x.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(p.device, p.dtype)
+
     def _check_input(self, x: torch.Tensor) -> None:
         cfg = self.config
         if cfg.token_mode:
@@ -363,7 +400,7 @@ class RWKV7(nn.Module):
                              f"{tuple(x.shape)}")
 
     def matrices(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The 2-D weights inside blocks (the default evolution targets)."""
+        """The weights of the "matrices" group: the 2-D weights inside blocks."""
         for name, p in self.named_parameters():
-            if name.startswith("blocks.") and p.dim() == 2 and not name.endswith("r_k"):
+            if parameter_group(name, p) == "matrices":
                 yield name, p

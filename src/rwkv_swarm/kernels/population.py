@@ -22,23 +22,21 @@ import torch
 import torch.nn.functional as F
 
 from .config import GN_EPS, LN_EPS, ROW_BLOCK
-from .model import LORA_NAMES, RWKV7, Ops, embed_input, readout, run_blocks
+from .model import (
+    GROUPS,
+    LORA_NAMES,
+    RWKV7,
+    Ops,
+    embed_input,
+    is_matrix,
+    parameter_group,
+    readout,
+    run_blocks,
+)
 from .state import RWKV7State
 
-GROUPS = ("matrices", "vectors", "embedding", "head")
 _MASK64 = (1 << 64) - 1
 SMALL_RANK = 4  # up to this rank, low-rank terms run as rank-1 elementwise passes
-
-
-def parameter_group(name: str, param: torch.Tensor) -> str:
-    """Which perturbation group a parameter belongs to."""
-    if name.startswith(("emb.", "encoder.")):
-        return "embedding"
-    if name.startswith("head."):
-        return "head"
-    if name.startswith("blocks.") and param.dim() == 2 and not name.endswith("r_k"):
-        return "matrices"
-    return "vectors"
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,7 @@ def targets_for(model: RWKV7, rank: int, include: Sequence[str]) -> list[Target]
     for name, p in model.named_parameters():
         if parameter_group(name, p) not in include:
             continue
-        if p.dim() == 2 and not name.endswith("r_k"):
+        if is_matrix(name, p):
             if name == "emb.weight":
                 kind = "embed"
             elif name.rsplit(".", 1)[-1] in LORA_NAMES:
