@@ -36,7 +36,7 @@ import torch
 
 from rwkv_swarm.kernels import RWKV7Config
 from rwkv_swarm.node import ESConfig, KalmanESConfig, Node, NodeConfig
-from rwkv_swarm.swarm.envs import GymEnv, SignalEnv
+from rwkv_swarm.node.envs import GymEnv, SignalEnv
 
 SOLVED = 475.0
 CHECK_EPISODES = 20

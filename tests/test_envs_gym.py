@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from rwkv_swarm.swarm.envs import Environment, GymEnv, make_env
-from rwkv_swarm.swarm.envs._gym_backends import ActionMap
-from rwkv_swarm.swarm.envs._util import copy_int_seed
+from rwkv_swarm.node.envs import Environment, GymEnv, make_env
+from rwkv_swarm.node.envs._gym_backends import ActionMap
+from rwkv_swarm.node.envs._util import copy_int_seed
 
 
 def balance(obs: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from rwkv_swarm.swarm.envs import RunningNorm
+from rwkv_swarm.node.envs import RunningNorm
 
 
 @pytest.mark.parametrize("splits", [[1], [1, 1, 1], [7, 1, 30, 2], [100]])

@@ -8,7 +8,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from rwkv_swarm.swarm.envs import (
+from rwkv_swarm.node.envs import (
     AR,
     Environment,
     MackeyGlass,
@@ -19,7 +19,7 @@ from rwkv_swarm.swarm.envs import (
     make_process,
     process_params,
 )
-from rwkv_swarm.swarm.envs.processes import make_generator
+from rwkv_swarm.node.envs.processes import make_generator
 
 PURE = Sines(freqs=(0.05,), amps=(1.0,), phases=(0.3,))  # one noiseless sine: analytic values
 

@@ -1,4 +1,4 @@
-"""The five subpackages import downward only: swarm -> cluster -> node -> {kalman, kernels}."""
+"""The subpackages import downward only: swarm -> cluster -> node -> {kalman, kernels} -> util."""
 
 import ast
 from pathlib import Path
@@ -7,11 +7,12 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "rwkv_swarm"
 ALLOWED = {
-    "kernels": set(),
-    "kalman": set(),
-    "node": {"kalman", "kernels"},
-    "cluster": {"node", "kalman", "kernels"},
-    "swarm": {"cluster", "node", "kalman", "kernels"},
+    "util": set(),
+    "kernels": {"util"},
+    "kalman": {"util"},
+    "node": {"kalman", "kernels", "util"},
+    "cluster": {"node", "kalman", "kernels", "util"},
+    "swarm": {"cluster", "node", "kalman", "kernels", "util"},
 }
 
 

@@ -99,7 +99,7 @@ def test_restore_rejects_bytes_that_are_not_a_checkpoint():
 def test_a_diverged_mutant_scores_nan_and_never_stops_the_others():
     from rwkv_swarm.kernels import RWKV7State
     from rwkv_swarm.node import rollout
-    from rwkv_swarm.swarm.envs import GymEnv
+    from rwkv_swarm.node.envs import GymEnv
 
     env = GymEnv("CartPole-v1", normalize_obs=False)
     state = RWKV7State.zeros(MODEL, 4)

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..util.codec import decode_tensor, encode_array
 from . import _checks as check
-from ._codec import decode_tensor, encode_array
 from .diagonal import ArrayLike, all_finite, as_state_vector, diag_predict, diag_update
 from .gaussian import Gaussian
 

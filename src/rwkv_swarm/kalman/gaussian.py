@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..util.codec import decode_array, encode_array
 from . import _checks as check
-from ._codec import decode_array, encode_array
 
 
 @dataclass(frozen=True, eq=False)

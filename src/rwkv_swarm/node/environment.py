@@ -1,6 +1,6 @@
 """The batched `Environment` protocol a node evaluates its population in.
 
-Concrete environments (`rwkv_swarm.swarm.envs`: gymnasium adapter, streaming signal) satisfy
+Concrete environments (`rwkv_swarm.node.envs`: gymnasium adapter, streaming signal) satisfy
 it structurally; a node only needs these methods. One evaluation runs `n` copies of the world
 in lock step, one per mutant (or per mutant and episode); copies end independently.
 """

@@ -14,7 +14,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._util import decode_array, encode_array, finite
+from ...util.codec import decode_array, encode_array
+from ._util import finite
 
 TWO_PI = 2.0 * math.pi
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ...util.codec import decode_array, decode_rng, encode_array, encode_rng
 from ._util import (
     check_count,
     check_keys,
@@ -26,10 +27,6 @@ from ._util import (
     check_seed,
     check_state_keys,
     config_with,
-    decode_array,
-    decode_rng,
-    encode_array,
-    encode_rng,
     finite,
 )
 from .processes import (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -87,41 +86,6 @@ def config_with(cls: type[C], base: C | None, overrides: dict[str, Any]) -> C:
     if base is None:
         return cls(**overrides)
     return dataclasses.replace(base, **overrides)  # type: ignore[type-var]
-
-
-def encode_array(a: np.ndarray) -> dict[str, Any]:
-    """A float64 array as plain values (bit-exact little-endian bytes)."""
-    arr = np.ascontiguousarray(a, dtype="<f8")
-    return {"shape": list(arr.shape), "data": arr.tobytes()}
-
-
-def decode_array(d: dict[str, Any]) -> np.ndarray:
-    """The float64 array `encode_array` encoded (a fresh, writable copy)."""
-    try:
-        shape = tuple(int(s) for s in d["shape"])
-        flat = np.frombuffer(bytes(d["data"]), dtype="<f8")
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"not an encoded array (need shape and float64 data bytes): {e}") from e
-    if flat.size != math.prod(shape):
-        raise ValueError(f"encoded array holds {flat.size} values, shape {shape} needs "
-                         f"{math.prod(shape)}")
-    return flat.reshape(shape).astype(np.float64)
-
-
-def encode_rng(rng: np.random.Generator) -> str:
-    """A generator's full state as a string (PCG64's 128-bit ints do not fit msgpack ints)."""
-    return json.dumps(rng.bit_generator.state)
-
-
-def decode_rng(s: str) -> np.random.Generator:
-    """The generator `encode_rng` encoded."""
-    state = json.loads(s)
-    name = state.get("bit_generator")
-    if name != "PCG64":
-        raise ValueError(f"expected a PCG64 generator state, got bit_generator {name!r}")
-    rng = np.random.default_rng()
-    rng.bit_generator.state = state
-    return rng
 
 
 def check_state_keys(kind: str, state: Any, required: tuple[str, ...]) -> None:

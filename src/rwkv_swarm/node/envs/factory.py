@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rwkv_swarm.node.environment import Environment
-
+from ..environment import Environment
 from .gym import GymEnv
 from .processes import PROCESSES, make_process
 from .signal import SignalEnv

@@ -4,8 +4,7 @@
 persistent synthetic stream. `make_env` builds either from a config value.
 """
 
-from rwkv_swarm.node.environment import Environment
-
+from ..environment import Environment
 from .factory import KINDS, make_env
 from .gym import GYM_SIGNALS, GymConfig, GymEnv
 from .normalize import RunningNorm

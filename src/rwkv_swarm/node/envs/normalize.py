@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ._util import check_state_keys, decode_array, encode_array, finite
+from ...util.codec import decode_array, encode_array
+from ._util import check_state_keys, finite
 
 _KEYS = ("dim", "count", "mean", "m2", "pending_count", "pending_mean", "pending_m2")
 
