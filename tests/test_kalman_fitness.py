@@ -256,7 +256,7 @@ def test_fusing_two_nodes_beliefs_gives_a_new_belief():
     [
         ({"drift": -1.0}, "drift must be >= 0"),
         ({"drift_ratio": 0.0}, "drift_ratio must be > 0"),
-        ({"drift_memory": 1.5}, r"drift_memory must be in \(0, 1\]"),
+        ({"noise_memory": 1.5}, r"noise_memory must be in \(0, 1\]"),
         ({"surprise_p": 1.0}, r"surprise_p must be in \(0, 1\)"),
         ({"sample_var": 0.0}, "sample_var must be > 0"),
         ({"min_var": math.nan}, "min_var must be finite"),

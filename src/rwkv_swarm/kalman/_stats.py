@@ -27,3 +27,63 @@ def chi2_quantile(p: float, dof: int) -> float:
     # (X/k)^(1/3) ~ N(1 - 2/(9k), 2/(9k))
     c = 2.0 / (9.0 * dof)
     return dof * (1.0 - c + _NORMAL.inv_cdf(p) * math.sqrt(c)) ** 3
+
+
+def _beta_cf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularised incomplete beta (modified Lentz, as in
+    Numerical Recipes' betacf)."""
+    tiny, eps = 1e-300, 1e-15
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def beta_inc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b) for a, b > 0 and x in [0, 1]."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                 + a * math.log(x) + b * math.log1p(-x))
+    # the continued fraction converges fast for x < (a + 1)/(a + b + 2); use symmetry beyond
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _beta_cf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_cf(b, a, 1.0 - x) / b
+
+
+def f1_quantile(p: float, dof: float) -> float:
+    """The p-quantile of T^2 for T ~ Student t with `dof` (real, >= 0.5) degrees of freedom,
+    i.e. of F(1, dof): the NIS threshold when the innovation variance is itself estimated
+    from `dof` effective samples. Tends to chi2_quantile(p, 1) as dof grows.
+
+    P(T^2 <= q) = 1 - I_{dof/(dof+q)}(dof/2, 1/2); solved for q by bisection on x.
+    """
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if not dof >= 0.5:
+        raise ValueError(f"dof must be >= 0.5, got {dof}")
+    if dof > 1e7:
+        return chi2_quantile(p, 1)
+    lo, hi = 0.0, 1.0  # I_x is increasing in x; find x with I_x(dof/2, 1/2) = 1 - p
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if beta_inc(dof / 2.0, 0.5, mid) < 1.0 - p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-15 * hi:
+            break
+    x = 0.5 * (lo + hi)
+    return dof * (1.0 - x) / x
