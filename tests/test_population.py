@@ -179,3 +179,16 @@ def test_gradient_variance_equals_the_sample_variance_of_per_pair_terms(rank):
             / sigma for p in range(P // 2)])
         assert_close(grads[name], terms.mean(0), atol=1e-5, rtol=1e-4)
         assert_close(var[name], terms.var(0, correction=1) / (P // 2), atol=1e-6, rtol=1e-3)
+
+
+def test_a_range_of_members_runs_exactly_as_those_members_of_the_whole_population():
+    model = RWKV7(CONTROL, init="live")
+    pop = Population(model, seed=3, sigma=0.1, size=8, include=("matrices", "head"))
+    x = torch.randn(8, 2, 5, CONTROL.input_dim)
+    whole, _ = pop.forward(x)
+    part, state = pop.forward(x[2:6], members=(2, 6))
+    assert_close(part, whole[2:6], rtol=1e-5, atol=1e-6)
+    assert state.batch == 4 * 2
+    for bad in [(1, 5), (2, 10), (4, 4)]:
+        with pytest.raises(ValueError, match="even range"):
+            pop.forward(x[:2], members=bad)

@@ -10,7 +10,7 @@ import torch
 
 from rwkv_swarm.kalman import DirectionConfig, FitnessUpdate
 from rwkv_swarm.kernels import RWKV7, RWKV7Config
-from rwkv_swarm.node.strategy import (
+from rwkv_swarm.node import (
     ESConfig,
     KalmanES,
     KalmanESConfig,
@@ -108,8 +108,11 @@ def test_tell_rejects_mismatched_fitness_length_and_tell_before_ask():
     es.ask()
     with pytest.raises(ValueError, match="#fitness values = 7 must equal #mutants = 8"):
         es.tell(np.zeros(7))
-    with pytest.raises(ValueError, match="at least 2 finite"):
+    with pytest.raises(ValueError, match=r"at least 2 antithetic pairs with finite fitness, "
+                                         r"got 0 \(7 of 8 mutants are NaN/inf\)"):
         es.tell(np.array([np.nan] * 7 + [1.0]))
+    with pytest.raises(RuntimeError, match=r"step\(\) needs this generation's measure"):
+        es.step()
 
 
 def test_nonfinite_fitness_is_counted_and_does_not_poison_the_update():

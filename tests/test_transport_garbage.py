@@ -10,6 +10,7 @@ from collections.abc import Callable
 import msgpack
 import numpy as np
 import zmq
+from messages import fitness_message
 
 from rwkv_swarm.node.keys import SwarmKeyring
 from rwkv_swarm.node.transport import Transport
@@ -25,8 +26,7 @@ def garbage_kinds(rng: np.random.Generator) -> list[tuple[str, Callable[[], list
 
     def valid(node: str = "mallory", **fields) -> list[bytes]:
         shaped = rng.standard_normal(8).astype(np.float32)
-        msg = message("fitness", swarm="s", node=node, seed=1, sigma=0.1, belief_mean=0.0,
-                      belief_var=1.0, arrays={"shaped": shaped})
+        msg = fitness_message(node=node, arrays={"shaped": shaped})
         return [bytes(f) for f in encode(msg)]
 
     def with_header(**changes) -> list[bytes]:
@@ -34,21 +34,34 @@ def garbage_kinds(rng: np.random.Generator) -> list[tuple[str, Callable[[], list
         header = {**msgpack.unpackb(frames[0]), **changes}
         return [msgpack.packb(header), *frames[1:]]
 
-    def nan_payload() -> list[bytes]:
+    def shaped_frame(frames: list[bytes]) -> int:
+        names = [n for n, _, _ in msgpack.unpackb(frames[0])["arrays"]]
+        return 1 + names.index("shaped")
+
+    def with_shaped(payload: bytes) -> list[bytes]:
         frames = valid()
-        return [frames[0], np.full(8, np.nan, np.float32).tobytes()]
+        i = shaped_frame(frames)
+        return [*frames[:i], payload, *frames[i + 1:]]
+
+    def with_shaped_declared(dtype: str, shape: list[int]) -> list[bytes]:
+        decls = msgpack.unpackb(valid()[0])["arrays"]
+        return with_header(arrays=[[n, dtype, shape] if n == "shaped" else [n, d, sh]
+                                   for n, d, sh in decls])
+
+    def nan_payload() -> list[bytes]:
+        return with_shaped(np.full(8, np.nan, np.float32).tobytes())
 
     return [
         # 0xc1 is never used by msgpack: random bytes after it can never decode
         ("header", lambda: [b"\xc1" + rng.bytes(int(rng.integers(0, 200)))]),
         ("header", lambda: [b""]),
-        ("size_mismatch", lambda: valid()[:1] + [rng.bytes(int(rng.integers(1, 31)))]),
+        ("size_mismatch", lambda: with_shaped(rng.bytes(int(rng.integers(1, 31))))),
         ("non_finite", nan_payload),
         ("version", lambda: with_header(v=99)),
         ("type", lambda: with_header(type="gossip")),
         ("field", lambda: with_header(sigma="high")),
-        ("array_spec", lambda: with_header(arrays=[["shaped", "float64", [4]]])),
-        ("too_large", lambda: with_header(arrays=[["shaped", "float32", [2**40]]])),
+        ("array_spec", lambda: with_shaped_declared("float64", [4])),
+        ("too_large", lambda: with_shaped_declared("float32", [2**40])),
         ("frames", lambda: valid() + [b"extra"] * 20),
         ("impersonation", lambda: valid(node="alice")),
     ]

@@ -6,6 +6,7 @@ import msgpack
 import numpy as np
 import pytest
 import torch
+from messages import fitness_message
 
 from rwkv_swarm.kernels import RWKV7Config, RWKV7State
 from rwkv_swarm.node.wire import (
@@ -42,9 +43,8 @@ def sample_messages() -> dict[str, Message]:
     common = {"swarm": "swarm-1", "node": "node-a", "gen": 7, "ts": 1234.5}
     return {
         "state": state_message(random_state(), FINGERPRINT, **common),
-        "fitness": message("fitness", **common, seed=2**40 + 3, sigma=0.02, belief_mean=-1.5,
-                           belief_var=0.25,
-                           arrays={"shaped": rng.standard_normal(16).astype(np.float32)}),
+        "fitness": fitness_message(**common, n=16, seed=2**40 + 3, sigma=0.02, belief_mean=-1.5,
+                                   belief_var=0.25),
         "belief": message("belief", **common, name="fitness",
                           arrays={"mean": rng.standard_normal((4, 3)),
                                   "var": rng.random((4, 3)).astype(np.float64)}),
@@ -160,8 +160,7 @@ def test_encode_makes_non_contiguous_and_big_endian_arrays_little_endian_c_order
 
 
 def test_float_fields_given_as_ints_decode_as_floats() -> None:
-    msg = message("fitness", swarm="s", node="n", seed=1, sigma=1, belief_mean=0,
-                  belief_var=2, arrays={"shaped": np.zeros(3, np.float32)})
+    msg = fitness_message(sigma=1, belief_mean=0, belief_var=2)
     fields = decode(frames_of(msg)).fields
     assert [type(fields[k]) for k in ("sigma", "belief_mean", "belief_var")] == [float] * 3
 
@@ -203,12 +202,15 @@ def test_state_from_message_rejects_other_message_types() -> None:
         (message("control", swarm="s", node="n", command="go", args={"x": {"nested": 1}}),
          "field"),
         (message("control", swarm="s", node="n", command="go", args={"x": object()}), "field"),
-        (message("fitness", swarm="s", node="n", seed=1, sigma=0.1, belief_mean=0.0,
-                 belief_var=1.0, arrays={"shaped": np.zeros(3, np.float64)}), "array_spec"),
-        (message("fitness", swarm="s", node="n", seed=1, sigma=0.1, belief_mean=0.0,
-                 belief_var=1.0, arrays={"shaped": np.zeros((3, 1), np.float32)}), "array_spec"),
-        (message("fitness", swarm="s", node="n", seed=1, sigma=-0.1, belief_mean=0.0,
-                 belief_var=1.0, arrays={"shaped": np.zeros(3, np.float32)}), "field"),
+        (fitness_message(arrays={"shaped": np.zeros(8, np.float64)}), "array_spec"),
+        (fitness_message(arrays={"shaped": np.zeros((8, 1), np.float32)}), "array_spec"),
+        (fitness_message(sigma=-0.1), "field"),
+        (fitness_message(sigma=0.0), "field"),
+        (fitness_message(include=[]), "field"),
+        (fitness_message(arrays={"shaped": np.zeros(6, np.float32)}), "inconsistent"),
+        (fitness_message(first=2), "inconsistent"),  # members 2..10 of a population of 8
+        (fitness_message(arrays={"valid": np.full(8, 2, np.uint8)}), "inconsistent"),
+        (fitness_message(arrays={"obs_count": np.ones(1)}), "inconsistent"),
         (message("belief", swarm="s", node="n", name="b",
                  arrays={"mean": np.zeros(2), "var": np.zeros(3)}), "inconsistent"),
         (message("belief", swarm="s", node="n", name="b",
@@ -224,9 +226,8 @@ def test_encode_rejects_invalid_message_with_its_reason(msg: Message, reason: st
 
 
 def test_encode_checks_finiteness_only_when_asked() -> None:
-    shaped = np.array([0.0, np.nan], np.float32)
-    msg = message("fitness", swarm="s", node="n", seed=1, sigma=0.1, belief_mean=0.0,
-                  belief_var=1.0, arrays={"shaped": shaped})
+    shaped = np.array([0.0, np.nan] * 4, np.float32)
+    msg = fitness_message(arrays={"shaped": shaped})
     frames = encode(msg)  # the receiver's check: one pass over every float
     assert reason_of([bytes(f) for f in frames]) == "non_finite"
     with pytest.raises(ProtocolError, match="non_finite: array shaped"):
@@ -241,22 +242,32 @@ def test_encode_enforces_the_size_limits() -> None:
 # -- decode: each bad input has its reason -----------------------------------------------------
 
 
+def with_shaped_declared(frames: list[bytes], shape: list[int]) -> list[bytes]:
+    """A fitness message's frames with the `shaped` array's declared shape replaced."""
+    decls = msgpack.unpackb(frames[0])["arrays"]
+    return repack(frames, arrays=[[n, d, shape if n == "shaped" else s] for n, d, s in decls])
+
+
+def shaped_frame(frames: list[bytes]) -> int:
+    names = [n for n, _, _ in msgpack.unpackb(frames[0])["arrays"]]
+    return 1 + names.index("shaped")
+
+
 def test_decode_rejects_declared_shape_larger_than_frame() -> None:
-    frames = frames_of(sample_messages()["fitness"])
-    frames = repack(frames, arrays=[["shaped", "float32", [17]]])
+    frames = with_shaped_declared(frames_of(sample_messages()["fitness"]), [17])
     assert reason_of(frames) == "size_mismatch"
 
 
 def test_decode_checks_declared_sizes_before_reading_a_nan_payload() -> None:
     nan = np.full(16, np.nan, np.float32).tobytes()
     frames = frames_of(sample_messages()["fitness"])
-    assert reason_of([frames[0], nan]) == "non_finite"
-    assert reason_of([frames[0], nan + b"\0" * 4]) == "size_mismatch"
+    i = shaped_frame(frames)
+    assert reason_of([*frames[:i], nan, *frames[i + 1:]]) == "non_finite"
+    assert reason_of([*frames[:i], nan + b"\0" * 4, *frames[i + 1:]]) == "size_mismatch"
 
 
 def test_decode_rejects_huge_declared_shape_without_allocating() -> None:
-    frames = repack(frames_of(sample_messages()["fitness"]),
-                    arrays=[["shaped", "float32", [2**62]]])
+    frames = with_shaped_declared(frames_of(sample_messages()["fitness"]), [2**62])
     assert reason_of(frames) == "too_large"
 
 

@@ -14,6 +14,7 @@ import pytest
 from hostile_inputs import HEADER_LIMIT, MSGPACK_MAX_DEPTH, nested, packed_map, with_raw
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from messages import fitness_message
 
 from rwkv_swarm.kernels import RWKV7Config, RWKV7State
 from rwkv_swarm.node.wire import (
@@ -41,8 +42,7 @@ def _valid_frames() -> dict[str, list[bytes]]:
     config = RWKV7Config(n_embd=64, n_layer=1, head_size=32, vocab_size=4)
     msgs = [
         state_message(RWKV7State.zeros(config, 2), b"\x07" * 8, **common),
-        message("fitness", **common, seed=5, sigma=0.1, belief_mean=0.0, belief_var=1.0,
-                arrays={"shaped": rng.standard_normal(8).astype(np.float32)}),
+        fitness_message(**common, seed=5),
         message("belief", **common, name="b", arrays={"mean": rng.standard_normal(3),
                                                       "var": np.ones(3)}),
         message("signal", **common, name="x", params={"a": 1}, targets=["m"]),

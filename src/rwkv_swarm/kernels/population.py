@@ -141,46 +141,61 @@ class Population:
 
     # -- running the population ----------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, state: RWKV7State | None = None
-                ) -> tuple[torch.Tensor, RWKV7State]:
-        """All mutants on a sequence.
+    def forward(self, x: torch.Tensor, state: RWKV7State | None = None,
+                members: tuple[int, int] | None = None) -> tuple[torch.Tensor, RWKV7State]:
+        """All mutants (or members [lo, hi), an even range) on a sequence.
 
-        x: per-mutant input (P, B, T) tokens / (P, B, T, input_dim) observations, or one input
-        (B, T) / (B, T, input_dim) shared by all. State rows are member-major (P*B rows).
-        Returns outputs (P, B, T, out) and the new state.
+        x: per-member input (M, B, T) tokens / (M, B, T, input_dim) observations with M the
+        members run, or one input (B, T) / (B, T, input_dim) shared by all. State rows are
+        member-major (M*B rows). Returns outputs (M, B, T, out) and the new state.
         """
-        cfg, P = self.model.config, self.size
+        cfg = self.model.config
+        lo, hi = self._member_range(members)
+        M = hi - lo
         per_member_dims = 3 if cfg.token_mode else 4
         if x.dim() == per_member_dims - 1:
-            x = x.unsqueeze(0).expand(P, *x.shape)
-        if x.dim() != per_member_dims or x.shape[0] != P:
+            x = x.unsqueeze(0).expand(M, *x.shape)
+        if x.dim() != per_member_dims or x.shape[0] != M:
             feat = "" if cfg.token_mode else ", input_dim"
-            raise ValueError(f"population input must be (P={P}, B, T{feat}) or shared, got "
-                             f"{tuple(x.shape)}")
+            raise ValueError(f"population input must be (members={M}, B, T{feat}) or shared, "
+                             f"got {tuple(x.shape)}")
         if not cfg.token_mode and x.shape[-1] != cfg.input_dim:
             raise ValueError(f"observations must have {cfg.input_dim} features, got {x.shape[-1]}")
         B = x.shape[1]
         if state is None:
-            state = self.model.zero_state(P * B)
-        elif state.batch != P * B:
-            raise ValueError(f"population state must have P*B = {P * B} rows, got {state.batch}")
-        members = member_block(P, B * x.shape[2], self.device)
+            state = self.model.zero_state(M * B)
+        elif state.batch != M * B:
+            raise ValueError(f"population state must have P*B = {M * B} rows (P = {M} members "
+                             f"run), got {state.batch}")
+        block = member_block(M, B * x.shape[2], self.device)
         new, outs = state.empty_like(), []
         with torch.no_grad():
-            for lo in range(0, P, members):  # cache-sized blocks of members on CPU
-                hi = min(lo + members, P)
-                ops = PopulationOps(self, lo, hi)
-                h, _ = run_blocks(ops, cfg, embed_input(ops, cfg, x[lo:hi]),
-                                  state.rows(lo * B, hi * B), (hi - lo, B),
-                                  new.rows(lo * B, hi * B))
+            for a in range(0, M, block):  # cache-sized blocks of members on CPU
+                b = min(a + block, M)
+                ops = PopulationOps(self, lo + a, lo + b)
+                h, _ = run_blocks(ops, cfg, embed_input(ops, cfg, x[a:b]),
+                                  state.rows(a * B, b * B), (b - a, B), new.rows(a * B, b * B))
                 outs.append(readout(ops, h))
         return (outs[0] if len(outs) == 1 else torch.cat(outs)), new
 
-    def step(self, x: torch.Tensor, state: RWKV7State | None = None
-             ) -> tuple[torch.Tensor, RWKV7State]:
-        """One token (P, B) / observation (P, B, input_dim) per member row -> (P, B, out)."""
-        out, state = self.forward(x.unsqueeze(2), state)
+    def step(self, x: torch.Tensor, state: RWKV7State | None = None,
+             members: tuple[int, int] | None = None) -> tuple[torch.Tensor, RWKV7State]:
+        """One token (M, B) / observation (M, B, input_dim) per member row -> (M, B, out)."""
+        out, state = self.forward(x.unsqueeze(2), state, members)
         return out[:, :, 0], state
+
+    def _member_range(self, members: tuple[int, int] | None) -> tuple[int, int]:
+        if members is None:
+            return 0, self.size
+        lo, hi = members
+        if not (0 <= lo < hi <= self.size and lo % 2 == 0 and hi % 2 == 0):
+            raise ValueError(f"members must be an even range [lo, hi) within 0..{self.size} "
+                             f"(whole antithetic pairs), got {members}")
+        return lo, hi
+
+    def flatten(self, per_target: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-target tensors (e.g. `gradient`'s) as one flat vector, in target order."""
+        return torch.cat([per_target[t.name].flatten() for t in self.targets])
 
     # -- mutants and the update ----------------------------------------------------------------
 

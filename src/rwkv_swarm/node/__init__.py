@@ -1,21 +1,16 @@
-"""One organism: model + estimator + evolution step; wire messages; ZeroMQ transport."""
+"""One organism: model + estimator + evolution step; what it tells its neighbours; wire messages;
+ZeroMQ transport; the environments it lives in."""
 
+from .config import MODES, STRATEGIES, STRATEGY_CONFIGS, ExchangeConfig, NodeConfig
 from .environment import Environment
+from .exchange import Report, WeightSketch, fingerprint, perturbation_key, replay
+from .fusion import Discrepancy, Evidence, fuse_estimates, mean_estimates
+from .kalman_es import KalmanES, KalmanESConfig
 from .keys import NodeKeys, SwarmKeyring
-from .node import Node, NodeConfig
+from .node import Node
 from .rollout import Rollout, rollout
-from .strategy import (
-    ESConfig,
-    KalmanES,
-    KalmanESConfig,
-    LowRankES,
-    Mutants,
-    StepInfo,
-    Strategy,
-    centered_ranks,
-    derive_seed,
-    zscore,
-)
+from .shaping import centered_ranks, derive_seed, pair_means, zscore
+from .strategy import ESConfig, LowRankES, Measurement, Mutants, StepInfo, Strategy
 from .transport import Transport, TransportConfig
 from .wire import (
     Message,
@@ -28,8 +23,11 @@ from .wire import (
     state_message,
 )
 
-__all__ = ["ESConfig", "Environment", "KalmanES", "KalmanESConfig", "LowRankES", "Message",
-           "Mutants", "Node", "NodeConfig", "NodeKeys", "ProtocolError", "Rollout", "StepInfo",
-           "Strategy", "SwarmKeyring", "Transport", "TransportConfig", "WireLimits",
-           "centered_ranks", "decode", "derive_seed", "encode", "message", "rollout",
+__all__ = ["MODES", "STRATEGIES", "STRATEGY_CONFIGS", "Discrepancy", "ESConfig", "Environment",
+           "Evidence", "ExchangeConfig", "KalmanES", "KalmanESConfig", "LowRankES",
+           "Measurement", "Message", "Mutants", "Node", "NodeConfig", "NodeKeys",
+           "ProtocolError", "Report", "Rollout", "StepInfo", "Strategy", "SwarmKeyring",
+           "Transport", "TransportConfig", "WeightSketch", "WireLimits", "centered_ranks",
+           "decode", "derive_seed", "encode", "fingerprint", "fuse_estimates", "mean_estimates",
+           "message", "pair_means", "perturbation_key", "replay", "rollout",
            "state_from_message", "state_message", "zscore"]

@@ -1,97 +1,83 @@
 """`Node`: one organism. An RWKV-7 policy, an evolution strategy, an environment, a live state.
 
-One `generation()` is predict -> mutate -> evaluate -> correct:
+One `generation()` is predict -> mutate -> evaluate -> correct, in phases that a swarm member
+drives one by one, exchanging with its neighbours in between:
 
-    ask()      the strategy predicts the fitness its last step should bring, draws P mutants
-    evaluate   all mutants act in P x episodes environment copies in one batched forward
-    tell()     fitness shaping, Kalman updates, the weight step
-    live on    in a continuing world, the updated centre runs the same segment from the live
-               recurrent state, which becomes the next generation's starting state
+    begin()          the strategy predicts the fitness its last step should bring, draws mutants
+    evaluate(cb)     this node's mutants act in P x episodes environment copies in one batched
+                     forward; cb(t) runs after every environment step (service the transport)
+    report()         what the generation showed, as neighbours receive it (exchange.Report)
+    finish(reports)  fold the neighbours' reports in (consensus: the group's union of fitness;
+                     gossip: their estimates as evidence), step, live on; returns the trace row
 
-A plain class (no Ray, no sockets): `cluster/` wraps it as an actor.
+In a continuing world the updated centre then runs the same segment from the live recurrent
+state, which becomes the next generation's starting state: the organism lives on.
+
+A plain class (no Ray, no sockets): `node.member` adds the transport, `cluster/` the actor.
 """
 
 from __future__ import annotations
 
-import io
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
-import msgpack
 import numpy as np
 import torch
 
-from ..kalman import DirectionConfig, FitnessConfig
-from ..kernels import RWKV7, RWKV7Config, RWKV7State
+from ..kernels import RWKV7, RWKV7State
+from . import checkpoint as ckpt
+from .config import STRATEGIES, NodeConfig
 from .environment import Environment
+from .envs import env_spec, make_env
+from .exchange import Report, WeightSketch, fingerprint, perturbation_key, replay, report_of
 from .rollout import Rollout, rollout
-from .strategy import STRATEGIES, ESConfig, KalmanESConfig, derive_seed
-
-CHECKPOINT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """One node: its model, its strategy and how it evaluates."""
-
-    model: RWKV7Config  # control mode: input_dim / output_dim match the environment
-    strategy: str = "kalman"  # "kalman" (KalmanES) or "lowrank" (LowRankES)
-    es: ESConfig = field(default_factory=KalmanESConfig)
-    episodes: int = 1  # episodes per mutant per generation (fitness = their mean)
-    paired_episodes: bool = True  # the two members of an antithetic pair meet the same
-    # episodes (starts and noise): their fitness difference then measures the mutation alone
-    max_steps: int = 500  # cap on steps per episode / segment
-    init: str = "live"  # initial weights: "live" (every block path active) or "trainer"
-    node_id: int = 0  # index in the swarm; seeds and noise streams derive from it
-    seed: int = 0  # swarm seed
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got "
-                             f"{self.strategy!r}")
-        if self.strategy == "kalman" and not isinstance(self.es, KalmanESConfig):
-            raise ValueError("strategy 'kalman' needs a KalmanESConfig")
-        if self.model.token_mode:
-            raise ValueError("a node's policy is a control-mode model (input_dim/output_dim)")
-        if self.episodes < 1 or self.max_steps < 1:
-            raise ValueError(f"episodes and max_steps must be >= 1, got {self.episodes}, "
-                             f"{self.max_steps}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["es_kind"] = type(self.es).__name__
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> NodeConfig:
-        d = dict(d)
-        es = dict(d.pop("es"))
-        es_cls = KalmanESConfig if d.pop("es_kind", "ESConfig") == "KalmanESConfig" else ESConfig
-        es["fitness"] = FitnessConfig(**es["fitness"])
-        es["include"] = tuple(es["include"])
-        if es_cls is KalmanESConfig:
-            es["direction"] = DirectionConfig(**es["direction"])
-            es["lr_scale_range"] = tuple(es["lr_scale_range"])
-        return cls(model=RWKV7Config(**d.pop("model")), es=es_cls(**es), **d)
+from .shaping import derive_seed
+from .strategy import Measurement, Mutants, StepInfo
+from .wire import ProtocolError
 
 
 class Node:
-    """An organism that evolves in its environment, one `generation()` at a time."""
+    """An organism that evolves in its environment, one generation at a time.
 
-    def __init__(self, config: NodeConfig, env: Environment):
+    `env` defaults to the one `config.env` describes; a node given another environment
+    records that environment's own table in `config.env` when it has one."""
+
+    def __init__(self, config: NodeConfig, env: Environment | None = None):
+        env = make_env(config.env) if env is None else env
         self._check_env(config, env)
-        # noise seeds: the swarm seed and the ES config's own; the node index picks the stream
-        es = replace(config.es, seed=derive_seed(config.seed, config.es.seed),
-                     stream=config.node_id)
+        spec = env_spec(env)
+        if spec is not None and spec != config.env:
+            config = replace(config, env=spec)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        # noise seeds: the swarm seed and the ES config's own; the lineage picks the stream
+        es = replace(config.es, population=config.population, stream=config.lineage,
+                     seed=derive_seed(config.seed, config.es.seed))
         self.config, self.env = config, env
-        self.model = RWKV7(config.model, seed=derive_seed(config.seed, config.node_id, 1) % 2**31,
+        self.model = RWKV7(config.model, seed=derive_seed(config.seed, self.ancestor, 1) % 2**31,
                            init=config.init)
         self.strategy = STRATEGIES[config.strategy](self.model, es)
+        self.sketch = WeightSketch(self.strategy.dim, config.exchange.sketch_size)
+        self.perturbation = perturbation_key(self.model, es.rank, tuple(es.include))
         self.live_state = self.model.zero_state(1)
-        self.generation_count = 0
-        self.episodes_used = 0
-        self.env_steps = 0
+        self.generation_count = self.episodes_used = self.env_steps = 0
+        self.refused: Counter[str] = Counter()  # neighbours' reports refused, by reason
+        self._reset_generation()
+
+    @property
+    def ancestor(self) -> int:
+        """Whose initial weights this node starts from: gossiping nodes share one ancestor (a
+        neighbour's gradient is then a measurement near ours), consensus groups share their
+        group's, isolated nodes start alone."""
+        mode = self.config.exchange.mode
+        return 0 if mode == "gossip" else self.config.lineage
+
+    @property
+    def node_name(self) -> str:
+        return f"node-{self.config.node_id}"
 
     @staticmethod
     def _check_env(config: NodeConfig, env: Environment) -> None:
@@ -104,43 +90,177 @@ class Node:
                              f"does not match the environment's "
                              f"{(env.observation_dim, env.action_dim)}")
 
-    # -- one generation ------------------------------------------------------------------------
+    def _reset_generation(self) -> None:
+        self._stage = "idle"  # idle -> begun -> evaluated (-> reported) -> idle
+        self._fitness: np.ndarray | None = None
+        self._evaluated: Rollout | None = None
+        self._measured: Measurement | None = None
+        self._weights = b""
+        self._times: dict[str, float] = {}
 
-    def generation(self) -> dict[str, Any]:
-        """predict -> mutate -> evaluate -> correct; returns the trace row."""
+    def _require(self, stage: str, call: str) -> None:
+        if self._stage != stage:
+            raise RuntimeError(f"{call} needs the generation at stage {stage!r}, it is at "
+                               f"{self._stage!r} (order: begin, evaluate, report, finish)")
+
+    # -- one generation, in phases -------------------------------------------------------------
+
+    def begin(self) -> Mutants:
+        """Predict and draw this generation's mutants."""
+        self._require("idle", "begin()")
         t0 = time.perf_counter()
         mutants = self.strategy.ask()
-        pop = mutants.population(self.model)
-        P, E = mutants.size, self.config.episodes
+        self._weights = fingerprint(self.model)
+        self._stage = "begun"
+        self._times["ask_s"] = time.perf_counter() - t0
+        return mutants
+
+    def evaluate(self, on_step: Callable[[int], None] | None = None) -> np.ndarray:
+        """Run this node's members; returns their fitness (NaN where a copy went wrong)."""
+        self._require("begun", "evaluate()")
+        t0 = time.perf_counter()
+        c, pop = self.config, self.strategy.population
+        lo, hi = c.members
+        P, E = hi - lo, c.episodes
         start = self.live_state.repeat(P * E) if self.env.persistent \
             else self.model.zero_state(P * E)
 
         def policy(obs: torch.Tensor, state: RWKV7State):
-            out, state = pop.step(obs.view(P, E, -1), state)
+            out, state = pop.step(obs.view(P, E, -1), state, members=(lo, hi))
             return out.reshape(P * E, -1), state
 
-        seed = derive_seed(self.config.seed, self.config.node_id, self.generation_count, 2)
+        # keys: a copy's episode; paired, both members of an antithetic pair meet the same ones
+        keys = [((lo + m) // (2 if c.paired_episodes else 1)) * E + e
+                for m in range(P) for e in range(E)]
+        self._evaluated = rollout(self.env, policy, P * E, self._eval_seed(), start,
+                                  c.max_steps, keys, on_step)
+        self._fitness = self._evaluated.returns.reshape(P, E).mean(axis=1)
+        self._stage = "evaluated"
+        self._times["evaluate_s"] = time.perf_counter() - t0
+        return self._fitness
+
+    def _eval_seed(self) -> int:
+        c = self.config
+        return derive_seed(c.seed, c.lineage, self.generation_count, 2)
+
+    def report(self) -> Report:
+        """This generation as the neighbours receive it (the wire's `fitness` message). A
+        consensus member reports its slice's raw fitness (shaped: zeros; the group shapes the
+        union) and its observation statistics; others report their measured generation."""
+        self._require("evaluated", "report()")
+        assert self._fitness is not None
+        sketch = self.sketch(self.strategy.params)
+        mutants = self.strategy.ask()
+        belief = self.strategy.fitness_belief
+        if self.config.exchange.mode == "consensus":
+            stats = getattr(self.env, "observation_stats", lambda: None)()
+            return report_of(self.node_name, mutants, self.config.members[0], self._fitness,
+                             np.zeros(len(self._fitness)), self.perturbation, self._weights,
+                             sketch, belief, stats)
+        m = self._measure()
+        return report_of(self.node_name, mutants, 0, m.fitness, m.shaped, self.perturbation,
+                         self._weights, sketch, belief)
+
+    def _measure(self) -> Measurement:
+        if self._measured is None:
+            assert self._fitness is not None and self._evaluated is not None
+            try:
+                self._measured = self.strategy.measure(self._fitness)
+            except ValueError as e:
+                why = self._evaluated.why_nan()
+                raise ValueError(f"{e}: {why}" if why else str(e)) from None
+        return self._measured
+
+    def finish(self, reports: Sequence[Report] = ()) -> dict[str, Any]:
+        """Fold the neighbours' `reports` in, step, live on; returns the trace row."""
+        self._require("evaluated", "finish()")
+        t0 = time.perf_counter()
+        before = sum(self.refused.values())
+        if self.config.exchange.mode == "consensus":
+            info, missing = self._step_consensus(reports)
+        else:
+            info, missing = self._step_own(reports), 0
         t1 = time.perf_counter()
-        keys = [(m // 2) * E + e for m in range(P) for e in range(E)] \
-            if self.config.paired_episodes else None
-        evaluated = rollout(self.env, policy, P * E, seed, start, self.config.max_steps, keys)
-        fitness = evaluated.returns.reshape(P, E).mean(axis=1)
-        t2 = time.perf_counter()
-        info = self.strategy.tell(fitness)
-        t3 = time.perf_counter()
         row = {"node": self.config.node_id, **info.to_dict(), "centre_return": float("nan")}
+        seed = self._eval_seed() if self.env.persistent else 0
         if self.env.persistent:  # the organism lives on: the updated centre runs the segment
             centre = self._centre_rollout(1, seed, self.live_state)
             self.live_state = centre.state
             row["centre_return"] = float(centre.returns[0])
+        return self._close(row, info, missing, before, t0, t1)
+
+    def _close(self, row: dict[str, Any], info: StepInfo, missing: int, refused_before: int,
+               t0: float, t1: float) -> dict[str, Any]:
+        assert self._evaluated is not None
         self.env.end_generation()
         self.generation_count += 1
-        self.episodes_used += P * E
-        self.env_steps += evaluated.env_steps
+        self.episodes_used += self._evaluated.returns.size
+        self.env_steps += self._evaluated.env_steps
         row.update(episodes=self.episodes_used, env_steps=self.env_steps,
-                   ask_s=t1 - t0, evaluate_s=t2 - t1, tell_s=t3 - t2,
-                   centre_s=time.perf_counter() - t3)
+                   bad_obs=int(self._evaluated.bad_obs.sum()),
+                   diverged=int(self._evaluated.diverged.sum()),
+                   refused=sum(self.refused.values()) - refused_before,
+                   missing=missing,
+                   ask_s=self._times.get("ask_s", 0.0),
+                   evaluate_s=self._times.get("evaluate_s", 0.0), tell_s=t1 - t0,
+                   centre_s=time.perf_counter() - t1)
+        self._reset_generation()
         return row
+
+    def _step_own(self, reports: Sequence[Report]) -> StepInfo:
+        m = self._measure()
+        sketch = self.sketch(self.strategy.params)
+        evidence = []
+        for r in reports if self.config.exchange.mode == "gossip" else ():
+            try:
+                e = replay(r, self.strategy, sketch)
+            except ProtocolError as err:
+                self.refused[err.reason] += 1
+                continue
+            if e is not None:
+                evidence.append(e)
+        return self.strategy.step(m, evidence)
+
+    def _step_consensus(self, reports: Sequence[Report]) -> tuple[StepInfo, int]:
+        """The group's union of raw fitness, in member order, shaped and stepped on alike by
+        every member: one node with the group's whole population."""
+        assert self._fitness is not None
+        c = self.config
+        mutants = self.strategy.ask()
+        fitness = np.full(c.population, np.nan)
+        lo, hi = c.members
+        fitness[lo:hi] = self._fitness
+        filled = {lo}
+        stats = {lo: getattr(self.env, "observation_stats", lambda: None)()}
+        for r in reports:
+            reason = self._consensus_mismatch(r, mutants)
+            if reason is not None or r.first in filled:
+                self.refused[reason or "duplicate"] += 1
+                continue
+            fitness[r.first:r.first + len(r.raw)] = r.raw
+            filled.add(r.first)
+            stats[r.first] = r.obs_stats
+        parts = [stats[k] for k in sorted(stats) if stats[k] is not None]
+        if parts and hasattr(self.env, "merge_observation_stats"):
+            self.env.merge_observation_stats(parts)
+        self._fitness = fitness
+        return self.strategy.step(self._measure()), c.exchange.group_size - len(filled)
+
+    def _consensus_mismatch(self, r: Report, mutants: Mutants) -> str | None:
+        """Why a group member's report cannot join this generation's union (None: it can)."""
+        if r.perturbation != self.perturbation or r.size != self.config.population:
+            return "mismatch"
+        if (r.seed, r.sigma, r.fingerprint) != (mutants.seed, mutants.sigma, self._weights):
+            return "out_of_step"  # another generation, or weights that drifted from ours
+        if r.first % self.config.es.population or len(r.raw) != self.config.es.population:
+            return "mismatch"
+        return None
+
+    def generation(self, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """predict -> mutate -> evaluate -> correct, with no neighbours; returns the trace row."""
+        self.begin()
+        self.evaluate(on_step)
+        return self.finish()
 
     def _centre_rollout(self, n: int, seed: int, state: RWKV7State) -> Rollout:
         def policy(obs: torch.Tensor, st: RWKV7State):
@@ -166,31 +286,12 @@ class Node:
 
     def checkpoint(self) -> bytes:
         """Weights, live state, strategy (beliefs, optimizer), environment, counters: bytes."""
-        weights = io.BytesIO()
-        torch.save(self.model.state_dict(), weights)
-        return msgpack.packb({
-            "version": CHECKPOINT_VERSION, "config": self.config.to_dict(),
-            "weights": weights.getvalue(), "live_state": self.live_state.to_bytes(),
-            "strategy": self.strategy.state_dict(), "env": self.env.state_dict(),
-            "generation": self.generation_count, "episodes": self.episodes_used,
-            "env_steps": self.env_steps,
-        }, use_bin_type=True)
+        self._require("idle", "checkpoint()")
+        return ckpt.dump(self)
 
     @classmethod
-    def restore(cls, blob: bytes, env: Environment) -> Node:
-        """A node from `checkpoint()` bytes, in `env` (a fresh environment of the same kind;
-        its saved state is loaded into it)."""
-        try:
-            d = msgpack.unpackb(blob, raw=False, strict_map_key=False)
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-            raise ValueError(f"not a node checkpoint: {exc}") from exc
-        if not isinstance(d, dict) or d.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"not a node checkpoint of version {CHECKPOINT_VERSION}")
-        node = cls(NodeConfig.from_dict(d["config"]), env)
-        node.model.load_state_dict(torch.load(io.BytesIO(d["weights"]), weights_only=True))
-        node.live_state = RWKV7State.from_bytes(d["live_state"], node.config.model)
-        node.strategy.load_state_dict(d["strategy"])
-        env.load_state_dict(d["env"])
-        node.generation_count, node.episodes_used = d["generation"], d["episodes"]
-        node.env_steps = d["env_steps"]
-        return node
+    def restore(cls, blob: bytes, env: Environment | None = None) -> Node:
+        """A node from `checkpoint()` bytes, in `env` (default: the one its config describes;
+        a given one must be of the same kind and options). Malformed bytes raise
+        ValueError("not a node checkpoint: <what is wrong>")."""
+        return ckpt.load(cls, blob, env)

@@ -15,9 +15,8 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from itertools import islice
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -25,53 +24,30 @@ import numpy as np
 import torch
 
 from ..kernels import RWKV7Config, RWKV7State
-
-PROTOCOL_VERSION = 1
-MAX_NDIM = 8  # arrays of more dimensions are refused
-MAX_ID_CHARS = 128  # swarm and node ids, names, commands
-
-# numpy has no bfloat16: carry it as a 2-byte structured dtype whose field name marks it
-BFLOAT16 = np.dtype([("bfloat16", "<u2")])
-DTYPES: dict[str, np.dtype] = {
-    "float16": np.dtype("<f2"),
-    "float32": np.dtype("<f4"),
-    "float64": np.dtype("<f8"),
-    "bfloat16": BFLOAT16,
-    "int8": np.dtype("i1"),
-    "int16": np.dtype("<i2"),
-    "int32": np.dtype("<i4"),
-    "int64": np.dtype("<i8"),
-    "uint8": np.dtype("u1"),
-    "uint16": np.dtype("<u2"),
-    "uint32": np.dtype("<u4"),
-    "uint64": np.dtype("<u8"),
-}
-FLOAT_DTYPES = frozenset({"float16", "float32", "float64", "bfloat16"})
-_WIRE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
-
-REASONS = (
-    "frames",  # no frames, too many, a frame not a buffer, or not one frame per array
-    "too_large",  # header, total size or an array's element count over `WireLimits`
-    "header",  # frame 0 is not one msgpack map of str keys, each key once, within msgpack's bounds
-    "version",  # `v` is not PROTOCOL_VERSION
-    "type",  # unknown message type
-    "field",  # a field missing, unknown, of the wrong type or out of range
-    "array_spec",  # an `arrays` entry malformed, misnamed, of a refused dtype or ndim
-    "size_mismatch",  # declared shape x itemsize differs from the frame's length
-    "non_finite",  # NaN or inf where a float is expected
-    "inconsistent",  # arrays that must agree with each other do not
-    "mismatch",  # a state that does not fit the receiver's model or weights
+from .wire_schema import (
+    _FIELDS,
+    _SHOW_CHARS,
+    _SHOW_ITEMS,
+    _WIRE_NAMES,
+    BFLOAT16,
+    DTYPES,
+    FLOAT_DTYPES,
+    MAX_ID_CHARS,
+    MAX_NDIM,
+    PROTOCOL_VERSION,
+    REASONS,
+    SCHEMAS,
+    Message,
+    ProtocolError,
+    Schema,
+    _cut,
+    _preview,
+    _show,
 )
 
-
-class ProtocolError(ValueError):
-    """A message that does not follow the wire protocol; `reason` is one of `REASONS`."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
+__all__ = ["BFLOAT16", "DEFAULT_LIMITS", "DTYPES", "FLOAT_DTYPES", "MAX_ID_CHARS", "MAX_NDIM",
+           "PROTOCOL_VERSION", "REASONS", "SCHEMAS", "Message", "ProtocolError", "WireLimits",
+           "decode", "encode", "message", "state_from_message", "state_message"]
 
 @dataclass(frozen=True)
 class WireLimits:
@@ -84,190 +60,6 @@ class WireLimits:
 
 
 DEFAULT_LIMITS = WireLimits()
-
-
-@dataclass(frozen=True, eq=False)
-class Message:
-    """One wire message. `fields` holds the per-type header fields, `arrays` the raw frames."""
-
-    type: str
-    swarm: str
-    node: str
-    gen: int
-    ts: float
-    fields: dict[str, Any] = field(default_factory=dict)
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-# -- previews of received values for error messages: bounded however big or deep the value --
-
-_SHOW_CHARS = 40  # of a preview
-_SHOW_ITEMS = 3  # items of a list or map shown
-_SHOW_DEPTH = 2  # container levels shown; deeper ones are elided as [...] or {...}
-
-
-def _show(v: Any) -> str:
-    """Type name and a short preview of `v`, for an error message."""
-    return f"{type(v).__name__} {_cut(_preview(v, _SHOW_DEPTH))}"
-
-
-def _cut(text: str, chars: int = _SHOW_CHARS) -> str:
-    return text[:chars] + ("..." if len(text) > chars else "")
-
-
-def _preview(v: Any, depth: int) -> str:
-    """A repr of `v` cut short: at most _SHOW_ITEMS items per container, `depth` levels deep.
-
-    Never calls repr on a container (it recurses without bound: a RecursionError on 1000
-    nested lists), nor on an object of a type not listed here.
-    """
-    t = type(v)
-    if v is None or t in (bool, float):
-        return repr(v)
-    if t is int:  # int -> str is quadratic in the digits, and refused beyond 4300 of them
-        return repr(v) if v.bit_length() <= 64 else f"<int of {v.bit_length()} bits>"
-    if t in (str, bytes):
-        return repr(v[: _SHOW_CHARS + 1])  # one more than shown: _cut marks the cut
-    if t in (list, tuple, dict):
-        ends = "{}" if t is dict else "[]" if t is list else "()"
-        if not v:
-            return ends
-        if depth == 0:
-            return f"{ends[0]}...{ends[1]}"
-        first = islice(v.items() if t is dict else v, _SHOW_ITEMS)
-        items = [f"{_preview(x[0], 0)}: {_preview(x[1], depth - 1)}" if t is dict
-                 else _preview(x, depth - 1) for x in first]
-        more = ", ..." if len(v) > _SHOW_ITEMS else ""
-        return f"{ends[0]}{', '.join(items)}{more}{ends[1]}"
-    if t is msgpack.ExtType:
-        return f"ExtType(code={v.code}, {len(v.data)} bytes)"
-    if t is msgpack.Timestamp:
-        return f"Timestamp({v.seconds}, {v.nanoseconds})"
-    return f"<{t.__name__}>"
-
-
-# -- field kinds: each validates a header value and returns it normalised --------------------
-
-
-def _id(name: str, v: Any) -> str:
-    if type(v) is not str or not 0 < len(v) <= MAX_ID_CHARS:
-        raise ProtocolError("field", f"{name} must be a str of 1..{MAX_ID_CHARS} chars, got "
-                                     f"{_show(v)}")
-    return v
-
-
-def _uint(name: str, v: Any) -> int:
-    if type(v) is not int or not 0 <= v < 2**64:
-        raise ProtocolError("field", f"{name} must be an int in [0, 2**64), got {_show(v)}")
-    return v
-
-
-def _float(name: str, v: Any) -> float:
-    # an int is taken as its float; only a sender's own Python int can be too big to convert
-    ok = math.isfinite(v) if type(v) is float else type(v) is int and abs(v) < 2**64
-    if not ok:
-        raise ProtocolError("field", f"{name} must be a finite float, got {_show(v)}")
-    return float(v)
-
-
-def _nonneg(name: str, v: Any) -> float:
-    x = _float(name, v)
-    if x < 0:
-        raise ProtocolError("field", f"{name} must be >= 0, got {x}")
-    return x
-
-
-def _fingerprint(name: str, v: Any) -> bytes:
-    if type(v) is not bytes or not 0 < len(v) <= 64:
-        raise ProtocolError("field", f"{name} must be 1..64 bytes, got {_show(v)}")
-    return v
-
-
-def _scalar_ok(v: Any) -> bool:
-    return type(v) in (str, int, bool) or (type(v) is float and math.isfinite(v))
-
-
-def _params(name: str, v: Any) -> dict[str, Any]:
-    """A flat dict: str keys, values scalars (str, int, bool, finite float) or lists of them."""
-    if type(v) is not dict:
-        raise ProtocolError("field", f"{name} must be a dict, got {_show(v)}")
-    for key, val in v.items():
-        ok = _scalar_ok(val) or (type(val) is list and all(_scalar_ok(x) for x in val))
-        if type(key) is not str or not ok:
-            raise ProtocolError("field", f"{name}[{_cut(_preview(key, 0))}] must map a str to a "
-                                         f"scalar or a list of scalars, got {_show(val)}")
-    return v
-
-
-def _ids(name: str, v: Any) -> list[str]:
-    if type(v) is not list:
-        raise ProtocolError("field", f"{name} must be a list of node ids, got {_show(v)}")
-    return [_id(f"{name}[{i}]", x) for i, x in enumerate(v)]
-
-
-FieldKind = Callable[[str, Any], Any]
-COMMON_FIELDS: dict[str, FieldKind] = {"swarm": _id, "node": _id, "gen": _uint, "ts": _float}
-
-
-# -- schemas: one table drives validation ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ArraySpec:
-    """What one named array of a message type may be."""
-
-    dtypes: frozenset[str]  # accepted wire dtypes
-    ndim: int | None = None  # required number of dimensions; None: any up to MAX_NDIM
-
-
-@dataclass(frozen=True, eq=False)
-class Schema:
-    """Per-type header fields and arrays (all required), and a cross-check run after decoding."""
-
-    fields: dict[str, FieldKind] = field(default_factory=dict)
-    arrays: dict[str, ArraySpec] = field(default_factory=dict)
-    check: Callable[[Message], None] | None = None
-
-
-def _check_state(msg: Message) -> None:
-    att, ffn, wkv = (msg.arrays[k] for k in ("att_x_prev", "ffn_x_prev", "wkv"))
-    L, B, C = att.shape
-    if ffn.shape != att.shape or ffn.dtype != att.dtype:
-        raise ProtocolError("inconsistent", f"ffn_x_prev {ffn.shape} {ffn.dtype} must match "
-                                            f"att_x_prev {att.shape} {att.dtype}")
-    if wkv.shape[:2] != (L, B) or wkv.shape[3] != wkv.shape[4] or wkv.shape[2] * wkv.shape[3] != C:
-        raise ProtocolError("inconsistent", f"wkv {wkv.shape} must be (L={L}, B={B}, H, N, N) "
-                                            f"with H*N = C = {C}")
-
-
-def _check_belief(msg: Message) -> None:
-    mean, var = msg.arrays["mean"], msg.arrays["var"]
-    if mean.shape != var.shape:
-        raise ProtocolError("inconsistent", f"belief var {var.shape} != mean {mean.shape}")
-    if var.size and var.min() < 0:
-        raise ProtocolError("inconsistent", "belief var must be >= 0")
-
-
-_FLOATS = FLOAT_DTYPES - {"bfloat16"}
-_STATE_X = frozenset({"float32", "float16", "bfloat16"})
-SCHEMAS: dict[str, Schema] = {
-    "state": Schema(
-        fields={"fingerprint": _fingerprint},  # hash of the weights the state belongs to
-        arrays={"att_x_prev": ArraySpec(_STATE_X, 3), "ffn_x_prev": ArraySpec(_STATE_X, 3),
-                "wkv": ArraySpec(frozenset({"float32"}), 5)},
-        check=_check_state),
-    "fitness": Schema(
-        fields={"seed": _uint, "sigma": _nonneg, "belief_mean": _float, "belief_var": _nonneg},
-        arrays={"shaped": ArraySpec(frozenset({"float32"}), 1)}),  # one per mutant
-    "belief": Schema(fields={"name": _id},
-                     arrays={"mean": ArraySpec(_FLOATS), "var": ArraySpec(_FLOATS)},
-                     check=_check_belief),
-    "signal": Schema(fields={"name": _id, "params": _params, "targets": _ids}),
-    "control": Schema(fields={"command": _id, "args": _params}),
-    "heartbeat": Schema(),
-}
-
-_FIELDS = {t: {**COMMON_FIELDS, **schema.fields} for t, schema in SCHEMAS.items()}
 
 
 # -- header validation, shared by encode and decode -------------------------------------------
@@ -393,8 +185,10 @@ def _parse_arrays(
             raise ProtocolError("size_mismatch", f"array {name} {dtype}{shape} needs {nbytes} "
                                                  f"bytes, frame {i + 1} has {sizes[i + 1]}")
         decls.append((name, dtype, tuple(shape)))
-    if len(decls) != len(schema.arrays):
-        raise ProtocolError("array_spec", f"{len(decls)} arrays declared, expected "
+    missing = [n for n, spec in schema.arrays.items()
+               if not spec.optional and all(d[0] != n for d in decls)]
+    if missing:
+        raise ProtocolError("array_spec", f"arrays {missing} missing; expected "
                                           f"{sorted(schema.arrays)}")
     return decls
 

@@ -107,8 +107,10 @@ def _sequence(tp: Any, origin: Any, args: tuple, value: Any, key: str) -> Any:
         out = [_convert(item, v, _join(key, i)) for i, v in enumerate(value)]
         return out if origin is list else tuple(out)
     if len(value) != len(args):
-        raise ConfigError(key, f"got {len(value)} values {_show(value)}, expected {describe(tp)}")
-    return tuple(_convert(a, v, _join(key, i)) for i, (a, v) in enumerate(zip(args, value)))
+        raise ConfigError(key, f"got {len(value)} values {_show(value)}, expected "
+                               f"{describe(tp)}")
+    pairs = enumerate(zip(args, value, strict=True))
+    return tuple(_convert(a, v, _join(key, i)) for i, (a, v) in pairs)
 
 
 def _scalar(tp: Any, value: Any, key: str) -> Any:

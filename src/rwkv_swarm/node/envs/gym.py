@@ -233,6 +233,16 @@ class GymEnv:
         """Fold the observations seen since the last call into the normalisation statistics."""
         self.norm.commit()
 
+    def observation_stats(self) -> tuple[float, np.ndarray, np.ndarray] | None:
+        """The observation statistics gathered since the last end_generation (None when
+        observations are not normalised): what a consensus group's members share."""
+        return self.norm.pending if self.config.normalize_obs else None
+
+    def merge_observation_stats(self, parts: list[tuple[float, np.ndarray, np.ndarray]]) -> None:
+        """Replace this generation's gathered statistics by `parts` merged in order."""
+        if self.config.normalize_obs:
+            self.norm.replace_pending(parts)
+
     def apply_signal(self, name: str, params: dict[str, Any]) -> None:
         """Change a noise level (see GYM_SIGNALS); takes effect at the next reset."""
         if name not in GYM_SIGNALS:

@@ -67,6 +67,27 @@ class RunningNorm:
         """Rows observed since the last commit."""
         return self._pending[0]
 
+    @property
+    def pending(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """The statistics observed since the last commit: (count, mean, m2), copies."""
+        count, mean, m2 = self._pending
+        return count, mean.copy(), m2.copy()
+
+    def replace_pending(self, parts: list[tuple[float, np.ndarray, np.ndarray]]) -> None:
+        """Pending statistics := `parts` merged in order. The members of a consensus group,
+        each of which saw a slice of one population's episodes, merge all slices in member
+        order and so commit the same statistics as one node that saw them all."""
+        merged: tuple[float, np.ndarray, np.ndarray] = (0.0, np.zeros(self.dim),
+                                                        np.zeros(self.dim))
+        for i, (count, mean, m2) in enumerate(parts):
+            mean, m2 = np.asarray(mean, np.float64), np.asarray(m2, np.float64)
+            if mean.shape != (self.dim,) or m2.shape != (self.dim,) or not count >= 0:
+                raise ValueError(f"parts[{i}] must be (count >= 0, mean ({self.dim},), "
+                                 f"m2 ({self.dim},)), got count {count}, shapes {mean.shape}, "
+                                 f"{m2.shape}")
+            merged = _merge(*merged, float(count), mean, m2)
+        self._pending = merged
+
     def observe(self, rows: np.ndarray) -> None:
         """Add rows (k, dim) to the pending statistics (not used until `commit`)."""
         x = np.asarray(rows, dtype=np.float64)
