@@ -131,11 +131,12 @@ def replay(report: Report, strategy: Strategy, sketch: np.ndarray) -> Evidence |
     """A neighbour's gradient estimate and its exact variance, rebuilt from its seed on this
     node's model (None when all its pairs tied: no evidence); raises ProtocolError("mismatch")
     when its noise would mean something else."""
-    key = perturbation_key(strategy.model, report.rank, report.include)
+    c = strategy.config
+    key = perturbation_key(strategy.model, c.rank, tuple(c.include))
     if report.perturbation != key:
         raise ProtocolError("mismatch", f"report of {report.node!r} perturbs another model, rank "
                                         f"or groups (key {report.perturbation.hex()}, ours "
-                                        f"{key.hex()})")
+                                        f"{key.hex()}): its estimate is not of our gradient")
     if report.first != 0 or len(report.shaped) != report.size or report.size < 4:
         raise ProtocolError("mismatch", f"report of {report.node!r} covers members "
                                         f"[{report.first}, {report.first + len(report.raw)}) of "

@@ -1,0 +1,135 @@
+"""`Member`: a node on the swarm's data plane. Its `Node`, its `Transport`, its neighbours.
+
+A generation in two phases, so that a swarm (or a test with several members in one process)
+can interleave them:
+
+    share()        begin, evaluate (servicing the transport every `service_s` so that peers
+                   keep hearing heartbeats however long the evaluation), then send this
+                   generation's report to every peer it reports to
+    absorb(wait)   wait up to `wait` seconds for the reports it expects (its consensus group's
+                   or its neighbours'), then finish the generation with what arrived
+
+Reports are filed by generation. One of an earlier generation is stale: counted and dropped,
+never applied; one already filed is a duplicate: counted and dropped; one of a later
+generation waits for its turn. A plain class: `cluster/` wraps it as a Ray actor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from .exchange import Report
+from .node import Node
+from .transport import Transport
+from .wire import Message, ProtocolError
+
+SERVICE_S = 0.05  # longest gap between two transport polls during an evaluation
+
+
+class Member:
+    """A node with a transport: shares its reports with its peers and absorbs theirs."""
+
+    def __init__(self, node: Node, transport: Transport, swarm: str, *,
+                 service_s: float = SERVICE_S):
+        if transport.node_id != node.node_name:
+            raise ValueError(f"the transport speaks for {transport.node_id!r}, the node is "
+                             f"{node.node_name!r}: peers would drop its reports")
+        self.node, self.transport, self.swarm = node, transport, swarm
+        self.service_s = service_s
+        self.neighbours: list[str] = []  # whose reports this member absorbs (gossip)
+        self.group: list[str] = []  # the other members of its consensus group
+        self.inbox: dict[int, dict[str, Report]] = defaultdict(dict)
+        self.other: list[Message] = []  # non-fitness messages, for the caller (signals, ...)
+        self.dropped: Counter[str] = Counter()  # reports dropped by the member, by reason
+        self._last_service = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.node.node_name
+
+    @property
+    def generation(self) -> int:
+        return self.node.generation_count
+
+    def expected(self) -> list[str]:
+        """Peers whose reports this member waits for."""
+        mode = self.node.config.exchange.mode
+        return self.group if mode == "consensus" else self.neighbours if mode == "gossip" else []
+
+    def set_peers(self, neighbours: Iterable[str] = (), group: Iterable[str] = ()) -> None:
+        """Whom to absorb from (and report to): neighbours (gossip), the group (consensus)."""
+        self.neighbours = [p for p in neighbours if p != self.name]
+        self.group = [p for p in group if p != self.name]
+
+    # -- the transport ---------------------------------------------------------------------------
+
+    def service(self, timeout_ms: int = 0) -> int:
+        """Poll the transport once: heartbeats go out, reports are filed. Returns messages."""
+        self._last_service = time.monotonic()
+        msgs = self.transport.poll(timeout_ms)
+        for msg in msgs:
+            if msg.type == "fitness":
+                self._file(msg)
+            else:
+                self.other.append(msg)
+        return len(msgs)
+
+    def _on_step(self, _t: int) -> None:
+        if time.monotonic() - self._last_service >= self.service_s:
+            self.service()
+
+    def _file(self, msg: Message) -> None:
+        try:
+            report = Report.from_message(msg)
+        except ProtocolError as e:
+            self.dropped[e.reason] += 1
+            return
+        if report.generation < self.generation:
+            self.dropped["stale"] += 1
+        elif report.node in self.inbox[report.generation]:
+            self.dropped["duplicate"] += 1
+        else:
+            self.inbox[report.generation][report.node] = report
+
+    # -- one generation ----------------------------------------------------------------------------
+
+    def share(self) -> Report:
+        """Evaluate this generation and send its report to the peers that absorb it."""
+        self.node.begin()
+        self.service()
+        self.node.evaluate(on_step=self._on_step)
+        report = self.node.report()
+        msg = report.to_message(self.swarm)
+        for peer in self.expected():  # the relation is symmetric in every topology used here
+            if peer in self.transport.peers():
+                self.transport.send(peer, msg)
+        return report
+
+    def absorb(self, wait_s: float = 0.0) -> dict[str, Any]:
+        """Wait up to `wait_s` for the expected peers' reports of this generation, finish it
+        with those that came, and return the trace row (with exchange counters)."""
+        gen, expected = self.generation, set(self.expected())
+        deadline = time.monotonic() + wait_s
+        t0 = time.perf_counter()
+        while not expected <= set(self.inbox.get(gen, {})):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.service(timeout_ms=max(1, min(50, round(left * 1000))))
+        waited = time.perf_counter() - t0
+        reports = [r for p, r in sorted(self.inbox.pop(gen, {}).items()) if p in expected]
+        row = self.node.finish(reports)
+        stats = self.transport.stats()
+        row.update(wait_s=waited, absorbed_from=len(reports), sent=stats["sent"],
+                   received=stats["received"], bytes_sent=stats["bytes_sent"],
+                   bytes_received=stats["bytes_received"],
+                   dropped=sum(stats["dropped"].values()) + sum(self.dropped.values()))
+        for old in [g for g in self.inbox if g < self.generation]:
+            self.dropped["stale"] += len(self.inbox.pop(old))
+        return row
+
+    def close(self) -> None:
+        self.transport.close()
