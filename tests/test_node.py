@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import msgpack
 import numpy as np
@@ -122,3 +123,67 @@ def test_antithetic_pairs_meet_the_same_episodes_unless_told_otherwise():
     unpaired = Node(config(episodes=2, paired_episodes=False), TrackingEnv())
     unpaired.generation()
     assert unpaired.env.last_keys[:8] == list(range(8))
+
+
+def test_restore_names_what_is_wrong_with_a_malformed_checkpoint():
+    node = Node(config(), TrackingEnv())
+    node.generation()
+    good = msgpack.unpackb(node.checkpoint(), raw=False)
+    cases = {
+        "fields ['weights'] missing": {k: v for k, v in good.items() if k != "weights"},
+        "weights: ": {**good, "weights": b"junk"},
+        "live_state: ": {**good, "live_state": b"\x00" * 7},
+        "strategy state: ": {**good, "strategy": {"generation": 1}},
+        "generation must be an int >= 0": {**good, "generation": "three"},
+        "config: model.n_embd": {**good, "config": {**good["config"],
+                                                    "model": {"n_embd": "wide"}}},
+    }
+    for expected, d in cases.items():
+        with pytest.raises(ValueError, match="not a node checkpoint: " + re.escape(expected)):
+            Node.restore(msgpack.packb(d, use_bin_type=True), TrackingEnv())
+    with pytest.raises(ValueError, match="not a node checkpoint: expected bytes"):
+        Node.restore("a string", TrackingEnv())
+
+
+def test_restore_refuses_an_environment_of_other_options():
+    from rwkv_swarm.node.envs import GymEnv
+
+    model = RWKV7Config(n_embd=32, n_layer=1, head_size=16, input_dim=4, output_dim=2)
+    node = Node(NodeConfig(model=model, es=KalmanESConfig(population=8)))  # CartPole from config
+    blob = node.checkpoint()
+    assert Node.restore(blob).config.env == node.config.env  # rebuilt from the config
+    with pytest.raises(ValueError, match="refused for GymEnv .*'obs_noise': 0.3"):
+        Node.restore(blob, GymEnv("CartPole-v1", obs_noise=0.3))
+    with pytest.raises(ValueError, match="refused for TrackingEnv"):
+        Node.restore(blob, TrackingEnv())
+
+
+class NaNObservations(TrackingEnv):
+    def reset(self, n, seed, keys=None):
+        return np.full_like(super().reset(n, seed, keys), np.nan)
+
+
+def test_non_finite_observations_are_named_as_the_environment_s_doing():
+    node = Node(config(), NaNObservations())
+    with pytest.raises(ValueError, match="16 of 16 copies got non-finite observations from the "
+                                         "environment"):
+        node.generation()
+
+
+def test_node_config_round_trips_through_toml_and_names_bad_keys():
+    from rwkv_swarm.node import ExchangeConfig
+    from rwkv_swarm.util.configio import ConfigError
+
+    cfg = NodeConfig(model=MODEL, env={"kind": "signal", "lags": 2,
+                                       "process": {"name": "sines", "freqs": [0.05, 0.1]}},
+                     strategy="lowrank", es=ESConfig(population=16, include=("matrices",)),
+                     exchange=ExchangeConfig(mode="gossip"), seed=4)
+    assert NodeConfig.from_toml(cfg.to_toml()) == cfg
+    assert NodeConfig.from_dict(config().to_dict()) == config()
+    with pytest.raises(ConfigError, match=r"es\.direction: unknown key; ESConfig accepts"):
+        NodeConfig.from_dict({**cfg.to_dict(), "es": {"direction": {}}})
+    with pytest.raises(ConfigError, match=r"es\.population: got 'many', expected an integer"):
+        NodeConfig.from_dict({**config().to_dict(), "es": {"population": "many"}})
+    with pytest.raises(ConfigError, match="unknown GymConfig option"):
+        NodeConfig.from_dict({**config().to_dict(), "env": {"kind": "gym", "id": "CartPole-v1",
+                                                            "gravity": 3}})

@@ -49,7 +49,8 @@ def _part(what: str, fn: Callable[[], T]) -> T:
     try:
         return fn()
     except Exception as e:  # noqa: BLE001 - any failure here means a malformed checkpoint
-        raise ValueError(f"not a node checkpoint: {what}: {type(e).__name__}: {e}") from e
+        why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+        raise ValueError(f"not a node checkpoint: {what}: {why}") from e
 
 
 def _unpack(blob: bytes) -> dict[str, Any]:
