@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m rwkv_swarm.kernels.demo
+	$(VENV)/bin/rwkv-swarm demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

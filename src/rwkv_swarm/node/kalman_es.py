@@ -136,6 +136,11 @@ class KalmanES(Strategy):
         super().world_changed()
         self._explore()
 
+    def adopted(self, belief_mean: float, belief_var: float) -> None:
+        super().adopted(belief_mean, belief_var)
+        self.direction_belief = DirectionBelief(self.dim, self.config.direction)
+        self.noise_var = None
+
     def _step(self, direction: torch.Tensor, lr: float) -> None:
         if self.config.step_rule == "optimizer":
             return super()._step(direction, lr)

@@ -292,6 +292,14 @@ class Strategy:
         for p in self.params:
             p.grad = None
 
+    def adopted(self, belief_mean: float, belief_var: float) -> None:
+        """The weights were replaced by another node's: take its fitness belief; what was
+        learned about the old weights' neighbourhood (optimizer moments, predictions) goes."""
+        fb = self.fitness_belief
+        fb.mean, fb.var = float(belief_mean), float(belief_var)
+        self.optimizer.state.clear()
+        self.expected_change, self.raw_prediction, self.last_z = 0.0, 0.0, None
+
     def world_changed(self) -> None:
         """The world is known to have changed (an injected signal): trust the past less."""
         if math.isfinite(self.fitness_belief.var):

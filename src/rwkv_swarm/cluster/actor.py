@@ -1,0 +1,69 @@
+"""`NodeActor`: a node on Ray, a thin wrapper that delegates to `NodeHost`.
+
+Threaded (`max_concurrency`), so that in the async mode a control call (a signal, a status
+query, an adoption) reaches the host while `run_async` runs; the host applies it at the next
+generation boundary. Torch gets as many threads as the CPUs Ray assigned to the actor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ray
+
+from ..node import NodeConfig, NodeKeys, SwarmKeyring, TransportConfig
+from .host import NodeHost
+from .runtime import bind_host
+
+
+@ray.remote(max_concurrency=4)
+class NodeActor:
+    def __init__(self, config: NodeConfig, swarm: str, local: bool, keys: NodeKeys | None,
+                 keyring: SwarmKeyring | None, transport: TransportConfig | None = None):
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        config = dataclasses.replace(config, threads=max(1, int(cpus)))
+        self.host = NodeHost(config, swarm, host=bind_host(local), keys=keys, keyring=keyring,
+                             transport=transport)
+
+    def endpoint(self) -> dict[str, Any]:
+        return self.host.endpoint()
+
+    def connect(self, peers: list[dict[str, Any]]) -> None:
+        self.host.connect(peers)
+
+    def set_peers(self, neighbours: list[str], group: list[str]) -> None:
+        self.host.set_peers(neighbours, group)
+
+    def share(self) -> dict[str, Any]:
+        return self.host.share()
+
+    def absorb(self, wait_s: float) -> dict[str, Any]:
+        return self.host.absorb(wait_s)
+
+    def apply_signal(self, signal_id: str, name: str, params: dict[str, Any],
+                     announce: bool = True) -> dict[str, Any]:
+        return self.host.apply_signal(signal_id, name, params, announce)
+
+    def weights(self) -> dict[str, Any]:
+        return self.host.weights()
+
+    def adopt(self, weights: dict[str, Any], source: str, belief: tuple[float, float],
+              with_state: bool = True) -> dict[str, Any]:
+        return self.host.adopt(weights, source, belief, with_state)
+
+    def checkpoint(self) -> bytes:
+        return self.host.checkpoint()
+
+    def status(self) -> dict[str, Any]:
+        return self.host.status()
+
+    def run_async(self, generations: int, coordinator: Any, wait_s: float = 0.0) -> int:
+        return self.host.run_async(generations, lambda row: coordinator.ingest.remote(row),
+                                   wait_s)
+
+    def stop(self) -> None:
+        self.host.stop()
+
+    def close(self) -> None:
+        self.host.close()

@@ -1,0 +1,230 @@
+"""`NodeHost`: everything a node actor does, as a plain class (the Ray actor only delegates).
+
+It owns a `Member` (a `Node` plus its ZeroMQ `Transport`), and adds what the swarm asks of a
+node between generations: peers, signals (applied once each, however often repeated), the
+adoption of another node's weights and live state, checkpoints, status, and a loop for the
+swarm's async mode. Control calls that arrive while the async loop runs wait for the next
+generation boundary and are applied there.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..kernels import RWKV7State
+from ..node import Node, NodeConfig, NodeKeys, SwarmKeyring, Transport, TransportConfig
+from ..node.exchange import fingerprint
+from ..node.member import Member
+from ..node.wire import ProtocolError, message, state_from_message, state_message
+
+CONTROL_WAIT_S = 120.0  # longest a control call waits for the async loop's next boundary
+
+
+class NodeHost:
+    """One swarm node: its member, its peers' latest states and beliefs, its control queue."""
+
+    def __init__(self, config: NodeConfig, swarm: str, *, host: str = "127.0.0.1",
+                 keys: NodeKeys | None = None, keyring: SwarmKeyring | None = None,
+                 transport: TransportConfig | None = None):
+        node = Node(config)
+        secure = keys is not None
+        t = Transport(node.node_name, host, keys=keys, keyring=keyring, swarm=swarm,
+                      config=transport or TransportConfig(), insecure=not secure)
+        self.member = Member(node, t, swarm)
+        self.applied_signals: dict[str, int] = {}  # signal id -> generation it applied from
+        self.peer_states: dict[str, tuple[bytes, RWKV7State]] = {}  # latest state per peer
+        self.peer_beliefs: dict[str, tuple[int, float, float]] = {}  # (gen, mean, var)
+        self._queue: list[tuple[Callable[[], Any], threading.Event, list]] = []
+        self._lock = threading.Lock()
+        self._looping = False
+        self._stop = threading.Event()
+
+    @property
+    def node(self) -> Node:
+        return self.member.node
+
+    @property
+    def name(self) -> str:
+        return self.member.name
+
+    def endpoint(self) -> dict[str, Any]:
+        t = self.member.transport
+        return {"name": self.name, "endpoint": t.endpoint, "public_key": t.public_key}
+
+    # -- peers -----------------------------------------------------------------------------------
+
+    def connect(self, peers: list[dict[str, Any]]) -> None:
+        """Open channels to every other node (whom it absorbs from is `set_peers`' business)."""
+        t = self.member.transport
+        for p in peers:
+            if p["name"] != self.name and p["name"] not in t.peers():
+                t.connect(p["name"], p["endpoint"], p["public_key"])
+
+    def set_peers(self, neighbours: list[str], group: list[str]) -> None:
+        self._control(lambda: self.member.set_peers(neighbours, group))
+
+    # -- one generation --------------------------------------------------------------------------
+
+    def share(self) -> dict[str, Any]:
+        """Phase 1: evaluate this generation and send its report."""
+        with self._lock:
+            self._drain_other()
+            self.member.share()
+            return {"generation": self.member.generation}
+
+    def absorb(self, wait_s: float) -> dict[str, Any]:
+        """Phase 2: absorb the peers' reports, step; then send the live state and belief.
+        Returns the trace row."""
+        with self._lock:
+            row = self.member.absorb(wait_s)
+            self._drain_other()
+            self._broadcast_state()
+            row["fingerprint"] = fingerprint(self.node.model).hex()
+            row["name"] = self.name
+            return row
+
+    def _broadcast_state(self) -> None:
+        m, t = self.member, self.member.transport
+        weights = fingerprint(self.node.model)
+        gen = self.node.generation_count
+        belief = self.node.strategy.fitness_belief
+        msgs = [state_message(self.node.live_state, weights, swarm=m.swarm, node=self.name,
+                              gen=gen)]
+        if np.isfinite(belief.var):
+            msgs.append(message("belief", swarm=m.swarm, node=self.name, gen=gen, name="fitness",
+                                arrays={"mean": np.array([belief.mean]),
+                                        "var": np.array([belief.var])}))
+        for peer in set(m.neighbours) | set(m.group):
+            if peer in t.peers():
+                for msg in msgs:
+                    t.send(peer, msg)
+
+    def _drain_other(self) -> None:
+        """File the peers' state and belief messages (the newest of each peer is kept)."""
+        msgs, self.member.other = self.member.other, []
+        for msg in msgs:
+            if msg.type == "state":
+                try:
+                    state = state_from_message(msg, self.node.config.model)
+                except ProtocolError as e:
+                    self.member.dropped[e.reason] += 1
+                    continue
+                self.peer_states[msg.node] = (msg.fields["fingerprint"], state)
+            elif msg.type == "belief" and msg.fields["name"] == "fitness":
+                self.peer_beliefs[msg.node] = (msg.gen, float(msg.arrays["mean"][0]),
+                                               float(msg.arrays["var"][0]))
+
+    # -- control: signals, adoption, checkpoints ------------------------------------------------
+
+    def _control(self, op: Callable[[], Any]) -> Any:
+        """Run `op` now, or at the async loop's next generation boundary (waiting for it)."""
+        with self._lock:
+            if not self._looping:
+                return op()
+            done, out = threading.Event(), []
+            self._queue.append((op, done, out))
+        if not done.wait(CONTROL_WAIT_S):
+            raise TimeoutError(f"{self.name}: no generation boundary within {CONTROL_WAIT_S} s")
+        if isinstance(out[0], BaseException):
+            raise out[0]
+        return out[0]
+
+    def _run_queue(self) -> None:
+        ops, self._queue = self._queue, []
+        for op, done, out in ops:
+            try:
+                out.append(op())
+            except Exception as e:  # noqa: BLE001 - handed back to the waiting caller
+                out.append(e)
+            done.set()
+
+    def apply_signal(self, signal_id: str, name: str, params: dict[str, Any],
+                     announce: bool = True) -> dict[str, Any]:
+        """Change this node's world from its next generation on; a repeated id is not applied
+        again. Returns {"node", "generation" (the first one in the changed world), "new"}."""
+        def op() -> dict[str, Any]:
+            new = signal_id not in self.applied_signals
+            if new:
+                if announce:
+                    self.node.apply_signal(name, params)
+                else:  # the world changes, the node is not told
+                    self.node.env.apply_signal(name, params)
+                self.applied_signals[signal_id] = self.node.generation_count
+            return {"node": self.name, "generation": self.applied_signals[signal_id], "new": new}
+
+        return self._control(op)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The model's weights (numpy, for Ray's object store)."""
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.node.model.state_dict().items()}
+
+    def adopt(self, weights: dict[str, np.ndarray], source: str, belief: tuple[float, float],
+              with_state: bool = True) -> dict[str, Any]:
+        """Take another node's weights (and, when its latest state message belongs to them,
+        its live RWKV state); the fitness belief becomes the source's, the direction belief
+        starts over. Returns what was taken."""
+        def op() -> dict[str, Any]:
+            node = self.node
+            node.model.load_state_dict({k: torch.from_numpy(np.asarray(v))
+                                        for k, v in weights.items()})
+            now = fingerprint(node.model)
+            got = self.peer_states.get(source)
+            state = with_state and got is not None and got[0] == now
+            node.live_state = got[1].clone() if state else node.model.zero_state(1)
+            node.strategy.adopted(*belief)
+            return {"node": self.name, "source": source, "state": bool(state),
+                    "fingerprint": now.hex()}
+
+        return self._control(op)
+
+    def checkpoint(self) -> bytes:
+        return self._control(self.node.checkpoint)
+
+    def status(self) -> dict[str, Any]:
+        b = self.node.strategy.fitness_belief
+        stats = self.member.transport.stats()
+        return {"name": self.name, "generation": self.node.generation_count,
+                "belief_mean": b.mean, "belief_var": b.var, "episodes": self.node.episodes_used,
+                "peers": {p: {"alive": v["alive"], "belief": self.peer_beliefs.get(p)}
+                          for p, v in stats["peers"].items()},
+                "absorbs_from": self.member.expected(),
+                "sent": stats["sent"], "received": stats["received"],
+                "dropped": {**stats["dropped"], **self.member.dropped,
+                            **{f"refused_{k}": v for k, v in self.node.refused.items()}},
+                "signals": dict(self.applied_signals)}
+
+    # -- async mode --------------------------------------------------------------------------------
+
+    def run_async(self, generations: int, report: Callable[[dict[str, Any]], None],
+                  wait_s: float = 0.0) -> int:
+        """Run `generations` generations without a barrier, handing each row to `report`;
+        control calls are applied between generations. Returns the generations run."""
+        with self._lock:
+            self._looping = True
+            self._stop.clear()
+        done = 0
+        try:
+            while done < generations and not self._stop.is_set():
+                with self._lock:
+                    self._run_queue()
+                self.share()
+                report(self.absorb(wait_s))
+                done += 1
+        finally:
+            with self._lock:
+                self._looping = False
+                self._run_queue()
+        return done
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.member.close()
+

@@ -1,0 +1,57 @@
+"""Starting a swarm's node actors: resources, placement, keys, and the peer-to-peer wiring."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from ..node import NodeConfig, SwarmKeyring, TransportConfig
+from .actor import NodeActor
+
+PLACEMENTS = ("none", "pack", "spread")
+START_TIMEOUT_S = 300.0  # actors that cannot be placed (too few CPUs/GPUs) fail after this
+
+
+def spawn_nodes(configs: list[NodeConfig], swarm: str, *, local: bool, cpus: float = 1.0,
+                gpus: float = 0.0, placement: str = "none", secure: bool = True,
+                prefix: str = "", max_restarts: int = 0,
+                transport: TransportConfig | None = None) -> tuple[list[Any], Any]:
+    """One actor per config, each with `cpus` CPUs and `gpus` GPUs (fractions allowed), its
+    transport bound and connected to every other. CURVE keys are made here and handed out, so
+    a peer without the swarm's keys is refused. Returns (actors, placement group or None)."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    names = [f"node-{c.node_id}" for c in configs]
+    keyring, keys = SwarmKeyring.generate(names) if secure else (None, {})
+    group = None
+    options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus,
+                               "max_restarts": max_restarts}
+    if placement != "none":
+        group = placement_group([{"CPU": cpus, **({"GPU": gpus} if gpus else {})}] * len(configs),
+                                strategy=placement.upper())
+        ray.get(group.ready(), timeout=START_TIMEOUT_S)
+    actors = []
+    for i, (config, name) in enumerate(zip(configs, names, strict=True)):
+        opts = dict(options, name=f"{prefix}{name}")
+        if group is not None:
+            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                placement_group=group, placement_group_bundle_index=i)
+        actors.append(NodeActor.options(**opts).remote(config, swarm, local, keys.get(name),
+                                                       keyring, transport))
+    endpoints = ray.get([a.endpoint.remote() for a in actors], timeout=START_TIMEOUT_S)
+    ray.get([a.connect.remote(endpoints) for a in actors])
+    return actors, group
+
+
+def release(actors: list[Any], group: Any = None) -> None:
+    """Close every node's sockets, then end the actors and their placement group."""
+    with contextlib.suppress(Exception):  # a dead actor has nothing left to close
+        ray.get([a.close.remote() for a in actors], timeout=30)
+    for a in actors:
+        ray.kill(a)
+    if group is not None:
+        remove_placement_group(group)

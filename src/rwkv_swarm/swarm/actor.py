@@ -1,0 +1,52 @@
+"""`CoordinatorActor`: a run's coordinator on Ray, named by its run id so that another process
+(`Swarm.attach`, `rwkv-swarm inject`) finds it; a thin wrapper over `Coordinator`.
+
+Threaded: `inject`, `status` and the nodes' `ingest` (async mode) are served while `run` runs.
+It takes no CPU from the nodes (num_cpus=0): it is idle between generations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from ..cluster.nodes import RayNodes
+from .config import SwarmConfig
+from .coordinator import Coordinator
+from .signals import Signal
+
+
+@ray.remote(num_cpus=0, max_concurrency=32)
+class CoordinatorActor:
+    def __init__(self, config: SwarmConfig, run_id: str, run_dir: str, actors: list[Any],
+                 names: list[str]):
+        self.nodes = RayNodes(actors, names)
+        self.coordinator = Coordinator(config, run_id, run_dir, self.nodes)
+
+    def run(self, generations: int | None = None) -> dict[str, Any]:
+        c = self.coordinator
+        if c.config.sync:
+            return c.run(generations)
+        me = ray.get_runtime_context().current_actor
+        return c.run_async(lambda n: self.nodes.start_async(n, me), generations)
+
+    def inject(self, signal: Signal) -> dict[str, Any]:
+        return self.coordinator.inject(signal)
+
+    def status(self) -> dict[str, Any]:
+        return self.coordinator.status()
+
+    def ingest(self, row: dict[str, Any]) -> None:
+        self.coordinator.ingest(row)
+
+    def set_topology(self, kind: str, k: int = 2, rewire: float = 0.1) -> list[list[int]]:
+        return self.coordinator.set_topology(kind, k, rewire)
+
+    def lineage(self) -> list[dict[str, Any]]:
+        return list(self.coordinator.lineage)
+
+    def stop(self) -> None:
+        self.coordinator.stop()
+        for a in self.nodes.actors:
+            a.stop.remote()

@@ -1,0 +1,34 @@
+"""`rwkv-swarm inject RUN_ID NAME k=v ...`: change the world of a running swarm, from any
+process. The signal is checked against the environment's schema before anything is sent."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..api import Swarm
+from ..signals import Signal, parse_params
+
+
+def inject_command_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("inject", help="inject a signal into a running swarm")
+    p.add_argument("run_id")
+    p.add_argument("name", help="the signal, e.g. freq_shift")
+    p.add_argument("params", nargs="*", help="key=value (lists: comma separated)")
+    p.add_argument("--targets", help="node ids, comma separated (default: all)")
+    p.add_argument("--unannounced", action="store_true",
+                   help="change the world without telling the nodes' beliefs")
+    p.add_argument("--runs-dir", default="runs")
+    p.set_defaults(func=inject_command)
+    return p
+
+
+def inject_command(args: argparse.Namespace) -> int:
+    targets = "all" if not args.targets else [int(t) for t in args.targets.split(",")]
+    signal = Signal(args.name, parse_params(args.params), targets, not args.unannounced)
+    swarm = Swarm.attach(args.run_id, args.runs_dir)
+    ack = swarm.inject(signal)
+    applied = ", ".join(f"node {n}: generation {g}" for n, g in sorted(ack["applied"].items()))
+    print(f"signal {ack['id']} {ack['name']} applied from the next generation of each target "
+          f"({applied})")
+    return 0

@@ -1,0 +1,260 @@
+"""`SwarmConfig`: a whole swarm as one frozen dataclass, from TOML or from Python.
+
+Every key and value is checked when the config is made, before any actor starts: an error
+names the dotted key, the bad value and what is accepted (`util.configio.ConfigError`).
+`node_configs()` resolves it into one `NodeConfig` per node (the model's input and output sizes
+come from the environment).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..kernels import RWKV7Config
+from ..node import MODES, STRATEGY_CONFIGS, ESConfig, ExchangeConfig, KalmanESConfig, NodeConfig
+from ..node.envs import env_config, make_env
+from ..util import configio
+from ..util.configio import ConfigError
+from .signals import Signal, validate
+from .topology import KINDS, neighbours
+
+PLACEMENTS = ("none", "pack", "spread")
+# about 3k evolved weights: a population of 32-64 resolves its gradient (docs/evolution.md)
+TINY_MODEL = {"n_embd": 16, "n_layer": 1, "head_size": 16, "dim_w": 8, "dim_a": 8, "dim_v": 8,
+              "dim_g": 8, "dim_ffn": 32}
+
+
+@dataclass(frozen=True)
+class Topology:
+    kind: str = "ring"  # "ring", "k-regular", "small-world" (Watts-Strogatz) or "full"
+    k: int = 2  # degree of "k-regular", and of the lattice "small-world" rewires (even)
+    rewire: float = 0.1  # small-world: probability of rewiring each lattice edge
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float = 1.0  # CPUs per node actor (fractions allowed); torch gets max(1, int(cpus))
+    gpus: float = 0.0  # GPUs per node actor (fractions allowed)
+    placement: str = "none"  # "none", "pack" or "spread" (a Ray placement group)
+
+
+@dataclass(frozen=True)
+class Migration:
+    enabled: bool = True
+    gate: float = 0.9  # the source must be best with P >= gate and better than the migrant too
+    every: int = 5  # generations between decisions
+    fraction: float = 0.25  # share of the swarm (its worst, by belief) that may move at once
+    with_state: bool = True  # the migrant takes the source's live RWKV state with its weights
+
+
+@dataclass(frozen=True)
+class Variation:
+    """Options for some nodes only: their env and es tables are merged over the swarm's."""
+
+    nodes: tuple[int, ...] = ()
+    env: dict[str, Any] = field(default_factory=dict)
+    es: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """A signal the swarm applies at the start of `generation`."""
+
+    generation: int
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    targets: tuple[int, ...] = ()  # () : every node
+    announce: bool = True  # False: the world changes, the nodes are not told
+
+    def signal(self) -> Signal:
+        return Signal(self.name, dict(self.params), list(self.targets) or "all", self.announce,
+                      id=f"scheduled-{self.generation}-{self.name}")
+
+
+@dataclass(frozen=True)
+class SwarmConfig:
+    """A swarm: how many nodes, how they learn from each other, their model and world."""
+
+    nodes: int = 4
+    mode: str = "gossip"  # "isolated", "consensus" or "gossip" (docs/swarm.md)
+    sync: bool = True  # a generation barrier; False: every node runs at its own pace
+    generations: int = 50  # what `run()` runs when not told otherwise
+    seed: int = 0
+    group_size: int = 0  # consensus: nodes per lineage group (0: all in one group)
+    topology: Topology = field(default_factory=Topology)
+    model: dict[str, Any] = field(default_factory=lambda: dict(TINY_MODEL))  # RWKV7Config
+    # fields; input_dim and output_dim come from the environment
+    strategy: str = "kalman"  # "kalman" (KalmanES) or "lowrank" (LowRankES)
+    es: ESConfig = field(default_factory=lambda: KalmanESConfig(population=32))
+    env: dict[str, Any] = field(default_factory=lambda: {"kind": "gym", "id": "CartPole-v1"})
+    episodes: int = 1  # episodes per mutant per generation
+    max_steps: int = 500
+    init: str = "live"
+    variations: tuple[Variation, ...] = ()
+    signals: tuple[Scheduled, ...] = ()
+    migration: Migration = field(default_factory=Migration)
+    resources: Resources = field(default_factory=Resources)
+    wait_s: float = 60.0  # sync: longest a node waits for its peers' reports
+    secure: bool = True  # CURVE keys for every node; peers without them are refused
+    run_dir: str = "runs"  # runs/<run-id>/ holds config.toml, trace.parquet, events.jsonl
+    tensorboard: bool = False  # also log scalars under runs/<run-id>/tb (needs tensorboard)
+
+    def __post_init__(self) -> None:
+        _positive_ints(self, ("nodes", "generations", "episodes", "max_steps"))
+        _choice("mode", self.mode, MODES)
+        _choice("strategy", self.strategy, tuple(STRATEGY_CONFIGS))
+        if not isinstance(self.es, STRATEGY_CONFIGS[self.strategy]):
+            raise ConfigError("es", f"strategy {self.strategy!r} needs a "
+                                    f"{STRATEGY_CONFIGS[self.strategy].__name__}")
+        if self.mode == "consensus" and not self.sync:
+            raise ConfigError("sync", "consensus groups step together: mode 'consensus' needs "
+                                      "sync = true")
+        size = self.group_size or self.nodes
+        if self.group_size < 0 or self.nodes % size:
+            raise ConfigError("group_size", f"got {self.group_size}, expected 0 or a divisor of "
+                                            f"nodes ({self.nodes})")
+        self._check_parts()
+
+    def _check_parts(self) -> None:
+        t = self.topology
+        _choice("topology.kind", t.kind, KINDS)
+        try:
+            neighbours(t.kind, self.nodes, k=t.k, rewire=t.rewire, seed=self.seed)
+        except ValueError as e:
+            raise ConfigError("topology", str(e)) from None
+        configio.from_dict(RWKV7Config, {**self.model, "input_dim": 1, "output_dim": 1},
+                           key="model")
+        _env_ok("env", self.env)
+        _check_resources(self.resources)
+        _check_migration(self.migration)
+        for i, v in enumerate(self.variations):
+            bad = [n for n in v.nodes if not 0 <= n < self.nodes]
+            if not v.nodes or bad:
+                raise ConfigError(f"variations[{i}].nodes", f"got {list(v.nodes)}, expected node "
+                                                            f"ids in 0..{self.nodes - 1}")
+            _env_ok(f"variations[{i}].env", {**self.env, **v.env})
+        for i, s in enumerate(self.signals):
+            if not 0 <= s.generation:
+                raise ConfigError(f"signals[{i}].generation", f"got {s.generation}, expected >= 0")
+            try:
+                validate(s.signal(), self.env, self.nodes)
+            except ValueError as e:
+                raise ConfigError(f"signals[{i}]", str(e)) from None
+        if not self.wait_s > 0 or not self.run_dir:
+            raise ConfigError("wait_s", f"need wait_s > 0 and a run_dir, got {self.wait_s}, "
+                                        f"{self.run_dir!r}")
+
+    @classmethod
+    def _field_type(cls, name: str, data: dict[str, Any]) -> type | None:
+        """configio hook: the `es` table's class follows `strategy`."""
+        return STRATEGY_CONFIGS.get(data.get("strategy", "kalman")) if name == "es" else None
+
+    # -- resolution ------------------------------------------------------------------------------
+
+    def neighbours(self) -> list[list[int]]:
+        t = self.topology
+        return neighbours(t.kind, self.nodes, k=t.k, rewire=t.rewire, seed=self.seed)
+
+    def groups(self) -> list[list[int]]:
+        """Consensus lineage groups (one node each otherwise)."""
+        if self.mode != "consensus":
+            return [[i] for i in range(self.nodes)]
+        size = self.group_size or self.nodes
+        return [list(range(g, g + size)) for g in range(0, self.nodes, size)]
+
+    def node_env(self, i: int) -> dict[str, Any]:
+        env = dict(self.env)
+        for v in self.variations:
+            if i in v.nodes:
+                env.update(v.env)
+        return env
+
+    def node_configs(self) -> list[NodeConfig]:
+        """One resolved NodeConfig per node."""
+        out, dims = [], {}
+        size = self.group_size or self.nodes
+        for i in range(self.nodes):
+            env = self.node_env(i)
+            key = repr(sorted(env.items()))
+            if key not in dims:
+                world = make_env(env)
+                dims[key] = (world.observation_dim, world.action_dim)
+            model = RWKV7Config(**{**self.model, "input_dim": dims[key][0],
+                                   "output_dim": dims[key][1]})
+            es = self.es
+            for v in self.variations:
+                if i in v.nodes and v.es:
+                    es = configio.from_dict(type(es), {**configio.to_dict(es), **v.es},
+                                            key="es")
+            exchange = ExchangeConfig(mode=self.mode) if self.mode != "consensus" else \
+                ExchangeConfig(mode="consensus", group=i // size, group_size=size,
+                               member=i % size)
+            out.append(NodeConfig(model=model, env=env, strategy=self.strategy, es=es,
+                                  exchange=exchange, episodes=self.episodes,
+                                  max_steps=self.max_steps, init=self.init, node_id=i,
+                                  seed=self.seed, threads=max(1, int(self.resources.cpus))))
+        return out
+
+    def replace(self, **changes: Any) -> SwarmConfig:
+        return dataclasses.replace(self, **changes)
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return configio.to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SwarmConfig:
+        return configio.from_dict(cls, data)
+
+    def to_toml(self) -> str:
+        return configio.to_toml(self)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> SwarmConfig:
+        """Read a TOML file (a config file's errors name the file too)."""
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise ConfigError("", f"cannot read config {p}: {e.strerror}") from None
+        try:
+            return configio.from_toml(cls, text)
+        except ConfigError as e:
+            raise ConfigError(e.key, f"{e.detail} (in {p})") from None
+
+
+def _positive_ints(cfg: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        v = getattr(cfg, name)
+        if type(v) is not int or v < 1:
+            raise ConfigError(name, f"got {v!r}, expected an integer >= 1")
+
+
+def _choice(key: str, value: Any, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise ConfigError(key, f"got {value!r}, expected one of {list(accepted)}")
+
+
+def _env_ok(key: str, env: dict[str, Any]) -> None:
+    try:
+        env_config(env)
+    except ValueError as e:
+        raise ConfigError(key, str(e)) from None
+
+
+def _check_resources(r: Resources) -> None:
+    if not r.cpus > 0 or r.gpus < 0:
+        raise ConfigError("resources", f"need cpus > 0 and gpus >= 0, got cpus={r.cpus}, "
+                                       f"gpus={r.gpus}")
+    _choice("resources.placement", r.placement, PLACEMENTS)
+
+
+def _check_migration(m: Migration) -> None:
+    if not 0.5 <= m.gate < 1 or m.every < 1 or not 0 < m.fraction <= 1:
+        raise ConfigError("migration", f"need 0.5 <= gate < 1, every >= 1 and 0 < fraction <= 1, "
+                                       f"got gate={m.gate}, every={m.every}, "
+                                       f"fraction={m.fraction}")

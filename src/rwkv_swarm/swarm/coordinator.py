@@ -1,0 +1,307 @@
+"""`Coordinator`: a swarm's control plane, as a plain class over a set of node handles.
+
+It drives generations (sync: a barrier between the two phases of every generation; async:
+each node at its own pace, its rows streamed in), applies signals at generation boundaries
+(each once per target, acknowledged to the caller), decides belief-gated migrations, and is the
+single writer of the trace and the event log. It never carries fitness reports, states or
+weights: nodes exchange those over ZeroMQ, and a migrant's new weights go from the source's
+actor to the migrant's through Ray's object store. Tested with in-process nodes
+(`tests/test_coordinator.py`) and on Ray actors (`tests/test_swarm.py`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .beliefs import Summary, fuse_lineages, migrations, prob_best
+from .config import SwarmConfig
+from .signals import Signal, validate
+from .topology import neighbours as make_neighbours
+from .trace import EventLog, TraceWriter
+
+SIGNAL_WAIT_S = 600.0  # longest inject() waits for its signal to be applied
+
+
+class Nodes(Protocol):
+    """How the coordinator reaches its nodes (Ray actors, or plain hosts in tests)."""
+
+    names: list[str]
+
+    def call(self, method: str, args: list[tuple] | tuple = (), only: list[int] | None = None
+             ) -> list[Any]:
+        """method(*args) on each node (args: one tuple for all, or one per node), results in
+        node order; a node that failed gives its exception instead of a result."""
+
+    def transfer(self, src: int, dst: int, belief: tuple[float, float], with_state: bool
+                 ) -> dict[str, Any]:
+        """dst adopts src's weights (and live state)."""
+
+
+@dataclass
+class _Pending:
+    signal: Signal
+    injected_during: int | None
+    done: threading.Event = field(default_factory=threading.Event)
+    acks: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Coordinator:
+    """See the module docstring. `run()` may be called again to go on from where it stopped."""
+
+    def __init__(self, config: SwarmConfig, run_id: str, run_dir: str | Path, nodes: Nodes):
+        self.config, self.run_id, self.nodes = config, run_id, nodes
+        self.run_dir = Path(run_dir)
+        self.trace, self.events = TraceWriter(self.run_dir), EventLog(self.run_dir)
+        self.generation = 0  # the next generation to run
+        self.in_flight: int | None = None  # the generation running now
+        self.alive = set(range(config.nodes))
+        self.last: dict[int, dict[str, Any]] = {}  # each node's latest row
+        self.lineage: list[dict[str, Any]] = []  # migrations: who adopted whom, when
+        self.neighbour_lists = config.neighbours()
+        self._pending: list[_Pending] = []
+        self._topology: list[list[int]] | None = None
+        self._applied_now: dict[int, list[str]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._buffer: list[dict[str, Any]] = []
+        self._started = time.time()
+        self._wire(self.neighbour_lists)
+
+    # -- peers -----------------------------------------------------------------------------------
+
+    def _wire(self, lists: list[list[int]]) -> None:
+        names = self.nodes.names
+        groups = {i: [names[j] for j in g] for g in self.config.groups() for i in g}
+        args = [([names[j] for j in lists[i]], groups[i]) for i in range(self.config.nodes)]
+        self._check(self.nodes.call("set_peers", args), "set_peers")
+
+    def set_topology(self, kind: str, k: int = 2, rewire: float = 0.1) -> list[list[int]]:
+        """New neighbour lists, applied at the next generation boundary."""
+        lists = make_neighbours(kind, self.config.nodes, k=k, rewire=rewire,
+                                seed=self.config.seed + self.generation)
+        with self._lock:
+            self._topology = lists
+            if self.in_flight is None:
+                self._apply_topology()
+        return lists
+
+    def _apply_topology(self) -> None:
+        if self._topology is not None:
+            self.neighbour_lists, self._topology = self._topology, None
+            self._wire(self.neighbour_lists)
+            self.events.write("topology", generation=self.generation,
+                              neighbours=self.neighbour_lists)
+
+    # -- signals ---------------------------------------------------------------------------------
+
+    def inject(self, signal: Signal, wait_s: float = SIGNAL_WAIT_S) -> dict[str, Any]:
+        """Validate `signal` against the environment's schema (nothing is sent if it fails),
+        have every target apply it at its next generation boundary, and return the
+        acknowledgement: {"id", "name", "injected_during", "applied": {node: generation}}."""
+        validate(signal, self.config.env, self.config.nodes)
+        with self._lock:
+            pending = _Pending(signal, self.in_flight)
+            self._pending.append(pending)
+            idle = self.in_flight is None
+        if idle:  # no generation running: the boundary is now
+            self._apply_signals()
+        if not pending.done.wait(wait_s):
+            raise TimeoutError(f"signal {signal.id} not applied within {wait_s} s")
+        if pending.error:
+            raise RuntimeError(pending.error)
+        return {"id": signal.id, "name": signal.name, "injected_during": pending.injected_during,
+                "applied": pending.acks}
+
+    def _scheduled(self) -> None:
+        for s in self.config.signals:
+            if s.generation == self.generation:
+                self._pending.append(_Pending(s.signal(), None))
+
+    def _apply_signals(self) -> None:
+        """Deliver every pending signal to its targets (each applies an id once). The nodes
+        are called outside the lock: in async mode each answers at its own boundary."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for p in pending:
+            s = p.signal
+            targets = [t for t in s.target_ids(self.config.nodes) if t in self.alive]
+            results = self.nodes.call("apply_signal", (s.id, s.name, dict(s.params), s.announce),
+                                      only=targets)
+            for t, r in zip(targets, results, strict=True):
+                if isinstance(r, BaseException):
+                    p.error = f"node {t}: {r}"
+                    continue
+                p.acks[t] = r["generation"]
+                if r["new"]:
+                    with self._lock:
+                        self._applied_now.setdefault(t, []).append(s.name)
+            self.events.write("signal", id=s.id, name=s.name, params=s.params,
+                              targets=targets, announce=s.announce,
+                              injected_during=p.injected_during, applied=p.acks)
+            p.done.set()
+
+    def _boundary(self) -> None:
+        with self._lock:
+            self._scheduled()
+        self._apply_signals()
+        with self._lock:
+            self._apply_topology()
+
+    # -- sync generations --------------------------------------------------------------------------
+
+    def run(self, generations: int | None = None, on_generation: Any = None) -> dict[str, Any]:
+        """Run `generations` more generations (default: the config's); returns `status()`."""
+        n = self.config.generations if generations is None else generations
+        self._stop.clear()
+        for _ in range(n):
+            if self._stop.is_set() or not self.alive:
+                break
+            self._boundary()
+            self._one_generation()
+            if on_generation is not None:
+                on_generation(self.status())
+        return self.status()
+
+    def _one_generation(self) -> None:
+        gen, live = self.generation, sorted(self.alive)
+        with self._lock:
+            self.in_flight = gen
+        t0 = time.perf_counter()
+        shared = self.nodes.call("share", only=live)
+        ok = [i for i, r in zip(live, shared, strict=True) if not self._fault(i, r, "share")]
+        rows = self.nodes.call("absorb", (self.config.wait_s,), only=ok)
+        done = [(i, r) for i, r in zip(ok, rows, strict=True) if not self._fault(i, r, "absorb")]
+        elapsed = time.perf_counter() - t0
+        out = []
+        for i, row in done:
+            row.update(generation=gen, node=i, generation_s=elapsed, time=time.time(),
+                       signals=",".join(self._applied_now.pop(i, [])))
+            out.append(row)
+        self._finish(gen, out)
+
+    def _finish(self, gen: int, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.last[row["node"]] = row
+        self._decide(gen, rows)
+        self.trace.write(rows)
+        with self._lock:
+            self.generation, self.in_flight = gen + 1, None
+
+    def _fault(self, i: int, result: Any, phase: str) -> bool:
+        if not isinstance(result, BaseException):
+            return False
+        self.alive.discard(i)
+        self.events.write("fault", generation=self.generation, node=i, phase=phase,
+                          error=f"{type(result).__name__}: {result}"[:500])
+        return True
+
+    # -- beliefs and migration -------------------------------------------------------------------
+
+    def summaries(self) -> list[Summary]:
+        groups = {i: g[0] for g in self.config.groups() for i in g}
+        out = []
+        for i, row in self.last.items():
+            lineage = f"group-{groups[i]}" if self.config.mode == "consensus" \
+                else row.get("fingerprint", str(i))
+            out.append(Summary(i, lineage, row["belief_mean"], row["belief_var"]))
+        return out
+
+    def _decide(self, gen: int, rows: list[dict[str, Any]]) -> None:
+        """P(best) into every row; at the due generations, the gated migrations."""
+        summaries = self.summaries()
+        fused = fuse_lineages(summaries)
+        keys = list(fused)
+        if keys:
+            p = prob_best([fused[k][0] for k in keys], [fused[k][1] for k in keys])
+            p_of = {n: float(pk) for k, pk in zip(keys, p, strict=True) for n in fused[k][2]}
+            for row in rows:
+                row["p_best"] = p_of.get(row["node"], math.nan)
+        m = self.config.migration
+        if not m.enabled or self.config.mode == "consensus" or (gen + 1) % m.every:
+            return
+        by_node = {r["node"]: r for r in rows}
+        for mig in migrations(summaries, m.gate, m.fraction):
+            src_row = self.last[mig.src]
+            ack = self.nodes.transfer(mig.src, mig.dst, (src_row["belief_mean"],
+                                                         src_row["belief_var"]), m.with_state)
+            if mig.dst in by_node:
+                by_node[mig.dst]["migrated_from"] = mig.src
+            record = {"generation": gen, "dst": mig.dst, "src": mig.src, "p_best": mig.p_best,
+                      "p_better": mig.p_better, "src_var": mig.src_var, "dst_var": mig.dst_var,
+                      "state": ack.get("state"), "fingerprint": ack.get("fingerprint")}
+            self.lineage.append(record)
+            self.events.write("migration", **record)
+
+    # -- async generations -------------------------------------------------------------------------
+
+    def run_async(self, start: Any, generations: int | None = None) -> dict[str, Any]:
+        """Async mode: `start(generations)` sets every node running at its own pace and returns
+        a function that tells whether all are done; rows come in through `ingest`."""
+        n = self.config.generations if generations is None else generations
+        with self._lock:
+            self._scheduled()
+            self.in_flight = self.generation
+        finished = start(n)
+        while not finished(0.2):
+            self._apply_signals()
+            self._flush()
+        self._apply_signals()
+        with self._lock:
+            self.in_flight = None
+        self._flush(final=True)
+        return self.status()
+
+    def ingest(self, row: dict[str, Any]) -> None:
+        """A node's row, in async mode (stale reports were already counted by the node)."""
+        row.setdefault("time", time.time())
+        with self._lock:
+            row["signals"] = ",".join(self._applied_now.pop(row["node"], []))
+            self._buffer.append(row)
+            self.last[row["node"]] = row
+            self.generation = max(self.generation, row["generation"] + 1)
+
+    def _flush(self, final: bool = False) -> None:
+        with self._lock:
+            rows = self._buffer if (final or len(self._buffer) >= len(self.alive)) else []
+            if rows:
+                self._buffer = []
+        if rows:
+            self._decide(max(r["generation"] for r in rows), rows)
+            self.trace.write(rows)
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """generation, per-node fitness and belief, peers, messages and drops."""
+        nodes = {}
+        for i in range(self.config.nodes):
+            r = self.last.get(i, {})
+            nodes[i] = {"alive": i in self.alive, "generation": r.get("generation"),
+                        "fitness_mean": r.get("fitness_mean"), "belief_mean": r.get("belief_mean"),
+                        "belief_var": r.get("belief_var"), "p_best": r.get("p_best"),
+                        "neighbours": self.neighbour_lists[i], "sent": r.get("sent"),
+                        "received": r.get("received"), "dropped": r.get("dropped"),
+                        "episodes": r.get("episodes")}
+        best = max((r.get("fitness_mean", -math.inf) for r in self.last.values()),
+                   default=math.nan)
+        return {"run_id": self.run_id, "generation": self.generation, "in_flight": self.in_flight,
+                "nodes": nodes, "best_fitness": best, "migrations": len(self.lineage),
+                "rows": self.trace.rows, "elapsed_s": time.time() - self._started,
+                "mean_fitness": float(np.mean([r["fitness_mean"] for r in self.last.values()]))
+                if self.last else math.nan}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _check(self, results: list[Any], what: str) -> None:
+        bad = [r for r in results if isinstance(r, BaseException)]
+        if bad:
+            raise RuntimeError(f"{what} failed on {len(bad)} node(s): {bad[0]}")
