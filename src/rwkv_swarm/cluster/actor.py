@@ -59,7 +59,8 @@ class NodeActor:
         return self.host.status()
 
     def run_async(self, generations: int, coordinator: Any, wait_s: float = 0.0) -> int:
-        return self.host.run_async(generations, lambda row: coordinator.ingest.remote(row),
+        # each row is handed over before the next generation: none is in flight at the end
+        return self.host.run_async(generations, lambda row: ray.get(coordinator.ingest.remote(row)),
                                    wait_s)
 
     def stop(self) -> None:

@@ -1,0 +1,124 @@
+"""The coordinator as a plain class over in-process nodes (real NodeHosts and sockets, no Ray):
+signals once per target at a boundary, the trace and event log, refusals counted."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from rwkv_swarm.cluster.host import NodeHost
+from rwkv_swarm.cluster.nodes import LocalNodes
+from rwkv_swarm.node import SwarmKeyring
+from rwkv_swarm.swarm import (
+    Coordinator,
+    Migration,
+    Resources,
+    Signal,
+    SwarmConfig,
+    load_trace,
+    read_events,
+)
+
+SIGNAL_ENV = {"kind": "signal", "lags": 3}
+
+
+def local_swarm(tmp_path: Path, **kw) -> tuple[Coordinator, list[NodeHost]]:
+    config = SwarmConfig(env=SIGNAL_ENV, run_dir=str(tmp_path), resources=Resources(cpus=0.5),
+                         **{"nodes": 4, **kw})
+    configs = config.node_configs()
+    ring, keys = SwarmKeyring.generate([f"node-{c.node_id}" for c in configs])
+    hosts = [NodeHost(c, "run", keys=keys[f"node-{c.node_id}"], keyring=ring) for c in configs]
+    endpoints = [h.endpoint() for h in hosts]
+    for h in hosts:
+        h.connect(endpoints)
+    return Coordinator(config, "run", tmp_path / "run", LocalNodes(hosts)), hosts
+
+
+@pytest.fixture
+def swarm(tmp_path):
+    coordinator, hosts = local_swarm(tmp_path)
+    yield coordinator, hosts
+    for h in hosts:
+        h.close()
+
+
+def test_every_generation_leaves_one_row_per_node_and_the_peers_hear_each_other(swarm):
+    coordinator, hosts = swarm
+    status = coordinator.run(3)
+    table = load_trace(coordinator.run_dir).to_pydict()
+    assert status["generation"] == 3 and len(table["node"]) == 12
+    assert sorted(zip(table["generation"], table["node"], strict=True)) == \
+        [(g, n) for g in range(3) for n in range(4)]
+    assert all(a == 2 for a in table["absorbed_from"])  # a ring: two neighbours each
+    assert all(r > 0 for r in table["received"]) and all(d == 0 for d in table["dropped"])
+    assert all(0 <= p <= 1 for p in table["p_best"])
+
+
+def test_a_signal_is_applied_once_per_target_at_the_next_boundary(swarm):
+    coordinator, hosts = swarm
+    coordinator.run(2)
+    signal = Signal("amplitude", {"scale": 2.0}, targets=[1, 3])
+    ack = coordinator.inject(signal)
+    assert ack["applied"] == {1: 2, 3: 2}
+    again = coordinator.inject(signal)  # a repeated delivery: acknowledged, not applied again
+    assert again["applied"] == {1: 2, 3: 2}
+    assert [h.node.env._next.amplitude for h in hosts] == [1.0, 2.0, 1.0, 2.0]
+    coordinator.run(1)
+    rows = load_trace(coordinator.run_dir).to_pydict()
+    marked = {(g, n) for g, n, s in zip(rows["generation"], rows["node"], rows["signals"],
+                                        strict=True) if s}
+    assert marked == {(2, 1), (2, 3)}
+    events = [e for e in read_events(coordinator.run_dir) if e["kind"] == "signal"]
+    assert len(events) == 2 and events[0]["applied"] == {"1": 2, "3": 2}
+
+
+@pytest.mark.parametrize("signal, message", [
+    (Signal("gravity", {"g": 3.0}), r"unknown signal 'gravity'; this environment accepts "
+                                    r"\['amplitude', 'freq_shift', 'noise', 'regime'\]"),
+    (Signal("amplitude", {"scale": -1.0}), "amplitude.scale must be > 0"),
+    (Signal("amplitude", {"scale": 2.0}, targets=[7]), r"targets \[7\] are not node ids"),
+])
+def test_a_bad_signal_is_refused_by_name_and_nothing_is_applied(swarm, signal, message):
+    coordinator, hosts = swarm
+    with pytest.raises(ValueError, match=message):
+        coordinator.inject(signal)
+    assert all(h.applied_signals == {} for h in hosts)
+    assert read_events(coordinator.run_dir) == []
+
+
+def test_a_consensus_group_is_one_lineage_and_never_migrates(tmp_path):
+    coordinator, hosts = local_swarm(tmp_path, mode="consensus",
+                                     migration=Migration(every=1, gate=0.5))
+    try:
+        coordinator.run(4)
+        prints = load_trace(coordinator.run_dir).to_pydict()["fingerprint"]
+        assert len(set(prints[-4:])) == 1 and coordinator.lineage == []
+    finally:
+        for h in hosts:
+            h.close()
+
+
+def test_a_report_or_state_of_another_model_is_refused_and_counted(swarm, tmp_path):
+    coordinator, hosts = swarm
+    other = SwarmConfig(env=SIGNAL_ENV, model={"n_embd": 32, "n_layer": 1, "head_size": 16},
+                        run_dir=str(tmp_path)).node_configs()[0]
+    a = hosts[0]
+    b = NodeHost(dataclasses.replace(other, node_id=7), "run")  # insecure: plain TCP
+    plain_a = NodeHost(dataclasses.replace(a.node.config, node_id=8), "run")
+    try:
+        plain_a.connect([b.endpoint()])
+        b.connect([plain_a.endpoint()])
+        plain_a.set_peers([b.name], [])
+        b.set_peers([plain_a.name], [])
+        b.share()
+        b.absorb(0.0)  # b's report, state and belief now wait at plain_a
+        plain_a.share()
+        row = plain_a.absorb(5.0)
+        assert row["absorbed_from"] == 1 and row["absorbed"] == 0
+        assert plain_a.node.refused["mismatch"] == 1
+        assert plain_a.status()["dropped"]["mismatch"] == 1  # b's state: another model's
+    finally:
+        b.close()
+        plain_a.close()
