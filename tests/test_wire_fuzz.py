@@ -178,7 +178,9 @@ ROOMY = WireLimits(max_header_bytes=2**20)  # room for nesting deeper than msgpa
 # header fields of each valid message, and one field no schema has
 FIELDS = {t: [*msgpack.unpackb(frames[0]), "unknown"] for t, frames in VALID.items()}
 # the reason a bad value of each field gives (a field's own kind of error otherwise)
-FIELD_REASONS = {"v": {"version"}, "type": {"type"}, "arrays": {"array_spec", "frames"}}
+FIELD_REASONS = {"v": {"version"}, "type": {"type"}, "arrays": {"array_spec", "frames"},
+                 # a fitness report's members must lie within its population
+                 "size": {"field", "inconsistent"}, "first": {"field", "inconsistent"}}
 
 
 def with_field(msg_type: str, field: str, raw: bytes) -> list[bytes]:

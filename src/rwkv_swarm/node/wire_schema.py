@@ -250,8 +250,8 @@ def _check_fitness(msg: Message) -> None:
                                             f"{a['shaped'].shape} must match raw ({n},)")
     first, size = msg.fields["first"], msg.fields["size"]
     if n == 0 or n % 2 or first % 2 or first + n > size:
-        raise ProtocolError("inconsistent", f"members [{first}, {first + n}) must be a non-empty "
-                                            f"even range of whole pairs within size {size}")
+        raise ProtocolError("inconsistent", f"first={first} and {n} reported members must be "
+                                            f"whole antithetic pairs within size={size}")
     if a["valid"].size and a["valid"].max() > 1:
         raise ProtocolError("inconsistent", "valid must hold 0 or 1 per member")
     stats = [k for k in ("obs_count", "obs_mean", "obs_m2") if k in a]

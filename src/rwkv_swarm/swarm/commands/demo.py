@@ -42,16 +42,12 @@ def demo_command(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     config = demo_config(args.nodes, args.generations, args.run_dir)
     midway = args.generations // 2
-    injected: dict[str, Any] = {}
     with Swarm.launch(config) as swarm:
         print(f"run {swarm.run_id}: {config.nodes} gossiping nodes predict a stream; at "
               f"generation {midway} its fast frequency moves 0.113 -> 0.25", flush=True)
-
-        def shift(status: dict[str, Any]) -> None:
-            if not injected and status["generation"] >= midway:
-                injected.update(swarm.inject(Signal("freq_shift", SHIFT)))
-
-        watch(swarm, args.generations, quiet=args.quiet, on_status=shift)
+        watch(swarm, midway, quiet=args.quiet)
+        injected = swarm.inject(Signal("freq_shift", SHIFT))  # at the boundary: the next
+        watch(swarm, args.generations - midway, quiet=args.quiet)  # generation is in the new world
     print(format_table(summary(swarm.run_dir)))
     png = plot(swarm.run_dir)
     print(f"trace: {swarm.run_dir / 'trace.parquet'}  plot: {png}")
