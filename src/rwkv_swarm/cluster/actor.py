@@ -55,6 +55,9 @@ class NodeActor:
     def checkpoint(self) -> bytes:
         return self.host.checkpoint()
 
+    def evaluate_centre(self, episodes: int, seed: int) -> float:
+        return self.host.evaluate_centre(episodes, seed)
+
     def status(self) -> dict[str, Any]:
         return self.host.status()
 

@@ -10,6 +10,7 @@ generation boundary and are applied there.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 
 from ..kernels import RWKV7State
 from ..node import Node, NodeConfig, NodeKeys, SwarmKeyring, Transport, TransportConfig
+from ..node.envs import make_env
 from ..node.exchange import fingerprint
 from ..node.member import Member
 from ..node.wire import ProtocolError, message, state_from_message, state_message
@@ -43,6 +45,7 @@ class NodeHost:
         self._lock = threading.Lock()
         self._looping = False
         self._stop = threading.Event()
+        self._check_env: Any = None
 
     @property
     def node(self) -> Node:
@@ -82,8 +85,10 @@ class NodeHost:
         Returns the trace row."""
         with self._lock:
             row = self.member.absorb(wait_s)
+            t0 = time.perf_counter()
             self._drain_other()
             self._broadcast_state()
+            row["communicate_s"] = row["send_s"] + row["wait_s"] + time.perf_counter() - t0
             row["fingerprint"] = fingerprint(self.node.model).hex()
             row["name"] = self.name
             return row
@@ -184,6 +189,24 @@ class NodeHost:
 
     def checkpoint(self) -> bytes:
         return self._control(self.node.checkpoint)
+
+    def evaluate_centre(self, episodes: int, seed: int) -> float:
+        """Mean return of the current weights over `episodes` fresh episodes, in a copy of
+        the world (its normalisation statistics copied in), so training is not disturbed."""
+        def op() -> float:
+            if self._check_env is None:
+                self._check_env = make_env(self.node.config.env)
+            check, node = self._check_env, self.node
+            norm = getattr(node.env, "norm", None)
+            if norm is not None:
+                check.norm.load_state_dict(norm.state_dict())
+            train, node.env = node.env, check
+            try:
+                return float(np.nanmean(node.evaluate_centre(episodes, seed=seed)))
+            finally:
+                node.env = train
+
+        return self._control(op)
 
     def status(self) -> dict[str, Any]:
         b = self.node.strategy.fitness_belief

@@ -45,6 +45,7 @@ class Member:
         self.other: list[Message] = []  # non-fitness messages, for the caller (signals, ...)
         self.dropped: Counter[str] = Counter()  # reports dropped by the member, by reason
         self._last_service = 0.0
+        self.send_s = 0.0  # the last share's report building and sending
 
     @property
     def name(self) -> str:
@@ -101,11 +102,13 @@ class Member:
         self.node.begin()
         self.service()
         self.node.evaluate(on_step=self._on_step)
+        t0 = time.perf_counter()
         report = self.node.report()
         msg = report.to_message(self.swarm)
         for peer in self.expected():  # the relation is symmetric in every topology used here
             if peer in self.transport.peers():
                 self.transport.send(peer, msg)
+        self.send_s = time.perf_counter() - t0
         return report
 
     def absorb(self, wait_s: float = 0.0) -> dict[str, Any]:
@@ -123,7 +126,8 @@ class Member:
         reports = [r for p, r in sorted(self.inbox.pop(gen, {}).items()) if p in expected]
         row = self.node.finish(reports)
         stats = self.transport.stats()
-        row.update(wait_s=waited, absorbed_from=len(reports), sent=stats["sent"],
+        row.update(wait_s=waited, send_s=self.send_s, absorbed_from=len(reports),
+                   sent=stats["sent"],
                    received=stats["received"], bytes_sent=stats["bytes_sent"],
                    bytes_received=stats["bytes_received"],
                    dropped=sum(stats["dropped"].values()) + sum(self.dropped.values()))

@@ -46,6 +46,7 @@ class Swarm:
         self.coordinator, self._actors, self._group = coordinator, actors, group
         self._owns_ray = owns_ray
         self._running: Any = None
+        self._namespace: str | None = None
 
     # -- starting and reaching ---------------------------------------------------------------------
 
@@ -98,7 +99,9 @@ class Swarm:
         except ValueError:
             raise ValueError(f"run {run_id!r} is not running (its coordinator is gone)") from None
         config = SwarmConfig.from_toml(run_dir / "config.toml")
-        return cls(config, run_id, run_dir, coordinator)
+        swarm = cls(config, run_id, run_dir, coordinator)
+        swarm._namespace = info["namespace"]
+        return swarm
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -139,6 +142,15 @@ class Swarm:
 
     def lineage(self) -> list[dict[str, Any]]:
         return ray.get(self.coordinator.lineage.remote())
+
+    def evaluate(self, episodes: int = 20, seed: int = 0) -> list[float]:
+        """Each node's current weights, scored over `episodes` fresh episodes (not training
+        episodes; the node's world is not disturbed). Between generations only."""
+        actors = self._actors
+        if actors is None:
+            actors = [ray.get_actor(f"{self.run_id}/node-{i}", namespace=self._namespace)
+                      for i in range(self.config.nodes)]
+        return ray.get([a.evaluate_centre.remote(episodes, seed) for a in actors])
 
     def set_topology(self, kind: str, k: int = 2, rewire: float = 0.1) -> list[list[int]]:
         """New neighbours for every node, from the next generation boundary on."""

@@ -1,0 +1,259 @@
+"""The swarm on Ray (not a test): a table per task and a last-line JSON.
+
+  scaling    (a) evaluations/s with 2 node actors / with 1, isolated nodes, 1 CPU each
+  comm       (b) share of generation time spent communicating (sending the report, waiting for
+             the neighbours', broadcasting state and belief), sync gossip, 4 and 8 nodes
+  bytes      (c) fitness-channel bytes per generation per node at about 3k, 100k and 1M
+             evolved weights (the encoded fitness message times the neighbours it goes to)
+  helps      (d) does the swarm help? equal total episodes, 5 seeds: one node, 4 isolated
+             nodes, 4 gossiping nodes with migration; masked CartPole (solve rate, total
+             episodes to the first node whose centre scores >= 475 over 20 episodes) and
+             SignalEnv with an unannounced frequency shift (generations until the best node's
+             centre error is back to its own pre-shift level; mean error after the shift)
+  fusion     (e) noisy CartPole on Ray actors: Kalman fusion vs plain averaging of the
+             neighbours' estimates, total episodes to the target (400), 5 seeds
+  state      (f) migration carrying the RWKV state vs the weights alone: the migrant's error
+             on its first segment after adopting (SignalEnv), 5 seeds
+
+    python benchmarks/swarm.py [--tasks scaling,comm,bytes,helps,fusion,state] [--seeds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from _cpu import cpu_line
+
+from rwkv_swarm import Signal, Swarm, SwarmConfig, load_trace
+from rwkv_swarm.cluster.host import NodeHost
+from rwkv_swarm.kernels import RWKV7Config
+from rwkv_swarm.node import ExchangeConfig, KalmanESConfig, Node, NodeConfig
+from rwkv_swarm.node.wire import encode
+from rwkv_swarm.swarm import Migration, Resources
+
+SIGNAL = {"kind": "signal", "lags": 3}
+MASKED = {"kind": "gym", "id": "CartPole-v1", "obs_mask": [0, 2]}
+NOISY = {"kind": "gym", "id": "CartPole-v1", "obs_noise": 0.1, "action_noise": 0.1}
+MASKED_ES = KalmanESConfig(population=64, include=("matrices", "head", "embedding", "vectors"))
+SHIFT = {"freq": [0.021, 0.047, 0.25]}
+SHIFT_AT, SIGNAL_GENS = 30, 60
+
+
+def swarm_config(tmp: str, **kw: Any) -> SwarmConfig:
+    return SwarmConfig(**{"env": SIGNAL, "run_dir": tmp, "resources": Resources(cpus=1.0),
+                          **kw})
+
+
+def rows_by(trace: dict, key: str) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for i, v in enumerate(trace[key]):
+        out.setdefault(v, []).append(i)
+    return out
+
+
+# -- (a) scaling and (b) communication -----------------------------------------------------------
+
+
+def evals_per_s(tmp: str, nodes: int, gens: int = 12) -> float:
+    cfg = swarm_config(tmp, nodes=nodes, mode="isolated", es=KalmanESConfig(population=64),
+                       migration=Migration(enabled=False), generations=gens)
+    with Swarm.launch(cfg) as swarm:
+        swarm.run(2)  # warm up: imports, the native kernel, first allocations
+        t0 = time.perf_counter()
+        swarm.run(gens)
+        seconds = time.perf_counter() - t0
+    return nodes * 64 * gens / seconds
+
+
+def scaling(tmp: str) -> dict:
+    rates = {n: evals_per_s(f"{tmp}/scale{n}", n) for n in (1, 2)}
+    return {"evals_per_s": rates, "ratio": rates[2] / rates[1], "target": 1.8}
+
+
+def comm_share(tmp: str) -> dict:
+    out = {}
+    for n in (4, 8):
+        cfg = swarm_config(f"{tmp}/comm{n}", nodes=n, mode="gossip", resources=Resources(cpus=2 / n),
+                           es=KalmanESConfig(population=32), generations=10)
+        with Swarm.launch(cfg) as swarm:
+            swarm.run(10)
+        t = load_trace(swarm.run_dir).to_pydict()
+        share = [c / g for c, g in zip(t["communicate_s"], t["generation_s"], strict=True)]
+        out[n] = {"median_share": statistics.median(share), "max_share": max(share)}
+    return {"share": out, "target": 0.05}
+
+
+# -- (c) bytes -----------------------------------------------------------------------------------
+
+
+SIZES = {"3k": {"n_embd": 16, "n_layer": 1, "head_size": 16, "dim_w": 8, "dim_a": 8, "dim_v": 8,
+                "dim_g": 8, "dim_ffn": 32},
+         "100k": {"n_embd": 64, "n_layer": 3, "head_size": 32},
+         "1M": {"n_embd": 192, "n_layer": 4, "head_size": 64}}
+
+
+def fitness_bytes() -> dict:
+    out = {}
+    for name, model in SIZES.items():
+        cfg = NodeConfig(model=RWKV7Config(**model, input_dim=4, output_dim=1), env=SIGNAL,
+                         es=KalmanESConfig(population=32), threads=1,
+                         exchange=ExchangeConfig(mode="gossip"))
+        node = Node(cfg)
+        node.begin()
+        node.evaluate()
+        frames = encode(node.report().to_message("bench"))
+        out[name] = {"weights": node.strategy.dim, "bytes_per_neighbour":
+                     sum(memoryview(f).nbytes for f in frames), "ring_neighbours": 2}
+        node.finish()
+    b = [v["bytes_per_neighbour"] for v in out.values()]
+    return {"sizes": out, "largest_over_smallest": max(b) / min(b), "target": 1.1}
+
+
+# -- (d) does the swarm help? -------------------------------------------------------------------
+
+
+def first_solve(swarm: Swarm, gens: int, seed: int, target: float) -> tuple[bool, int]:
+    """Run one generation at a time; (solved, total training episodes until the first node's
+    centre reaches `target` over 20 fresh episodes)."""
+    for g in range(gens):
+        status = swarm.run(1)
+        if max(swarm.evaluate(20, seed=10_000 * (seed + 1) + g)) >= target:
+            return True, sum(n["episodes"] for n in status["nodes"].values())
+    return False, sum(n["episodes"] for n in status["nodes"].values())
+
+
+def masked_arm(tmp: str, arm: str, seed: int, budget: int) -> dict:
+    nodes = 1 if arm == "single" else 4
+    mode = "gossip" if arm == "gossip" else "isolated"
+    gens = budget // (nodes * MASKED_ES.population)
+    cfg = swarm_config(tmp, nodes=nodes, mode=mode, env=MASKED, es=MASKED_ES, seed=seed,
+                       resources=Resources(cpus=0.5), migration=Migration(enabled=arm == "gossip"))
+    with Swarm.launch(cfg) as swarm:
+        solved, episodes = first_solve(swarm, gens, seed, 475.0)
+    return {"solved": solved, "episodes": episodes}
+
+
+def signal_arm(tmp: str, arm: str, seed: int) -> dict:
+    nodes = 1 if arm == "single" else 4
+    mode = "gossip" if arm == "gossip" else "isolated"
+    pop = 128 if arm == "single" else 32  # equal episodes per generation
+    cfg = swarm_config(tmp, nodes=nodes, mode=mode, seed=seed, es=KalmanESConfig(population=pop),
+                       resources=Resources(cpus=0.5), migration=Migration(enabled=arm == "gossip"))
+    with Swarm.launch(cfg) as swarm:
+        swarm.run(SHIFT_AT)
+        swarm.inject(Signal("freq_shift", SHIFT, announce=False))  # the nodes are not told
+        swarm.run(SIGNAL_GENS - SHIFT_AT)
+    t = load_trace(swarm.run_dir).to_pydict()
+    err = {}
+    for i, g in enumerate(t["generation"]):  # the best node's centre error per generation
+        err[g] = min(err.get(g, np.inf), -t["centre_return"][i] / 64)
+    pre = statistics.mean(err[g] for g in range(SHIFT_AT - 5, SHIFT_AT))
+    back = next((g - SHIFT_AT for g in range(SHIFT_AT, SIGNAL_GENS) if err[g] <= pre),
+                SIGNAL_GENS - SHIFT_AT)
+    return {"recovery_generations": back, "pre_shift_mse": pre,
+            "post_shift_mse": statistics.mean(err[g] for g in range(SHIFT_AT, SIGNAL_GENS))}
+
+
+def helps(tmp: str, seeds: int) -> dict:
+    out: dict[str, Any] = {"masked": {}, "signal": {}}
+    for arm in ("single", "isolated", "gossip"):
+        m = [masked_arm(f"{tmp}/m-{arm}-{s}", arm, s, budget=9600) for s in range(seeds)]
+        out["masked"][arm] = {"solved": sum(r["solved"] for r in m),
+                              "episodes": [r["episodes"] for r in m],
+                              "median": statistics.median(r["episodes"] for r in m)}
+        sig = [signal_arm(f"{tmp}/s-{arm}-{s}", arm, s) for s in range(seeds)]
+        out["signal"][arm] = {k: [r[k] for r in sig] for k in sig[0]}
+        out["signal"][arm]["median_recovery"] = statistics.median(
+            r["recovery_generations"] for r in sig)
+    return out
+
+
+# -- (e) fusion on Ray, (f) state with migration -----------------------------------------------
+
+
+def fusion(tmp: str, seeds: int) -> dict:
+    out = {}
+    for fuse in ("kalman", "mean"):
+        runs = []
+        for s in range(seeds):
+            cfg = swarm_config(f"{tmp}/f-{fuse}-{s}", nodes=4, mode="gossip", env=NOISY, seed=s,
+                               es=KalmanESConfig(population=32, fusion=fuse),
+                               resources=Resources(cpus=0.5), migration=Migration(enabled=False))
+            with Swarm.launch(cfg) as swarm:
+                runs.append(first_solve(swarm, 60, s, 400.0))
+        out[fuse] = {"solved": sum(r[0] for r in runs), "episodes": [r[1] for r in runs],
+                     "median": statistics.median(r[1] for r in runs)}
+    out["fewer"] = 1 - out["kalman"]["median"] / out["mean"]["median"]
+    return {**out, "target": 0.2}
+
+
+def state_transfer(seeds: int) -> dict:
+    """Two nodes on one stream; after 20 generations the weaker adopts the stronger's weights,
+    with its live state (from the state messages they exchange) or with a zero state."""
+    out: dict[str, list[float]] = {"with_state": [], "weights_only": [], "source": []}
+    for s in range(seeds):
+        for with_state in (True, False):
+            hosts = [NodeHost(dataclasses.replace(c, seed=s + 10 * k), "bench")
+                     for k, c in enumerate(swarm_config("/tmp").replace(nodes=2, mode="isolated")
+                                           .node_configs())]
+            eps = [h.endpoint() for h in hosts]
+            for h in hosts:
+                h.connect(eps)
+                h.set_peers([x.name for x in hosts if x is not h], [])
+            for _ in range(20):
+                for h in hosts:
+                    h.share()
+                rows = [h.absorb(1.0) for h in hosts]
+            src, dst = (0, 1) if rows[0]["centre_return"] > rows[1]["centre_return"] else (1, 0)
+            b = hosts[src].node.strategy.fitness_belief
+            hosts[dst].adopt(hosts[src].weights(), hosts[src].name, (b.mean, b.var), with_state)
+            for h in hosts:
+                h.share()
+            rows = [h.absorb(1.0) for h in hosts]
+            out["with_state" if with_state else "weights_only"].append(
+                -rows[dst]["centre_return"] / 64)
+            if with_state:
+                out["source"].append(-rows[src]["centre_return"] / 64)
+            for h in hosts:
+                h.close()
+    return {k: {"per_seed": v, "median_mse": statistics.median(v)} for k, v in out.items()}
+
+
+TASKS = {"scaling": scaling, "comm": comm_share, "bytes": fitness_bytes, "helps": helps,
+         "fusion": fusion, "state": state_transfer}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", default="scaling,comm,bytes,state,fusion,helps")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--tmp", default="/tmp/rwkv-swarm-bench")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(cpu_line(), flush=True)
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    results = {}
+    for task in args.tasks.split(","):
+        t0 = time.perf_counter()
+        fn = TASKS[task]
+        kwargs = {"tmp": f"{args.tmp}/{task}-{int(time.time())}"} if "tmp" in \
+            fn.__code__.co_varnames[:fn.__code__.co_argcount] else {}
+        if "seeds" in fn.__code__.co_varnames[:fn.__code__.co_argcount]:
+            kwargs["seeds"] = args.seeds
+        results[task] = fn(**kwargs)
+        print(f"{task} ({time.perf_counter() - t0:.0f} s): {json.dumps(results[task])}",
+              flush=True)
+    ray.shutdown()
+    print(json.dumps({**results, "cpu": cpu_line()}))
+
+
+if __name__ == "__main__":
+    main()
