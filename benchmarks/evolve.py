@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
+from _cpu import cpu, cpu_line
 
 from rwkv_swarm.kernels import RWKV7Config
 from rwkv_swarm.node import ESConfig, KalmanESConfig, Node, NodeConfig
@@ -250,9 +251,10 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = list(range(args.seeds))
     tasks = args.tasks.split(",")
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    print(cpu_line())
     print(f"machine: {machine}; seeds {seeds}; RWKV-7 {tiny_rwkv(4, 2)}; ES {ES}; "
           f"masked ES {MASKED_ES}")
-    result: dict = {"benchmark": "evolve", "machine": machine}
+    result: dict = {"benchmark": "evolve", "machine": machine, "cpu": cpu()}
     for task in tasks:
         t0 = time.perf_counter()
         res = {"cartpole": task_cartpole, "masked": task_masked, "noisy": task_noisy,

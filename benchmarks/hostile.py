@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import sys
@@ -25,30 +24,8 @@ import numpy as np
 
 # the kinds of hostile input live beside the test that fires them too
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _cpu import cpu, cpu_line  # noqa: E402
 from hostile_inputs import AFTER, hostile_kinds, run_hostile  # noqa: E402
-
-SIMD_FLAGS = {  # /proc/cpuinfo flags that tell each family apart
-    "AVX2": ("avx2",),
-    "AVX-512": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16"),
-    "AMX": ("amx_tile", "amx_bf16", "amx_int8", "amx_fp16"),
-}
-
-
-def cpu() -> dict:
-    """CPU model, logical CPUs, and which SIMD flags of each family it has."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not flags:
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    simd = {name: [f for f in names if f in flags] for name, names in SIMD_FLAGS.items()}
-    return {"model": model, "cpus": len(os.sched_getaffinity(0)), "simd": simd}
 
 
 def main() -> int:
@@ -59,8 +36,7 @@ def main() -> int:
     args = parser.parse_args()
     machine = cpu()
     kinds = hostile_kinds(np.random.default_rng(args.seed))
-    print(f"cpu: {machine['model']}, {machine['cpus']} CPUs; "
-          + "; ".join(f"{k}: {' '.join(v) or 'no'}" for k, v in machine["simd"].items()))
+    print(cpu_line(machine))
     print(f"python {platform.python_version()}; {len(kinds)} kinds of hostile input, "
           f"{args.count} inputs, a valid message from each sender every {args.chunk}")
     report = run_hostile(args.count, seed=args.seed, chunk=args.chunk)

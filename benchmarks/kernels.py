@@ -33,6 +33,8 @@ import torch
 os.environ.setdefault("RWKV_V7_ON", "1")
 os.environ.setdefault("RWKV_CUDA_ON", "0")
 
+from _cpu import cpu, cpu_line  # noqa: E402
+
 from rwkv_swarm.kernels import RWKV7, Population, RWKV7Config, save_checkpoint  # noqa: E402
 
 
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     dev, R, T = args.device, args.rounds, args.tokens
     torch.set_grad_enabled(False)
+    print(cpu_line())
     print(f"machine: {machine(dev)}")
 
     sizes = [(128, 2)] if args.quick else [(128, 2), (256, 4), (768, 12)]
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{gf['gemm_shape']} {gf['gemm_gflops']:.1f}  ratio {gf['ratio']:.2f}")
 
     result = {
-        "device": dev, "machine": machine(dev),
+        "device": dev, "machine": machine(dev), "cpu": cpu(),
         "step_latency_ratio": {f"C{r['C']}_L{r['L']}": round(r["ratio"], 3) for r in lat},
         "population_vs_plain": {f"P{r['P']}": round(r["ratio"], 3) for r in pops},
         "population_vs_naive_speedup": {f"T{r['T']}": round(r["speedup"], 1) for r in naive},

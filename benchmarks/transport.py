@@ -28,6 +28,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import zmq
+from _cpu import cpu, cpu_line
 
 from rwkv_swarm.kernels import RWKV7Config, RWKV7State
 from rwkv_swarm.node.keys import SwarmKeyring
@@ -203,6 +204,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=0.25, help="raw time per round")
     parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
     args = parser.parse_args()
+    print(cpu_line())
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs; python {platform.python_version()}, pyzmq {zmq.__version__},"
           f" libzmq {zmq.zmq_version()}")
@@ -221,7 +223,7 @@ def main() -> None:
                   f"{r['ours_p50_us']:>8.0f}/{r['ours_p99_us']:<7.0f} {waited}", flush=True)
             ratios[f"{r['security']}_{label}"] = round(r["ratio"], 3)
     print(json.dumps({"benchmark": "transport", "metric": "msg_s_ours_over_raw",
-                      "target": 0.85, "ratios": ratios}))
+                      "target": 0.85, "ratios": ratios, "cpu": cpu()}))
 
 
 if __name__ == "__main__":
