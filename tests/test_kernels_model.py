@@ -104,16 +104,6 @@ def test_native_step_sees_in_place_weight_updates():
     assert_close(after, expected, atol=1e-5, rtol=1e-5)
 
 
-@needs_native
-def test_native_step_takes_one_or_two_rows_of_any_model_size(monkeypatch):
-    model = nontrivial(CONTROL)
-    monkeypatch.setattr(native, "MAX_WORK", model.n_params)  # as if the model were large
-    assert [native.NativeStep.supports(model, b) for b in (1, 2, 3)] == [True, True, False]
-    monkeypatch.setattr(native, "MAX_WORK", 3 * model.n_params)
-    assert native.NativeStep.supports(model, 3)
-    assert not native.NativeStep.supports(model, native.MAX_BATCH + 1)
-
-
 def test_step_does_not_modify_the_given_state():
     model = nontrivial(CONTROL)
     state = model.zero_state(2)

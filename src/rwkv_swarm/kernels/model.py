@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
 from .config import DECAY_SCALE, GN_EPS, LN_EPS, ROW_BLOCK, RWKV7Config
 from .cuda_graph import CudaGraphStep
 from .init import init_weights
@@ -292,8 +293,10 @@ class RWKV7(nn.Module):
         self.head = nn.Linear(C, out, bias=False)
         init_weights(self, torch.Generator().manual_seed(seed), init)
         self.n_params = sum(p.numel() for p in self.parameters())
-        self.use_native = True  # small-batch CPU steps through csrc/rwkv7_step.c when built
+        self.use_native = True  # CPU steps may run csrc/rwkv7_step.c where measured faster
+        self.step_path: str | None = None  # "torch" or "native:<threads>" forces a path
         self._native = None
+        self._step_paths: dict[int, str] = {}  # batch -> measured path (native.step_path)
         self._graph = None  # CudaGraphStep, after enable_cuda_graph_step
         self.requires_grad_(False)  # weights evolve; no autograd
 
@@ -315,7 +318,8 @@ class RWKV7(nn.Module):
              ) -> tuple[torch.Tensor, RWKV7State]:
         """One token (B,) or observation (B, input_dim) per row -> (outputs (B, out), state).
 
-        Small CPU batches run the native kernel (`native.py`); a CUDA batch for which
+        A CPU batch runs PyTorch ops or the native kernel, whichever was measured faster for
+        this CPU, model and batch size (`native.step_path`); a CUDA batch for which
         `enable_cuda_graph_step` was called replays a graph; anything else runs PyTorch ops.
         numpy input is accepted (observations become float32, tokens int64).
         """
@@ -326,9 +330,13 @@ class RWKV7(nn.Module):
             if self._graph is not None and self._graph.batch == B and x.is_cuda:
                 self._check_input(x.unsqueeze(1))
                 return self._graph(x, state)
-            if self.use_native and not x.is_cuda and NativeStep.supports(self, B):
-                self._check_input(x.unsqueeze(1))
-                return self._step_native(x, state)
+            if self.use_native and not x.is_cuda and NativeStep.available(self):
+                path = self.step_path or self._step_paths.get(B)
+                if path is None:
+                    path = self._step_paths[B] = native.step_path(self, B)
+                if path != "torch":
+                    self._check_input(x.unsqueeze(1))
+                    return self.step_native(x, state, int(path.partition(":")[2]))
         return self.step_torch(x, state)
 
     def step_torch(self, x: torch.Tensor, state: RWKV7State) -> tuple[torch.Tensor, RWKV7State]:
@@ -336,15 +344,13 @@ class RWKV7(nn.Module):
         out, state = self.forward(x.unsqueeze(1), state)
         return out[:, 0], state
 
-    def _step_native(self, x: torch.Tensor, state: RWKV7State) -> tuple[torch.Tensor, RWKV7State]:
+    def step_native(self, x: torch.Tensor, state: RWKV7State, threads: int = 1
+                    ) -> tuple[torch.Tensor, RWKV7State]:
+        """`step` through the C kernel on `threads` threads (fp32 parameters on the CPU)."""
         with torch.no_grad():
             if self._native is None:
                 self._native = NativeStep(self)
-            if self.config.token_mode:
-                h = F.embedding(x, self.emb.weight)
-            else:
-                h = F.linear(x, self.encoder.weight, self.encoder.bias)
-            return self._native(h, state)
+            return self._native(native.embed(self, x), state, threads)
 
     def enable_cuda_graph_step(self, batch: int = 1) -> None:
         """Replay `step` at this batch size as a CUDA graph (model on a CUDA device)."""
