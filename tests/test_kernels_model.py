@@ -55,6 +55,7 @@ def test_sequence_forward_only_ever_sees_chunk_sized_blocks(monkeypatch):
 
     monkeypatch.setattr(wkv, "_chunk", spy)
     model = RWKV7(RWKV7Config(n_embd=64, n_layer=1, head_size=32, vocab_size=10))
+    model.use_native = False  # the PyTorch form: native kernels keep one state per head
     model(torch.zeros(1, 1000, dtype=torch.long))
     assert max(seen) == wkv.CHUNK and sum(seen) == 1000
 

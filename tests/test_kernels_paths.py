@@ -14,14 +14,22 @@ from rwkv_swarm.kernels import RWKV7, native, paths
 
 
 class Timings:
-    """An injected measurement: fixed seconds per candidate, counting the calls."""
+    """An injected measurement: fixed seconds per candidate (`other` for any not named),
+    counting the calls."""
 
-    def __init__(self, **seconds: float):
-        self.seconds, self.calls = seconds, 0
+    def __init__(self, other: float | None = None, **seconds: float):
+        self.seconds, self.other, self.calls = seconds, other, 0
 
     def __call__(self, candidates):
         self.calls += 1
-        return {name: self.seconds[name] for name in candidates}
+        return {name: self.seconds[name] if self.other is None else
+                self.seconds.get(name, self.other) for name in candidates}
+
+
+def step_entries(chooser: paths.PathChooser) -> list[dict]:
+    """The stored step choices' sizes."""
+    keys = json.loads(chooser.file.read_text())["choices"]
+    return [json.loads(k.partition("|")[2]) for k in keys if k.startswith("step|")]
 
 
 CANDIDATES = {"torch": lambda: None, "native:1": lambda: None, "native:2": lambda: None}
@@ -131,19 +139,16 @@ def test_step_runs_the_path_measured_fastest_for_its_batch_bucket(kernel_paths, 
     real = model.step_native
     monkeypatch.setattr(model, "step_native",
                         lambda x, s, n=1: (ran.append((x.shape[0], n)), real(x, s, n))[1])
-    kernel_paths.measure = Timings(torch=1.0, **{f"native:{n}": 0.5 + n
-                                                 for n in native.thread_counts()})
-    model.step(torch.randn(3, 6))  # bucket 4: measured on 4 rows, torch fastest
-    assert ran == [] and kernel_paths.measure.calls == 1
-    model.step(torch.randn(4, 6))  # same bucket, remembered per batch size once measured
-    assert kernel_paths.measure.calls == 1
+    kernel_paths.measure = Timings(other=1.0, torch=0.5)  # torch fastest, for every kernel
+    model.step(torch.randn(3, 6))  # bucket 4: measured on 4 rows
+    model.step(torch.randn(4, 6))  # the same bucket: not measured again
+    assert ran == [] and [e["batch"] for e in step_entries(kernel_paths)] == [4]
     other = nontrivial(CONTROL)
-    kernel_paths.measure = Timings(torch=1.0, **{f"native:{n}": 0.1
-                                                 for n in native.thread_counts()})
+    kernel_paths.measure = Timings(other=0.1, torch=1.0)  # every native team ties
     monkeypatch.setattr(other, "step_native",
                         lambda x, s, n=1: (ran.append(("other", n)), real(x, s, n))[1])
     other.step(torch.randn(1, 6))
-    assert ran[-1] == ("other", 1)  # ties go to the first candidate: one thread
+    assert ran == [("other", 1)]  # ties go to the first candidate: one thread
 
 
 def test_batches_beyond_the_native_limit_run_torch_unmeasured(kernel_paths):
@@ -152,9 +157,9 @@ def test_batches_beyond_the_native_limit_run_torch_unmeasured(kernel_paths):
     assert native.step_path(model, native.MAX_BATCH + 1) == "torch"
 
 
-def test_a_forced_path_is_not_measured(kernel_paths):
+def test_a_forced_path_is_not_measured(kernel_paths, monkeypatch):
     model = nontrivial(CONTROL)
-    kernel_paths.measure = Timings()
+    monkeypatch.setattr(native, "step_path", None)  # calling it would raise
     model.step_path = "torch"
     out, _ = model.step(torch.randn(2, 6))
     assert out.shape == (2, 3)

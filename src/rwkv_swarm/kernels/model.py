@@ -11,7 +11,6 @@ module's parameters as they are; `kernels.population` adds per-mutant low-rank p
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -25,7 +24,7 @@ from .cuda_graph import CudaGraphStep
 from .init import init_weights
 from .native import NativeStep
 from .state import RWKV7State
-from .wkv import CHUNK, wkv_chunked, wkv_step
+from .wkv import wkv_heads
 
 LORA_NAMES = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2")  # stored (in, out), used as x @ W
 MIX_NAMES = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
@@ -49,7 +48,12 @@ def parameter_group(name: str, param: torch.Tensor) -> str:
 
 
 class Ops:
-    """How a block reads its weights. Subclasses decide whether weights are perturbed."""
+    """How a block reads its weights. Subclasses decide whether weights are perturbed.
+
+    `native`: whether the block may run native kernels where measured faster (native_ops.py).
+    """
+
+    native = False
 
     def vec(self, name: str) -> torch.Tensor:  # a (1, 1, C)-like vector, broadcastable to x
         raise NotImplementedError
@@ -78,8 +82,8 @@ class Ops:
 class BaseOps(Ops):
     """The model's own weights, unperturbed."""
 
-    def __init__(self, params: dict[str, torch.Tensor]):
-        self.p = params
+    def __init__(self, params: dict[str, torch.Tensor], native: bool = False):
+        self.p, self.native = params, native
 
     def vec(self, name: str) -> torch.Tensor:
         return self.p[name]
@@ -155,28 +159,11 @@ def time_mix(
         v = torch.lerp(v, v_first, nu)
     logw = -DECAY_SCALE * torch.sigmoid(d.float())  # log of the decay, kept in float32
 
-    y = _wkv(S, r, logw, k, v, -kk, kk * a, H, N, S_out)
+    y = wkv_heads(S, r, logw, k, v, kk, a, H, N, S_out, ops.native)
     y = ops.group_norm(p + "ln_x", y.to(x.dtype), H)
     bonus = ((r * k).view(heads) * ops.vec(p + "r_k")).sum(-1, keepdim=True)  # (..., T, H, 1)
     y = torch.addcmul(y.view(heads), bonus, v.view(heads)).view(y.shape)
     return ops.linear(p + "output.weight", y.mul_(g)), v_first
-
-
-def _wkv(S, r, logw, k, v, a, b, H: int, N: int, out: torch.Tensor):
-    """Reshape (..., T, C) inputs to heads, run the recurrence into `out`, reshape y back."""
-    lead, T = r.shape[:-2], r.shape[-2]
-    batch = math.prod(lead)
-
-    def heads(t: torch.Tensor) -> torch.Tensor:  # (..., T, C) -> (B, H, T, N)
-        return t.float().reshape(batch, T, H, N).transpose(1, 2)
-
-    S, out = S.reshape(batch, H, N, N), out.view(batch, H, N, N)
-    if T == 1:
-        y, _ = wkv_step(S, *(heads(t)[:, :, 0] for t in (r, logw, k, v, a, b)), out=out)
-        y = y.unsqueeze(2)
-    else:
-        y, _ = wkv_chunked(S, *(heads(t) for t in (r, logw, k, v, a, b)), chunk=CHUNK, out=out)
-    return y.transpose(1, 2).reshape(*lead, T, H * N)
 
 
 def channel_mix(ops: Ops, i: int, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
@@ -308,7 +295,7 @@ class RWKV7(nn.Module):
         return load_checkpoint(path, **kwargs)
 
     def ops(self) -> BaseOps:
-        return BaseOps(dict(self.named_parameters()))
+        return BaseOps(dict(self.named_parameters()), native=self.use_native)
 
     def zero_state(self, batch: int = 1) -> RWKV7State:
         p = next(self.parameters())

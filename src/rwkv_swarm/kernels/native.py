@@ -30,9 +30,11 @@ from .state import RWKV7State
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("rwkv7_step.c",)  # compiled together; the headers beside them are part of the key
-CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno",
-          "-std=gnu11", "-pthread"]
+SOURCES = ("rwkv7_step.c", "rwkv7_seq.c")  # compiled together; headers beside them are
+# part of the key
+CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-std=gnu11"]
+# OpenMP teams on PyTorch's own libgomp (csrc/team.h); without it, one thread per call
+OPENMP = (["-fopenmp"], ["-fopenmp-simd"])
 MAX_BATCH = 64  # rows: larger batches are GEMM-shaped and run in PyTorch, unmeasured
 MAX_THREADS = 16  # team sizes tried: 1, 2, 4, ... up to the usable CPUs and this
 LAYER_PTRS = 33  # keep in the order of the enum in rwkv7_step.c
@@ -63,8 +65,15 @@ def build() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # build, then rename atomically
         out = Path(tmp) / "rwkv7.so"
-        subprocess.run([cc, *CFLAGS, "-o", str(out), *(str(CSRC / f) for f in SOURCES), "-lm"],
-                       check=True, capture_output=True, timeout=120)
+        for i, extra in enumerate(OPENMP):
+            try:
+                subprocess.run([cc, *CFLAGS, *extra, "-o", str(out),
+                                *(str(CSRC / f) for f in SOURCES), "-lm"],
+                               check=True, capture_output=True, timeout=120)
+                break
+            except subprocess.CalledProcessError:
+                if i == len(OPENMP) - 1:
+                    raise
         os.replace(out, target)
     return target
 
@@ -82,10 +91,13 @@ def load() -> ctypes.CDLL | None:
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         log.warning("native RWKV-7 step unavailable, using PyTorch: %s", exc)
         return None
-    fn = lib.rwkv7_step
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] \
-        + [ctypes.c_void_p] * 8 + [ctypes.c_int]
+    ptr, i32 = ctypes.c_void_p, ctypes.c_int
+    signatures = {"rwkv7_step": [i32, ptr, ptr, ptr] + [ptr] * 8 + [i32],
+                  "rwkv7_wkv": [i32] * 4 + [ptr] * 9 + [i32],
+                  "rwkv7_low_rank": [i32] * 5 + [ptr] * 4 + [ctypes.c_float, i32]}
+    for name, argtypes in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = ctypes.c_int, argtypes
     _lib = lib
     return _lib
 

@@ -95,6 +95,7 @@ class PathChooser:
         self.measure = measure or measure_interleaved
         self.identity = identity or cpu_identity()
         self._memory: dict[str, str] = {}
+        self.memo: dict[tuple, str] = {}  # callers' choices by a cheap key, for hot paths
 
     @property
     def file(self) -> Path:

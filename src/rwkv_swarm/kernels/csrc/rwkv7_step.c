@@ -167,17 +167,17 @@ static void cm_prepare(const Step *s, Scratch *sc, const float *const *w, int la
     }
 }
 
-static void layer(const Step *s, Scratch *sc, int i, int tid, Team *team, int *sense) {
+static void layer(const Step *s, Scratch *sc, int i, int tid, Team *team) {
     const float *const *w = s->lw + (size_t)i * LAYER_PTRS;
     const int B = s->B, C = s->C, F = s->F, nt = team->n;
     int h0, h1, lo, hi;
     team_split(s->H, tid, nt, 1, &h0, &h1);
     tm_prepare(s, sc, w, i, tid);
     tm_heads(s, sc, w, i, h0 * s->N, h1 * s->N);
-    team_barrier(team, sense);  /* y complete */
+    team_barrier(team);  /* y complete */
     team_split(C, tid, nt, 16, &lo, &hi);
     gemv_rows(w[OUTPUT], C, s->y, C, s->x, C, B, lo, hi, 1);
-    team_barrier(team, sense);  /* x complete */
+    team_barrier(team);  /* x complete */
     cm_prepare(s, sc, w, i, tid);
     team_split(F, tid, nt, 16, &lo, &hi);
     gemv_rows(w[FFN_KEY], C, sc->kx, C, s->hid, F, B, lo, hi, 0);
@@ -187,23 +187,23 @@ static void layer(const Step *s, Scratch *sc, int i, int tid, Team *team, int *s
             t = t > 0.f ? t : 0.f;
             s->hid[(size_t)b * F + j] = t * t;
         }
-    team_barrier(team, sense);  /* hidden complete; every thread has read x */
+    team_barrier(team);  /* hidden complete; every thread has read x */
     team_split(C, tid, nt, 16, &lo, &hi);
     gemv_rows(w[FFN_VALUE], F, s->hid, F, s->x, C, B, lo, hi, 1);
-    team_barrier(team, sense);  /* x complete */
+    team_barrier(team);  /* x complete */
 }
 
 static void step_thread(void *arg, int tid, Team *team) {
     const Step *s = arg;
     Scratch sc = scratch_for(s, tid);
     const int B = s->B, C = s->C;
-    int sense = 0, lo, hi;
+    int lo, hi;
     if (tid == 0)
         for (int b = 0; b < B; b++)
             layer_norm(s->x_in + (size_t)b * C, s->gw[LN0_W], s->gw[LN0_B], s->x + (size_t)b * C,
                        C, LN_EPS);
-    team_barrier(team, &sense);
-    for (int i = 0; i < s->L; i++) layer(s, &sc, i, tid, team, &sense);
+    team_barrier(team);
+    for (int i = 0; i < s->L; i++) layer(s, &sc, i, tid, team);
     for (int b = 0; b < B; b++)
         layer_norm(s->x + (size_t)b * C, s->gw[LNOUT_W], s->gw[LNOUT_B], sc.xa + (size_t)b * C, C,
                    LN_EPS);

@@ -1,79 +1,50 @@
-/* A team of threads for one kernel call: created, run in lockstep with barriers, joined.
+/* A team of threads for one kernel call, on OpenMP.
  *
- * Why per call and not a persistent pool: the calls that use more than one thread are the
- * memory-bound steps of large models (milliseconds), where creating a thread costs tens of
- * microseconds; idle threads between calls would burn a core the rest of the program (and
- * PyTorch's own pool) needs. Which thread count wins is measured in Python (paths.py).
+ * Why OpenMP and not threads of our own: the library links libgomp.so.1, and where PyTorch
+ * has loaded its own libgomp.so.1 (pip wheels do) the loader resolves ours to that same
+ * runtime, so our teams run on PyTorch's pool. Threads of our own competed for the cores with
+ * that pool's workers, which spin for a while after every PyTorch op: a two-thread WKV took
+ * 5 ms alone and 11 ms between PyTorch GEMMs. Built without OpenMP, a team has one thread.
+ * Which team size is fastest is measured in Python (paths.py).
  */
 #ifndef RWKV7_TEAM_H
 #define RWKV7_TEAM_H
 
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define TEAM_MAX 64
 
 typedef struct {
     int n;
-    atomic_int count, sense;
 } Team;
 
 typedef void (*team_fn)(void *arg, int tid, Team *team);
 
-/* Every thread of the team waits here until all have arrived. `local` is the thread's own
- * sense flag, 0 at the start. Spins briefly, then yields: on a loaded machine a spinning
- * thread would hold the core its partner needs. */
-static inline void team_barrier(Team *t, int *local) {
-    if (t->n == 1) return;
-    int s = !*local;
-    *local = s;
-    if (atomic_fetch_add_explicit(&t->count, 1, memory_order_acq_rel) == t->n - 1) {
-        atomic_store_explicit(&t->count, 0, memory_order_relaxed);
-        atomic_store_explicit(&t->sense, s, memory_order_release);
+/* Every thread of the team waits here until all have arrived. */
+static inline void team_barrier(Team *t) {
+    if (t->n > 1) {
+#pragma omp barrier
+    }
+}
+
+/* Runs fn(arg, tid, team) on up to n threads (the caller is thread 0); fn must split its
+ * work by team->n, which may be smaller than n. */
+static inline void team_run(int n, team_fn fn, void *arg) {
+    n = n < 1 ? 1 : (n > TEAM_MAX ? TEAM_MAX : n);
+#ifdef _OPENMP
+    if (n > 1) {
+#pragma omp parallel num_threads(n)
+        {
+            Team t = {omp_get_num_threads()};
+            fn(arg, omp_get_thread_num(), &t);
+        }
         return;
     }
-    for (int spins = 0; atomic_load_explicit(&t->sense, memory_order_acquire) != s; spins++) {
-        if (spins > 4000) sched_yield();
-    }
-}
-
-typedef struct {
-    team_fn fn;
-    void *arg;
-    int tid;
-    Team *team;
-    atomic_int *go;  /* 0: wait, 1: run, -1: the team could not be formed, return */
-} TeamJob;
-
-static void *team_entry(void *p) {
-    TeamJob *j = p;
-    int go;
-    while ((go = atomic_load_explicit(j->go, memory_order_acquire)) == 0) sched_yield();
-    if (go > 0) j->fn(j->arg, j->tid, j->team);
-    return NULL;
-}
-
-/* Runs fn(arg, tid, team) on n threads (the caller is thread 0). Members start only once all
- * exist; if one cannot be created, the caller runs fn alone (team->n == 1). */
-static inline void team_run(int n, team_fn fn, void *arg) {
-    pthread_t th[TEAM_MAX];
-    TeamJob jobs[TEAM_MAX];
-    Team team;
-    atomic_int go;
-    n = n < 1 ? 1 : (n > TEAM_MAX ? TEAM_MAX : n);
-    atomic_init(&team.count, 0);
-    atomic_init(&team.sense, 0);
-    atomic_init(&go, 0);
-    int started = 1;
-    for (int t = 1; t < n; t++, started++) {
-        jobs[t] = (TeamJob){fn, arg, t, &team, &go};
-        if (pthread_create(&th[t], NULL, team_entry, &jobs[t]) != 0) break;
-    }
-    team.n = started == n ? n : 1;
-    atomic_store_explicit(&go, started == n ? 1 : -1, memory_order_release);
-    fn(arg, 0, &team);
-    for (int t = 1; t < started; t++) pthread_join(th[t], NULL);
+#endif
+    Team t = {1};
+    fn(arg, 0, &t);
 }
 
 /* [lo, hi) of n items for thread tid of nt, in multiples of `align` (the last takes the rest). */
