@@ -113,6 +113,16 @@ def test_the_real_measurement_runs_every_candidate_interleaved():
     assert set(seconds) == {"a", "b"} and calls == ["a", "b"] * 4  # a warm-up, then 3 rounds
 
 
+def test_a_candidate_that_fails_in_its_measurement_is_never_chosen(caplog):
+    def broken():
+        raise MemoryError("no scratch")
+
+    seconds = paths.measure_interleaved({"torch": lambda: None, "native:1": broken}, rounds=1,
+                                        sample_s=0)
+    assert seconds["native:1"] == float("inf") and seconds["torch"] < float("inf")
+    assert "native:1 failed" in caplog.text
+
+
 @needs_native
 @pytest.mark.parametrize("cfg", [CONTROL, TOKEN], ids=["control", "token"])
 @pytest.mark.parametrize("batch", [1, 3, 6])

@@ -318,13 +318,19 @@ class RWKV7(nn.Module):
                 self._check_input(x.unsqueeze(1))
                 return self._graph(x, state)
             if self.use_native and not x.is_cuda and NativeStep.available(self):
-                path = self.step_path or self._step_paths.get(B)
-                if path is None:
-                    path = self._step_paths[B] = native.step_path(self, B)
+                path = self.chosen_step_path(B)
                 if path != "torch":
                     self._check_input(x.unsqueeze(1))
                     return self.step_native(x, state, int(path.partition(":")[2]))
         return self.step_torch(x, state)
+
+    def chosen_step_path(self, batch: int) -> str:
+        """The path a CPU step of `batch` rows takes: `step_path` if forced, else measured."""
+        if self.step_path is not None:
+            return self.step_path
+        if batch not in self._step_paths:
+            self._step_paths[batch] = native.step_path(self, batch)
+        return self._step_paths[batch]
 
     def step_torch(self, x: torch.Tensor, state: RWKV7State) -> tuple[torch.Tensor, RWKV7State]:
         """`step` through PyTorch ops only (any device, dtype and batch)."""

@@ -71,19 +71,25 @@ def measure_interleaved(candidates: Candidates, rounds: int = 7, sample_s: float
     Each is warmed up once, then the candidates alternate round by round, so background load
     falls on all of them alike. A sample repeats a call until it lasts about `sample_s`.
     """
-    reps = {}
+    reps, failed = {}, {}
     for name, fn in candidates.items():
         t = time.perf_counter()
-        fn()
+        try:
+            fn()
+        except (RuntimeError, MemoryError, OSError) as exc:  # e.g. scratch memory refused
+            log.warning("kernel path %s failed in its measurement: %s", name, exc)
+            failed[name] = float("inf")
+            continue
         reps[name] = max(1, min(1000, int(sample_s / max(time.perf_counter() - t, 1e-7))))
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    samples: dict[str, list[float]] = {name: [] for name in reps}
     for _ in range(rounds):
-        for name, fn in candidates.items():
+        for name in reps:
+            fn = candidates[name]
             t = time.perf_counter()
             for _ in range(reps[name]):
                 fn()
             samples[name].append((time.perf_counter() - t) / reps[name])
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return {**failed, **{name: statistics.median(s) for name, s in samples.items()}}
 
 
 class PathChooser:
