@@ -3,7 +3,7 @@
 A fast path tuned on one CPU can lose on another (a native step that beats PyTorch while the
 model sits in cache loses once the weights must stream from memory; a second thread pays off
 on one memory system and not on another). So each choice is a measurement: the candidates run
-interleaved, round by round, and the lowest median wins. The result is stored in
+interleaved, round by round, and the one with the fastest round wins. The result is stored in
 `<cache>/paths/<cpu>.json`, keyed by the problem's sizes; the file names the CPU it was
 measured on, and a file that is unreadable, malformed or from another CPU is ignored and
 measured again, never trusted.
@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -66,10 +65,13 @@ def usable_cpus() -> int:
 
 def measure_interleaved(candidates: Candidates, rounds: int = 7, sample_s: float = 2e-3
                         ) -> dict[str, float]:
-    """Median seconds per call of each candidate.
+    """Seconds per call of each candidate in its best round.
 
     Each is warmed up once, then the candidates alternate round by round, so background load
-    falls on all of them alike. A sample repeats a call until it lasts about `sample_s`.
+    falls on all of them alike. A sample repeats a call until it lasts about `sample_s`. The
+    best round, not the median: a choice is stored for good, so it should reflect what the
+    CPU can do, not a burst of load from other programs during one measurement (a two-thread
+    team measured while another program held a core ran 14x slower than one thread).
     """
     reps, failed = {}, {}
     for name, fn in candidates.items():
@@ -89,7 +91,7 @@ def measure_interleaved(candidates: Candidates, rounds: int = 7, sample_s: float
             for _ in range(reps[name]):
                 fn()
             samples[name].append((time.perf_counter() - t) / reps[name])
-    return {**failed, **{name: statistics.median(s) for name, s in samples.items()}}
+    return {**failed, **{name: min(s) for name, s in samples.items()}}
 
 
 class PathChooser:
