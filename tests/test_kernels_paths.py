@@ -180,3 +180,15 @@ def test_native_off_means_torch(kernel_paths):
     model.use_native = False
     kernel_paths.measure = Timings()
     model.step(torch.randn(1, 6))
+
+
+def test_native_teams_stay_within_pytorchs_thread_count(monkeypatch):
+    monkeypatch.setattr(paths, "usable_cpus", lambda: 64)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert native.thread_counts() == [1]
+        torch.set_num_threads(3)
+        assert native.thread_counts() == [1, 2]
+    finally:
+        torch.set_num_threads(before)

@@ -159,8 +159,9 @@ class NativeStep:
 
 
 def thread_counts() -> list[int]:
-    """Team sizes worth measuring: powers of two up to the usable CPUs (and MAX_THREADS)."""
-    top = min(paths.usable_cpus(), MAX_THREADS)
+    """Team sizes worth measuring: powers of two up to the usable CPUs, PyTorch's thread count
+    (a process told to use one thread, as a swarm worker may be, gets one) and MAX_THREADS."""
+    top = min(paths.usable_cpus(), torch.get_num_threads(), MAX_THREADS)
     return [n for n in (1, 2, 4, 8, 16) if n <= top]
 
 
