@@ -165,6 +165,13 @@ def bench_gflops(model: RWKV7, P: int, T: int, device: str, rounds: int) -> dict
             "gemm_shape": [a.shape[0], a.shape[1], b.shape[1]], "ratio": pop_gflops / gemm_gflops}
 
 
+def print_latency(lat: list[dict]) -> None:
+    print("\n(a) step latency, batch 1 (us)     ours   official   ratio   our path")
+    for r in lat:
+        print(f"    C={r['C']:<4} L={r['L']:<3}            {r['ours_us']:7.0f}  "
+              f"{r['official_us']:9.0f}   {r['ratio']:.2f}    {r['path']}")
+
+
 def forward_paths() -> dict[str, str]:
     """The forward kernels' measured paths in this run, e.g. {"wkv H4 N64 T16": "native:2"}."""
     names = {"wkv": "wkv H{} N{} T{}", "low_rank": "low_rank {}x{} r{} rows{}"}
@@ -193,10 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     sizes = [(128, 2)] if args.quick else [(128, 2), (256, 4), (768, 12)]
     lat = [step_latency(C, L, dev, R) for C, L in sizes]
-    print("\n(a) step latency, batch 1 (us)     ours   official   ratio   our path")
-    for r in lat:
-        print(f"    C={r['C']:<4} L={r['L']:<3}            {r['ours_us']:7.0f}  "
-              f"{r['official_us']:9.0f}   {r['ratio']:.2f}    {r['path']}")
+    print_latency(lat)
 
     model = random_model(RWKV7Config(n_embd=256, n_layer=4, vocab_size=256)).to(dev)
     pops = [bench_population(model, P, T, dev, R) for P in ((64,) if args.quick else
