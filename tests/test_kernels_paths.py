@@ -109,8 +109,24 @@ def test_an_unwritable_cache_still_chooses(tmp_path, caplog):
 def test_the_real_measurement_runs_every_candidate_interleaved():
     calls = []
     seconds = paths.measure_interleaved({"a": lambda: calls.append("a"),
-                                         "b": lambda: calls.append("b")}, rounds=3, sample_s=0)
+                                         "b": lambda: calls.append("b")}, rounds=3, sample_s=0,
+                                        batches=1)
     assert set(seconds) == {"a", "b"} and calls == ["a", "b"] * 4  # a warm-up, then 3 rounds
+
+
+def test_a_burst_of_load_is_outlasted_by_more_rounds(monkeypatch):
+    """A fake clock: candidate a's first 3 rounds are slowed 10x, as by another program."""
+    now = [0.0]
+    monkeypatch.setattr(paths.time, "perf_counter", lambda: now[0])
+    costs = {"a": [1.0] + [10.0] * 3 + [1.0] * 100, "b": [2.0] * 104}  # warm-up first
+
+    def run(name):
+        now[0] += costs[name].pop(0)
+
+    seconds = paths.measure_interleaved({"a": lambda: run("a"), "b": lambda: run("b")},
+                                        rounds=4, sample_s=0)
+    assert seconds == {"a": 1.0, "b": 2.0}
+    assert len(costs["a"]) == 104 - (1 + 4 + 4)  # a warm-up, two sets of 4 rounds, no third
 
 
 def test_a_candidate_that_fails_in_its_measurement_is_never_chosen(caplog):

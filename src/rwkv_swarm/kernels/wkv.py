@@ -193,8 +193,8 @@ def wkv_torch(S, r, logw, k, v, a, b, H: int, N: int, out: torch.Tensor) -> torc
 def wkv_path(H: int, N: int, T: int) -> str:
     """"torch" or "native:<threads>" for the recurrence of H heads of N over T tokens.
 
-    Measured once per CPU on a CPU forward block (ROW_BLOCK token rows) at T = 1 (steps) or
-    T = CHUNK (sequences), and cached (paths.py).
+    Measured once per CPU on a CPU forward block (`_wkv_forms`) at T = 1 (steps) or T = CHUNK
+    (sequences), and cached (paths.py).
     """
     tokens = 1 if T == 1 else CHUNK
     memo = native_ops.paths.default_chooser().memo
@@ -206,9 +206,10 @@ def wkv_path(H: int, N: int, T: int) -> str:
 
 
 def _wkv_forms(H: int, N: int, T: int):
-    """The PyTorch and native forms on a synthetic block of ROW_BLOCK // T rows."""
+    """The PyTorch and native forms on a synthetic block of ROW_BLOCK // T rows, or fewer where
+    their states would pass 16 MB (2048 rows of C=768 states are 400 MB)."""
     g = torch.Generator().manual_seed(0)
-    rows, C = max(1, ROW_BLOCK // T), H * N
+    rows, C = max(1, min(ROW_BLOCK // T, (4 << 20) // (H * N * N))), H * N
 
     def rnd(*shape):
         return torch.randn(*shape, generator=g)
