@@ -1,9 +1,8 @@
-"""The native step (`csrc/rwkv7_step.c`): built on first use, loaded with ctypes, chosen by
-measurement.
+"""The native library (`csrc/`): the step, here, and the forward kernels (native_ops.py).
 
-Built with the system C compiler into a per-user cache keyed by the sources, the flags and the
-CPU, so a cache shared between machines never runs code built for another CPU. Without a
-compiler, or with RWKV_SWARM_NATIVE=0, `load()` returns None and `RWKV7.step` uses PyTorch.
+Built on first use with the system C compiler into a per-user cache keyed by the sources, the
+flags and the CPU, so a cache shared between machines never runs code built for another CPU.
+Without a compiler, or with RWKV_SWARM_NATIVE=0, `load()` returns None and PyTorch runs.
 
 Whether a step runs natively, and on how many threads, is measured per CPU, model and batch
 size (`step_path`, through paths.py): PyTorch is always a candidate, so the choice is never
@@ -30,8 +29,7 @@ from .state import RWKV7State
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("rwkv7_step.c", "rwkv7_seq.c")  # compiled together; headers beside them are
-# part of the key
+SOURCES = ("rwkv7_step.c", "rwkv7_seq.c")  # one library; the headers are part of its key
 CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-std=gnu11"]
 # OpenMP teams on PyTorch's own libgomp (csrc/team.h); without it, one thread per call
 OPENMP = (["-fopenmp"], ["-fopenmp-simd"])
