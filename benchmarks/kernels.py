@@ -35,7 +35,13 @@ os.environ.setdefault("RWKV_CUDA_ON", "0")
 
 from _cpu import cpu, cpu_line  # noqa: E402
 
-from rwkv_swarm.kernels import RWKV7, Population, RWKV7Config, save_checkpoint  # noqa: E402
+from rwkv_swarm.kernels import (  # noqa: E402
+    RWKV7,
+    Population,
+    RWKV7Config,
+    paths,
+    save_checkpoint,
+)
 
 
 def sync(device: str) -> None:
@@ -88,8 +94,9 @@ def step_latency(C: int, L: int, device: str, rounds: int) -> dict:
         _, st["official"] = ref.forward(7, st["official"])
 
     t = best_of({"ours": run_ours, "official": run_official}, rounds, device, repeat=50)
+    path = "cuda graph" if device == "cuda" else ours.chosen_step_path(1)
     return {"C": C, "L": L, "ours_us": t["ours"] * 1e6, "official_us": t["official"] * 1e6,
-            "ratio": t["ours"] / t["official"]}
+            "ratio": t["ours"] / t["official"], "path": path}
 
 
 def bench_population(model: RWKV7, P: int, T: int, device: str, rounds: int) -> dict:
@@ -158,6 +165,20 @@ def bench_gflops(model: RWKV7, P: int, T: int, device: str, rounds: int) -> dict
             "gemm_shape": [a.shape[0], a.shape[1], b.shape[1]], "ratio": pop_gflops / gemm_gflops}
 
 
+def print_latency(lat: list[dict]) -> None:
+    print("\n(a) step latency, batch 1 (us)     ours   official   ratio   our path")
+    for r in lat:
+        print(f"    C={r['C']:<4} L={r['L']:<3}            {r['ours_us']:7.0f}  "
+              f"{r['official_us']:9.0f}   {r['ratio']:.2f}    {r['path']}")
+
+
+def forward_paths() -> dict[str, str]:
+    """The forward kernels' measured paths in this run, e.g. {"wkv H4 N64 T16": "native:2"}."""
+    names = {"wkv": "wkv H{} N{} T{}", "low_rank": "low_rank {}x{} r{} rows{}"}
+    return {names[k[0]].format(*k[1:-1]): v for k, v in paths.default_chooser().memo.items()
+            if k[0] in names}
+
+
 def machine(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
@@ -179,10 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     sizes = [(128, 2)] if args.quick else [(128, 2), (256, 4), (768, 12)]
     lat = [step_latency(C, L, dev, R) for C, L in sizes]
-    print("\n(a) step latency, batch 1 (us)     ours   official   ratio")
-    for r in lat:
-        print(f"    C={r['C']:<4} L={r['L']:<3}            {r['ours_us']:7.0f}  "
-              f"{r['official_us']:9.0f}   {r['ratio']:.2f}")
+    print_latency(lat)
 
     model = random_model(RWKV7Config(n_embd=256, n_layer=4, vocab_size=256)).to(dev)
     pops = [bench_population(model, P, T, dev, R) for P in ((64,) if args.quick else
@@ -203,6 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
     gf = bench_gflops(model, 64 if args.quick else 1024, T, dev, R)
     print(f"\n(d) GFLOP/s, P={gf['P']}: population {gf['population_gflops']:.1f}  GEMM "
           f"{gf['gemm_shape']} {gf['gemm_gflops']:.1f}  ratio {gf['ratio']:.2f}")
+    chosen = forward_paths()
+    print("\nforward kernel paths (measured on this CPU):", ", ".join(
+        f"{k} {v}" for k, v in chosen.items()) or "none (PyTorch only)")
 
     result = {
         "device": dev, "machine": machine(dev), "cpu": cpu(),
@@ -210,6 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
         "population_vs_plain": {f"P{r['P']}": round(r["ratio"], 3) for r in pops},
         "population_vs_naive_speedup": {f"T{r['T']}": round(r["speedup"], 1) for r in naive},
         "gflops_ratio": round(gf["ratio"], 3),
+        "step_paths": {f"C{r['C']}_L{r['L']}": r["path"] for r in lat},
+        "forward_paths": chosen,
     }
     print(json.dumps(result))
     return result

@@ -81,8 +81,9 @@ def scaling(tmp: str) -> dict:
 def comm_share(tmp: str) -> dict:
     out = {}
     for n in (4, 8):
-        cfg = swarm_config(f"{tmp}/comm{n}", nodes=n, mode="gossip", resources=Resources(cpus=2 / n),
-                           es=KalmanESConfig(population=32), generations=10)
+        cfg = swarm_config(f"{tmp}/comm{n}", nodes=n, mode="gossip",
+                           resources=Resources(cpus=2 / n), es=KalmanESConfig(population=32),
+                           generations=10)
         with Swarm.launch(cfg) as swarm:
             swarm.run(10)
         t = load_trace(swarm.run_dir).to_pydict()
@@ -104,7 +105,7 @@ def fitness_bytes() -> dict:
     out = {}
     for name, model in SIZES.items():
         cfg = NodeConfig(model=RWKV7Config(**model, input_dim=4, output_dim=1), env=SIGNAL,
-                         es=KalmanESConfig(population=32), threads=1,
+                         es=KalmanESConfig(population=32),
                          exchange=ExchangeConfig(mode="gossip"))
         node = Node(cfg)
         node.begin()

@@ -1,18 +1,30 @@
-"""Shared test set-up. RWKV_V7_ON must be set before the official `rwkv` package is imported.
-
-Torch runs on one intra-op thread: the suite shares its two cores with Ray's node actors, and
-two spinning OpenMP threads per process under other load slowed a coordinator test 180x.
-"""
+"""Shared test set-up. RWKV_V7_ON must be set before the official `rwkv` package is imported."""
 
 import os
 
 import pytest
-import torch
 
 os.environ.setdefault("RWKV_V7_ON", "1")
 os.environ.setdefault("RWKV_CUDA_ON", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-torch.set_num_threads(1)
+
+
+def prefer_native_teams(candidates):
+    """Injected kernel timings: native beats torch, more threads beat fewer. Tests never time
+    anything, and every test that steps a model runs the native team."""
+    return {name: 1.0 if name == "torch" else 1.0 / (1 + int(name.partition(":")[2] or 0))
+            for name in candidates}
+
+
+@pytest.fixture(autouse=True)
+def kernel_paths(tmp_path_factory):
+    """Path choices measured by `prefer_native_teams`, cached under a temporary directory."""
+    from rwkv_swarm.kernels import paths
+
+    chooser = paths.PathChooser(tmp_path_factory.mktemp("paths"), measure=prefer_native_teams)
+    paths.set_default(chooser)
+    yield chooser
+    paths.set_default(None)
 
 
 @pytest.fixture(scope="session")

@@ -70,7 +70,7 @@ def test_two_sync_runs_with_one_seed_leave_identical_traces(ray_session, tmp_pat
     if mode == "consensus":  # the group across actors is one node with 4 x 16 mutants
         node = config(tmp_path, mode=mode, seed=3).node_configs()[0]
         single = Node(NodeConfig(model=node.model, env=SIGNAL_ENV, seed=3,
-                                 es=KalmanESConfig(population=64), threads=1))
+                                 es=KalmanESConfig(population=64)))
         for _ in range(3):
             single.generation()
         assert set(traces[0]["fingerprint"][-4:]) == {fingerprint(single.model).hex()}

@@ -45,7 +45,6 @@ def test_a_toml_config_resolves_to_one_node_config_per_node(tmp_path):
     assert nodes[0].model.input_dim == 4 and nodes[0].model.output_dim == 1  # from the env
     assert nodes[2].env["seed"] == 7 and "seed" not in nodes[0].env
     assert nodes[1].es.population == 16 and nodes[1].exchange.mode == "gossip"
-    assert nodes[0].threads == 1
     assert from_text(tmp_path, config.to_toml()) == config
 
 

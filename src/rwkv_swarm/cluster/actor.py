@@ -7,10 +7,10 @@ generation boundary. Torch gets as many threads as the CPUs Ray assigned to the 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import ray
+import torch
 
 from ..node import NodeConfig, NodeKeys, SwarmKeyring, TransportConfig
 from .host import NodeHost
@@ -21,8 +21,10 @@ from .runtime import bind_host
 class NodeActor:
     def __init__(self, config: NodeConfig, swarm: str, local: bool, keys: NodeKeys | None,
                  keyring: SwarmKeyring | None, transport: TransportConfig | None = None):
+        # the node's process gets as many torch threads as Ray gave it CPUs (at least one): more
+        # would spin against the other actors on the same cores
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-        config = dataclasses.replace(config, threads=max(1, int(cpus)))
+        torch.set_num_threads(max(1, int(cpus)))
         self.host = NodeHost(config, swarm, host=bind_host(local), keys=keys, keyring=keyring,
                              transport=transport)
 

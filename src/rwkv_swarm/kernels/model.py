@@ -11,7 +11,6 @@ module's parameters as they are; `kernels.population` adds per-mutant low-rank p
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
 from .config import DECAY_SCALE, GN_EPS, LN_EPS, ROW_BLOCK, RWKV7Config
 from .cuda_graph import CudaGraphStep
 from .init import init_weights
 from .native import NativeStep
 from .state import RWKV7State
-from .wkv import CHUNK, wkv_chunked, wkv_step
+from .wkv import wkv_heads
 
 LORA_NAMES = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2")  # stored (in, out), used as x @ W
 MIX_NAMES = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
@@ -48,7 +48,12 @@ def parameter_group(name: str, param: torch.Tensor) -> str:
 
 
 class Ops:
-    """How a block reads its weights. Subclasses decide whether weights are perturbed."""
+    """How a block reads its weights. Subclasses decide whether weights are perturbed.
+
+    `native`: whether the block may run native kernels where measured faster (native_ops.py).
+    """
+
+    native = False
 
     def vec(self, name: str) -> torch.Tensor:  # a (1, 1, C)-like vector, broadcastable to x
         raise NotImplementedError
@@ -77,8 +82,8 @@ class Ops:
 class BaseOps(Ops):
     """The model's own weights, unperturbed."""
 
-    def __init__(self, params: dict[str, torch.Tensor]):
-        self.p = params
+    def __init__(self, params: dict[str, torch.Tensor], native: bool = False):
+        self.p, self.native = params, native
 
     def vec(self, name: str) -> torch.Tensor:
         return self.p[name]
@@ -154,28 +159,11 @@ def time_mix(
         v = torch.lerp(v, v_first, nu)
     logw = -DECAY_SCALE * torch.sigmoid(d.float())  # log of the decay, kept in float32
 
-    y = _wkv(S, r, logw, k, v, -kk, kk * a, H, N, S_out)
+    y = wkv_heads(S, r, logw, k, v, kk, a, H, N, S_out, ops.native)
     y = ops.group_norm(p + "ln_x", y.to(x.dtype), H)
     bonus = ((r * k).view(heads) * ops.vec(p + "r_k")).sum(-1, keepdim=True)  # (..., T, H, 1)
     y = torch.addcmul(y.view(heads), bonus, v.view(heads)).view(y.shape)
     return ops.linear(p + "output.weight", y.mul_(g)), v_first
-
-
-def _wkv(S, r, logw, k, v, a, b, H: int, N: int, out: torch.Tensor):
-    """Reshape (..., T, C) inputs to heads, run the recurrence into `out`, reshape y back."""
-    lead, T = r.shape[:-2], r.shape[-2]
-    batch = math.prod(lead)
-
-    def heads(t: torch.Tensor) -> torch.Tensor:  # (..., T, C) -> (B, H, T, N)
-        return t.float().reshape(batch, T, H, N).transpose(1, 2)
-
-    S, out = S.reshape(batch, H, N, N), out.view(batch, H, N, N)
-    if T == 1:
-        y, _ = wkv_step(S, *(heads(t)[:, :, 0] for t in (r, logw, k, v, a, b)), out=out)
-        y = y.unsqueeze(2)
-    else:
-        y, _ = wkv_chunked(S, *(heads(t) for t in (r, logw, k, v, a, b)), chunk=CHUNK, out=out)
-    return y.transpose(1, 2).reshape(*lead, T, H * N)
 
 
 def channel_mix(ops: Ops, i: int, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
@@ -292,8 +280,10 @@ class RWKV7(nn.Module):
         self.head = nn.Linear(C, out, bias=False)
         init_weights(self, torch.Generator().manual_seed(seed), init)
         self.n_params = sum(p.numel() for p in self.parameters())
-        self.use_native = True  # small-batch CPU steps through csrc/rwkv7_step.c when built
+        self.use_native = True  # CPU steps may run csrc/rwkv7_step.c where measured faster
+        self.step_path: str | None = None  # "torch" or "native:<threads>" forces a path
         self._native = None
+        self._step_paths: dict[int, str] = {}  # batch -> measured path (native.step_path)
         self._graph = None  # CudaGraphStep, after enable_cuda_graph_step
         self.requires_grad_(False)  # weights evolve; no autograd
 
@@ -305,7 +295,7 @@ class RWKV7(nn.Module):
         return load_checkpoint(path, **kwargs)
 
     def ops(self) -> BaseOps:
-        return BaseOps(dict(self.named_parameters()))
+        return BaseOps(dict(self.named_parameters()), native=self.use_native)
 
     def zero_state(self, batch: int = 1) -> RWKV7State:
         p = next(self.parameters())
@@ -315,7 +305,8 @@ class RWKV7(nn.Module):
              ) -> tuple[torch.Tensor, RWKV7State]:
         """One token (B,) or observation (B, input_dim) per row -> (outputs (B, out), state).
 
-        Small CPU batches run the native kernel (`native.py`); a CUDA batch for which
+        A CPU batch runs PyTorch ops or the native kernel, whichever was measured faster for
+        this CPU, model and batch size (`native.step_path`); a CUDA batch for which
         `enable_cuda_graph_step` was called replays a graph; anything else runs PyTorch ops.
         numpy input is accepted (observations become float32, tokens int64).
         """
@@ -326,25 +317,33 @@ class RWKV7(nn.Module):
             if self._graph is not None and self._graph.batch == B and x.is_cuda:
                 self._check_input(x.unsqueeze(1))
                 return self._graph(x, state)
-            if self.use_native and not x.is_cuda and NativeStep.supports(self, B):
-                self._check_input(x.unsqueeze(1))
-                return self._step_native(x, state)
+            if self.use_native and not x.is_cuda and NativeStep.available(self):
+                path = self.chosen_step_path(B)
+                if path != "torch":
+                    self._check_input(x.unsqueeze(1))
+                    return self.step_native(x, state, int(path.partition(":")[2]))
         return self.step_torch(x, state)
+
+    def chosen_step_path(self, batch: int) -> str:
+        """The path a CPU step of `batch` rows takes: `step_path` if forced, else measured."""
+        if self.step_path is not None:
+            return self.step_path
+        if batch not in self._step_paths:
+            self._step_paths[batch] = native.step_path(self, batch)
+        return self._step_paths[batch]
 
     def step_torch(self, x: torch.Tensor, state: RWKV7State) -> tuple[torch.Tensor, RWKV7State]:
         """`step` through PyTorch ops only (any device, dtype and batch)."""
         out, state = self.forward(x.unsqueeze(1), state)
         return out[:, 0], state
 
-    def _step_native(self, x: torch.Tensor, state: RWKV7State) -> tuple[torch.Tensor, RWKV7State]:
+    def step_native(self, x: torch.Tensor, state: RWKV7State, threads: int = 1
+                    ) -> tuple[torch.Tensor, RWKV7State]:
+        """`step` through the C kernel on `threads` threads (fp32 parameters on the CPU)."""
         with torch.no_grad():
             if self._native is None:
                 self._native = NativeStep(self)
-            if self.config.token_mode:
-                h = F.embedding(x, self.emb.weight)
-            else:
-                h = F.linear(x, self.encoder.weight, self.encoder.bias)
-            return self._native(h, state)
+            return self._native(native.embed(self, x), state, threads)
 
     def enable_cuda_graph_step(self, batch: int = 1) -> None:
         """Replay `step` at this batch size as a CUDA graph (model on a CUDA device)."""

@@ -1,8 +1,12 @@
-"""The native small-batch step (`csrc/rwkv7_step.c`): built on first use, loaded with ctypes.
+"""The native library (`csrc/`): the step, here, and the forward kernels (native_ops.py).
 
-Built with the system C compiler into a per-user cache keyed by the source, the flags and the
-CPU, so a cache shared between machines never runs code built for another CPU. Without a
-compiler, or with RWKV_SWARM_NATIVE=0, `load()` returns None and `RWKV7.step` uses PyTorch.
+Built on first use with the system C compiler into a per-user cache keyed by the sources, the
+flags and the CPU, so a cache shared between machines never runs code built for another CPU.
+Without a compiler, or with RWKV_SWARM_NATIVE=0, `load()` returns None and PyTorch runs.
+
+Whether a step runs natively, and on how many threads, is measured per CPU, model and batch
+size (`step_path`, through paths.py): PyTorch is always a candidate, so the choice is never
+slower than the path it replaces, as far as the measurement can tell.
 """
 
 from __future__ import annotations
@@ -11,25 +15,26 @@ import ctypes
 import hashlib
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from . import paths
 from .state import RWKV7State
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "rwkv7_step.c"
-CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno",
-          "-std=c99"]
-MAX_BATCH = 64  # rows; and at most MAX_WORK rows x parameters: beyond, batched GEMMs win
-MAX_WORK = 25_000_000  # measured crossover (docs/kernels.md): C=256 L=4 near 16 rows,
-# C=128 L=2 near 64
-ALWAYS_ROWS = 2  # whatever the size: the native step is 2x faster at 1-2 rows even for C=768 L=12
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = ("rwkv7_step.c", "rwkv7_seq.c")  # one library; the headers are part of its key
+CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-std=gnu11"]
+# OpenMP teams on PyTorch's own libgomp (csrc/team.h); without it, one thread per call
+OPENMP = (["-fopenmp"], ["-fopenmp-simd"])
+MAX_BATCH = 64  # rows: larger batches are GEMM-shaped and run in PyTorch, unmeasured
+MAX_THREADS = 16  # team sizes tried: 1, 2, 4, ... up to the usable CPUs and this
 LAYER_PTRS = 33  # keep in the order of the enum in rwkv7_step.c
 LAYER_NAMES = ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "att.x_r", "att.x_w",
                "att.x_k", "att.x_v", "att.x_a", "att.x_g", "att.w0", "att.w1", "att.w2",
@@ -45,27 +50,11 @@ _lib: ctypes.CDLL | None = None
 _tried = False
 
 
-def _cpu_key() -> str:
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        pass
-    return f"{platform.machine()}|{platform.processor()}|{flags}"
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("RWKV_SWARM_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    base = Path(root) if root else Path.home() / ".cache"
-    return (base if os.environ.get("RWKV_SWARM_CACHE") else base / "rwkv-swarm") / "native"
-
-
 def build() -> Path:
     """Compile the kernel if needed; return the shared library's path. Raises on failure."""
-    src = SOURCE.read_bytes()
-    key = hashlib.sha256(src + " ".join(CFLAGS).encode() + _cpu_key().encode()).hexdigest()[:16]
-    target = _cache_dir() / key / "rwkv7_step.so"
+    src = b"".join(f.read_bytes() for f in sorted(CSRC.glob("*.[ch]")))
+    key = hashlib.sha256(src + " ".join(CFLAGS).encode() + paths.cpu_identity().encode())
+    target = paths.cache_root() / "native" / key.hexdigest()[:16] / "rwkv7.so"
     if target.exists():
         return target
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -73,9 +62,16 @@ def build() -> Path:
         raise RuntimeError("no C compiler (cc/gcc) on PATH")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # build, then rename atomically
-        out = Path(tmp) / "rwkv7_step.so"
-        subprocess.run([cc, *CFLAGS, "-o", str(out), str(SOURCE), "-lm"], check=True,
-                       capture_output=True, timeout=120)
+        out = Path(tmp) / "rwkv7.so"
+        for i, extra in enumerate(OPENMP):
+            try:
+                subprocess.run([cc, *CFLAGS, *extra, "-o", str(out),
+                                *(str(CSRC / f) for f in SOURCES), "-lm"],
+                               check=True, capture_output=True, timeout=120)
+                break
+            except subprocess.CalledProcessError:
+                if i == len(OPENMP) - 1:
+                    raise
         os.replace(out, target)
     return target
 
@@ -93,10 +89,13 @@ def load() -> ctypes.CDLL | None:
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         log.warning("native RWKV-7 step unavailable, using PyTorch: %s", exc)
         return None
-    fn = lib.rwkv7_step
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] \
-        + [ctypes.c_void_p] * 8
+    ptr, i32 = ctypes.c_void_p, ctypes.c_int
+    signatures = {"rwkv7_step": [i32, ptr, ptr, ptr] + [ptr] * 8 + [i32],
+                  "rwkv7_wkv": [i32] * 4 + [ptr] * 9 + [i32],
+                  "rwkv7_low_rank": [i32] * 5 + [ptr] * 4 + [ctypes.c_float, i32]}
+    for name, argtypes in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = ctypes.c_int, argtypes
     _lib = lib
     return _lib
 
@@ -105,17 +104,18 @@ class NativeStep:
     """Runs `model`'s step through the C kernel, reading its parameters in place."""
 
     def __init__(self, model: torch.nn.Module):
+        if load() is None:
+            raise RuntimeError("the native RWKV-7 kernel is not available (see the log)")
         self.model = model
         self._params = list(model.parameters())
         self._ptrs_key: list[int] | None = None
         self._n_out = model.head.weight.shape[0]
 
     @staticmethod
-    def supports(model: torch.nn.Module, batch: int) -> bool:
+    def available(model: torch.nn.Module) -> bool:
+        """Whether the kernel can run this model: built, and fp32 parameters on the CPU."""
         p = model.head.weight
-        fits = batch <= ALWAYS_ROWS or batch * model.n_params <= MAX_WORK
-        return batch <= MAX_BATCH and fits \
-            and p.device.type == "cpu" and p.dtype == torch.float32 and load() is not None
+        return p.device.type == "cpu" and p.dtype == torch.float32 and load() is not None
 
     def _pointers(self) -> None:
         key = [p.data_ptr() for p in self._params]  # in-place updates keep pointers valid
@@ -139,7 +139,8 @@ class NativeStep:
         self._dims = (ctypes.c_int * len(dims))(*dims)
         self._ptrs_key = key
 
-    def __call__(self, h: torch.Tensor, state: RWKV7State) -> tuple[torch.Tensor, RWKV7State]:
+    def __call__(self, h: torch.Tensor, state: RWKV7State, threads: int = 1
+                 ) -> tuple[torch.Tensor, RWKV7State]:
         """h: (B, C) embedded input before ln0 (fp32). Returns (outputs (B, n_out), state)."""
         self._pointers()
         B = h.shape[0]
@@ -149,7 +150,49 @@ class NativeStep:
         out = torch.empty(B, self._n_out)
         rc = _lib.rwkv7_step(B, self._dims, self._layer, self._glob, h.data_ptr(),
                              *(t.data_ptr() for t in ins), *(t.data_ptr() for t in new.tensors()),
-                             out.data_ptr())
+                             out.data_ptr(), threads)
         if rc != 0:
             raise MemoryError("native RWKV-7 step could not allocate its scratch buffers")
         return out, new
+
+
+def thread_counts() -> list[int]:
+    """Team sizes worth measuring: powers of two up to the usable CPUs, PyTorch's thread count
+    (a process told to use one thread, as a swarm worker may be, gets one) and MAX_THREADS."""
+    top = min(paths.usable_cpus(), torch.get_num_threads(), MAX_THREADS)
+    return [n for n in (1, 2, 4, 8, 16) if n <= top]
+
+
+def step_candidates(model: torch.nn.Module, batch: int) -> dict:
+    """Every way to run a step of `batch` rows, each a call on a zero state of that size."""
+    cfg = model.config
+    if cfg.token_mode:
+        x = torch.zeros(batch, dtype=torch.long)
+    else:
+        x = torch.zeros(batch, cfg.input_dim)
+    state = model.zero_state(batch)
+    cands = {"torch": lambda: model.step_torch(x, state)}
+    for n in thread_counts():
+        cands[f"native:{n}"] = lambda n=n: model.step_native(x, state, n)
+    return cands
+
+
+def step_path(model: torch.nn.Module, batch: int) -> str:
+    """"torch" or "native:<threads>" for a CPU step of `batch` rows of `model`.
+
+    Measured once per CPU, model shape and batch bucket (the next power of two, which is what
+    runs in the measurement) and cached on disk; batches over MAX_BATCH rows run in PyTorch.
+    """
+    bucket = 1 << (batch - 1).bit_length()
+    if bucket > MAX_BATCH or not NativeStep.available(model):
+        return "torch"
+    sizes = {**model.config.to_dict(), "batch": bucket, "torch_threads": torch.get_num_threads()}
+    chooser = paths.default_chooser()
+    return chooser.choose("step", sizes, step_candidates(model, bucket))
+
+
+def embed(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The step's input before ln0: token embedding or the encoder (B, C)."""
+    if model.config.token_mode:
+        return F.embedding(x, model.emb.weight)
+    return F.linear(x, model.encoder.weight, model.encoder.bias)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import native_ops
 from .config import GN_EPS, LN_EPS, ROW_BLOCK
 from .model import (
     GROUPS,
@@ -103,6 +104,7 @@ class Population:
             raise ValueError(f"groups {self.include} select no parameters of this model")
         self.noise_size = sum(t.size for t in self.targets)
         self._noise: dict[str, tuple[torch.Tensor, ...]] | None = None
+        self._noise_t: tuple[dict, dict] | None = None
 
     # -- noise ---------------------------------------------------------------------------------
 
@@ -130,6 +132,16 @@ class Population:
         if self._noise is None:
             self._noise = self.pair_noise(range(self.size // 2))
         return self._noise
+
+    @property
+    def noise_t(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The matrices' noise rank axis first, (A^T (pairs, r, m), B^T (pairs, r, n)), as the
+        native low-rank kernel reads it (views at rank 1; copies once per generation above)."""
+        noise = self.noise
+        if self._noise_t is None or self._noise_t[0] is not noise:
+            self._noise_t = (noise, {name: tuple(t.transpose(1, 2).contiguous() for t in parts)
+                                     for name, parts in noise.items() if len(parts) == 2})
+        return self._noise_t[1]
 
     @property
     def device(self) -> torch.device:
@@ -300,6 +312,10 @@ class PopulationOps(Ops):
         self.kinds = {t.name: t.kind for t in pop.targets}
         self.P, self.sigma = hi - lo, pop.sigma
         self.sign = torch.tensor([1.0, -1.0], device=pop.device).view(1, 2, 1, 1) * pop.sigma
+        self.native = pop.model.use_native and native_ops.usable(self.p["head.weight"])
+        if self.native:
+            self.noise_t = {k: tuple(t[lo // 2:hi // 2] for t in v)
+                            for k, v in pop.noise_t.items()}
 
     def vec(self, name: str) -> torch.Tensor:
         base = self.p[name]
@@ -310,39 +326,36 @@ class PopulationOps(Ops):
         delta = (eps * torch.tensor([1.0, -1.0], device=eps.device).view(1, 2, *[1] * len(core)))
         return base.reshape(core) + self.sigma * delta.reshape(self.P, 1, 1, *core)
 
-    def _low_rank(self, base_out: torch.Tensor, x: torch.Tensor, left: torch.Tensor,
-                  right: torch.Tensor) -> torch.Tensor:
-        """base_out + s sigma (x @ left) @ right^T for every member; x (P, ..., in).
-
-        For small ranks, rank-1 terms through multiply-sum and addcmul: MKL's batched GEMM with
-        an inner size of 1 was 5-8x slower on these shapes (docs/benchmarks.md).
-        """
-        P2, r = self.P // 2, left.shape[-1]
+    def _low_rank(self, name: str, base_out: torch.Tensor, x: torch.Tensor, swap: bool
+                  ) -> torch.Tensor:
+        """base_out + s sigma (x @ left) @ right^T for every member; x (P, ..., in). (left,
+        right) is the noise (A, B), or (B, A) with `swap`. Native where measured faster."""
+        P2 = self.P // 2
         rows = x.reshape(P2, -1, x.shape[-1])  # (P/2, 2M, in): both members of a pair
         out = base_out.reshape(P2, -1, base_out.shape[-1])  # (P/2, 2M, out)
-        if r > SMALL_RANK:
-            xr = torch.bmm(rows, left)  # (P/2, 2M, r)
-            xr = (xr.view(P2, 2, -1, r) * self.sign).view(P2, -1, r)
-            return out.baddbmm_(xr, right.transpose(1, 2)).view(base_out.shape)
-        for i in range(r):
-            xr = (rows * left[:, None, :, i]).sum(-1)  # (P/2, 2M)
-            xr = (xr.view(P2, 2, -1) * self.sign[..., 0]).view(P2, -1, 1)
-            out.addcmul_(xr, right[:, None, :, i])
-        return out.view(base_out.shape)
+        A, Bn = self.noise[name]
+        left, right = (Bn, A) if swap else (A, Bn)
+        if self.native and x.dtype == torch.float32:
+            path = low_rank_path(rows.shape[2], out.shape[2], left.shape[2], rows.shape[1])
+            if path != "torch":
+                At, Bt = self.noise_t[name]
+                native_ops.low_rank(out, rows, *((Bt, At) if swap else (At, Bt)), self.sigma,
+                                    native_ops.threads_of(path))
+                return base_out
+        low_rank_torch(out, rows, left, right, self.sign)
+        return base_out
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.p[name])
         if name not in self.kinds:
             return y
-        A, Bn = self.noise[name]  # W (out, in): x W^T + s sigma (x B) A^T
-        return self._low_rank(y, x, Bn, A)
+        return self._low_rank(name, y, x, swap=True)  # W (out, in): x W^T + s sigma (x B) A^T
 
     def lora(self, name: str, x: torch.Tensor) -> torch.Tensor:
         y = x @ self.p[name]
         if name not in self.kinds:
             return y
-        A, Bn = self.noise[name]  # W (in, out): x W + s sigma (x A) B^T
-        return self._low_rank(y, x, A, Bn)
+        return self._low_rank(name, y, x, swap=False)  # W (in, out): x W + s sigma (x A) B^T
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         y = F.embedding(tokens, self.p["emb.weight"])
@@ -370,3 +383,43 @@ class PopulationOps(Ops):
         shape = y.shape
         return F.group_norm(y.reshape(-1, shape[-1]), n_head, self.p[prefix + ".weight"],
                             self.p[prefix + ".bias"], eps=GN_EPS).view(shape)
+
+
+def low_rank_torch(out: torch.Tensor, rows: torch.Tensor, left: torch.Tensor,
+                   right: torch.Tensor, sign: torch.Tensor) -> None:
+    """out (P/2, 2M, n) += s sigma (rows left) right^T in place, per pair; rows (P/2, 2M, m),
+    left (P/2, m, r), right (P/2, n, r), sign (1, 2, 1, 1) = [sigma, -sigma].
+
+    For small ranks, rank-1 terms through multiply-sum and addcmul: MKL's batched GEMM with an
+    inner size of 1 was 5-8x slower on these shapes (docs/benchmarks.md).
+    """
+    P2, r = left.shape[0], left.shape[-1]
+    if r > SMALL_RANK:
+        xr = torch.bmm(rows, left)  # (P/2, 2M, r)
+        xr = (xr.view(P2, 2, -1, r) * sign).view(P2, -1, r)
+        out.baddbmm_(xr, right.transpose(1, 2))
+        return
+    for i in range(r):
+        xr = (rows * left[:, None, :, i]).sum(-1)  # (P/2, 2M)
+        xr = (xr.view(P2, 2, -1) * sign[..., 0]).view(P2, -1, 1)
+        out.addcmul_(xr, right[:, None, :, i])
+
+
+def low_rank_path(n_in: int, n_out: int, rank: int, rows: int) -> str:
+    """"torch" or "native:<threads>" for the low-rank terms of an (n_out x n_in) target with
+    `rows` activation rows per pair; measured once per CPU on a ROW_BLOCK-row block."""
+    rows = 1 << (rows - 1).bit_length()
+    memo = native_ops.paths.default_chooser().memo
+    key = ("low_rank", n_in, n_out, rank, rows, torch.get_num_threads())
+    if key not in memo:
+        g = torch.Generator().manual_seed(0)
+        pairs = max(1, ROW_BLOCK // rows)
+        x, y = torch.randn(pairs, rows, n_in, generator=g), torch.zeros(pairs, rows, n_out)
+        left, right = torch.randn(pairs, n_in, rank), torch.randn(pairs, n_out, rank)
+        lt, rt = left.transpose(1, 2).contiguous(), right.transpose(1, 2).contiguous()
+        sign = torch.tensor([0.1, -0.1]).view(1, 2, 1, 1)
+        memo[key] = native_ops.choose(
+            "low_rank", {"in": n_in, "out": n_out, "rank": rank, "rows": rows},
+            lambda: low_rank_torch(y, x, left, right, sign),
+            lambda n: native_ops.low_rank(y, x, lt, rt, 0.1, n))
+    return memo[key]

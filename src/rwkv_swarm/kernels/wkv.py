@@ -20,7 +20,13 @@ so over a chunk of 16 the factored exponentials stay within e^{+-9.7}: safe in f
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
+
+from . import native_ops
+from .config import ROW_BLOCK
 
 CHUNK = 16  # tokens per chunk: bounds e^{+-G} to e^{+-9.7} (decay >= e^{-0.6065} per token)
 
@@ -148,3 +154,70 @@ def wkv_chunked(
         Y[:, sl], S = _chunk(S, r[:, sl], logw[:, sl], k[:, sl], v[:, sl], a[:, sl], b[:, sl],
                              out=dest if last else None)
     return Y.view(B, H, T, N), S.view(B, H, N, N)
+
+
+def wkv_heads(S: torch.Tensor, r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor,
+              v: torch.Tensor, kk: torch.Tensor, a_lr: torch.Tensor, H: int, N: int,
+              out: torch.Tensor, native: bool = False) -> torch.Tensor:
+    """The recurrence on (..., T, C) projections with a = -kk, b = kk a_lr; returns y (..., T, C).
+
+    S (..., H, N, N); the last state is written into `out`. With `native`, float32 CPU tensors
+    run `native_ops.wkv` where it was measured faster than the PyTorch form (`wkv_path`).
+    """
+    if native and native_ops.usable(S, r, logw, k, v, kk, a_lr, out):
+        path = wkv_path(H, N, r.shape[-2])
+        if path != "torch":
+            return native_ops.wkv(S, r, logw, k, v, kk, a_lr, out, H, N,
+                                  native_ops.threads_of(path))
+    return wkv_torch(S, r, logw, k, v, -kk, kk * a_lr, H, N, out)
+
+
+def wkv_torch(S, r, logw, k, v, a, b, H: int, N: int, out: torch.Tensor) -> torch.Tensor:
+    """The PyTorch form: reshape (..., T, C) inputs to heads, run the step or the chunked
+    recurrence into `out`, reshape y back."""
+    lead, T = r.shape[:-2], r.shape[-2]
+    batch = math.prod(lead)
+
+    def heads(t: torch.Tensor) -> torch.Tensor:  # (..., T, C) -> (B, H, T, N)
+        return t.float().reshape(batch, T, H, N).transpose(1, 2)
+
+    S, out = S.reshape(batch, H, N, N), out.view(batch, H, N, N)
+    if T == 1:
+        y, _ = wkv_step(S, *(heads(t)[:, :, 0] for t in (r, logw, k, v, a, b)), out=out)
+        y = y.unsqueeze(2)
+    else:
+        y, _ = wkv_chunked(S, *(heads(t) for t in (r, logw, k, v, a, b)), chunk=CHUNK, out=out)
+    return y.transpose(1, 2).reshape(*lead, T, H * N)
+
+
+def wkv_path(H: int, N: int, T: int) -> str:
+    """"torch" or "native:<threads>" for the recurrence of H heads of N over T tokens.
+
+    Measured once per CPU on a CPU forward block (`_wkv_forms`) at T = 1 (steps) or T = CHUNK
+    (sequences), and cached (paths.py).
+    """
+    tokens = 1 if T == 1 else CHUNK
+    memo = native_ops.paths.default_chooser().memo
+    key = ("wkv", H, N, tokens, torch.get_num_threads())
+    if key not in memo:
+        memo[key] = native_ops.choose("wkv", {"H": H, "N": N, "tokens": tokens},
+                                      *_wkv_forms(H, N, tokens))
+    return memo[key]
+
+
+def _wkv_forms(H: int, N: int, T: int):
+    """The PyTorch and native forms on a synthetic block of ROW_BLOCK // T rows, or fewer where
+    their states would pass 16 MB (2048 rows of C=768 states are 400 MB)."""
+    g = torch.Generator().manual_seed(0)
+    rows, C = max(1, min(ROW_BLOCK // T, (4 << 20) // (H * N * N))), H * N
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g)
+
+    r, k, v = rnd(rows, T, C), rnd(rows, T, C), rnd(rows, T, C)
+    logw = -0.606531 * torch.sigmoid(rnd(rows, T, C))
+    kk = F.normalize(rnd(rows, T, H, N), dim=-1).view(rows, T, C)
+    a_lr = torch.sigmoid(rnd(rows, T, C))
+    S, out = rnd(rows, H, N, N) * 0.1, torch.empty(rows, H, N, N)
+    return (lambda: wkv_torch(S, r, logw, k, v, -kk, kk * a_lr, H, N, out),
+            lambda n: native_ops.wkv(S, r, logw, k, v, kk, a_lr, out, H, N, n))

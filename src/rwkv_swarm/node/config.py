@@ -61,7 +61,6 @@ class NodeConfig:
     init: str = "live"  # initial weights: "live" (every block path active) or "trainer"
     node_id: int = 0  # index in the swarm; seeds and noise streams derive from it
     seed: int = 0  # swarm seed
-    threads: int = 0  # torch intra-op threads for this node's process; 0 leaves torch's own
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -78,9 +77,8 @@ class NodeConfig:
                              f"{self.max_steps}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        if self.node_id < 0 or self.seed < 0 or self.threads < 0:
-            raise ValueError(f"node_id, seed and threads must be >= 0, got {self.node_id}, "
-                             f"{self.seed}, {self.threads}")
+        if self.node_id < 0 or self.seed < 0:
+            raise ValueError(f"node_id and seed must be >= 0, got {self.node_id}, {self.seed}")
         env_config(self.env)  # a bad world fails here, naming the option
 
     @classmethod

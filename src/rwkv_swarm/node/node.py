@@ -51,8 +51,6 @@ class Node:
         spec = env_spec(env)
         if spec is not None and spec != config.env:
             config = replace(config, env=spec)
-        if config.threads:
-            torch.set_num_threads(config.threads)
         # noise seeds: the swarm seed and the ES config's own; the lineage picks the stream
         es = replace(config.es, population=config.population, stream=config.lineage,
                      seed=derive_seed(config.seed, config.es.seed))

@@ -197,7 +197,7 @@ class SwarmConfig:
             out.append(NodeConfig(model=model, env=env, strategy=self.strategy, es=es,
                                   exchange=exchange, episodes=self.episodes,
                                   max_steps=self.max_steps, init=self.init, node_id=i,
-                                  seed=self.seed, threads=max(1, int(self.resources.cpus))))
+                                  seed=self.seed))
         return out
 
     def replace(self, **changes: Any) -> SwarmConfig:

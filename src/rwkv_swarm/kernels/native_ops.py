@@ -1,0 +1,84 @@
+"""Native kernels of the batched forward (`csrc/rwkv7_seq.c`) and the measured choice of each
+against its PyTorch form.
+
+`wkv` runs the WKV recurrence token by token per (row, head); `low_rank` adds a population's
+rank-r perturbation terms in one pass. Both read float32 CPU tensors in place. Whether they
+run, and on how many threads, is measured per CPU and shape through paths.py (`choose`), with
+the PyTorch form always a candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+
+from . import native, paths
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the native kernels can take these tensors: float32 on the CPU, library built."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) \
+        and native.load() is not None
+
+
+def choose(kind: str, sizes: Mapping[str, object], torch_form: Callable[[], object],
+           native_form: Callable[[int], object]) -> str:
+    """"torch" or "native:<threads>" for this kind of kernel at these sizes (measured once)."""
+    cands: dict[str, Callable[[], object]] = {"torch": torch_form}
+    for n in native.thread_counts():
+        cands[f"native:{n}"] = lambda n=n: native_form(n)
+    sizes = {**sizes, "torch_threads": torch.get_num_threads()}
+    return paths.default_chooser().choose(kind, sizes, cands)
+
+
+def threads_of(path: str) -> int:
+    """The team size of a "native:<threads>" path; 0 for "torch"."""
+    return int(path.partition(":")[2] or 0)
+
+
+def _ptr(t: torch.Tensor) -> int:
+    if not t.is_contiguous():
+        raise ValueError("native kernels need contiguous tensors")
+    return t.data_ptr()
+
+
+def wkv(S: torch.Tensor, r: torch.Tensor, logw: torch.Tensor, k: torch.Tensor,
+        v: torch.Tensor, kk: torch.Tensor, a_lr: torch.Tensor, out: torch.Tensor, H: int, N: int,
+        threads: int) -> torch.Tensor:
+    """y (..., T, H*N) of S' = S diag(e^logw) + (S (-kk)) (kk a_lr)^T + v k^T, y = S' r.
+
+    Inputs (..., T, H*N); S (..., H, N, N) with as many rows; the last state is written to
+    `out` (which may be S).
+    """
+    T, C = r.shape[-2], r.shape[-1]
+    rows = r.numel() // (T * C)
+    if S.numel() != rows * H * N * N or out.numel() != S.numel() or C != H * N:
+        raise ValueError(f"WKV shapes disagree: S {tuple(S.shape)}, r {tuple(r.shape)}")
+    w = torch.exp(logw)  # vectorised here; one scalar expf per element cost the C loop more
+    ins = [t.contiguous() for t in (r, w, k, v, kk, a_lr, S)]
+    y = torch.empty_like(ins[0])
+    rc = native.load().rwkv7_wkv(rows, T, H, N, *(_ptr(t) for t in ins), _ptr(out), _ptr(y),
+                                 threads)
+    if rc != 0:
+        raise MemoryError("native WKV could not allocate its scratch buffers")
+    return y
+
+
+def low_rank(y: torch.Tensor, x: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
+             sigma: float, threads: int) -> torch.Tensor:
+    """y += s sigma (x left_p^T) right_p per pair p, in place; returns y.
+
+    x (pairs, rows, in) and y (pairs, rows, out): each pair's rows are its + member's then its
+    - member's. left (pairs, rank, in), right (pairs, rank, out).
+    """
+    pairs, rows, n_in = x.shape
+    rank, n_out = left.shape[1], right.shape[2]
+    if y.shape != (pairs, rows, n_out) or left.shape != (pairs, rank, n_in) \
+            or right.shape != (pairs, rank, n_out) or rows % 2:
+        raise ValueError(f"low-rank shapes disagree: x {tuple(x.shape)}, y {tuple(y.shape)}, "
+                         f"left {tuple(left.shape)}, right {tuple(right.shape)}")
+    x, left, right = x.contiguous(), left.contiguous(), right.contiguous()
+    native.load().rwkv7_low_rank(pairs, rows, n_in, n_out, rank, _ptr(x), _ptr(left),
+                                 _ptr(right), _ptr(y), sigma, threads)
+    return y
