@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..cluster import connect, gcs_address, namespace, release, spawn_nodes
 from .actor import CoordinatorActor
@@ -59,7 +60,7 @@ class Swarm:
             raise TypeError(f"config must be a SwarmConfig, got {type(config).__name__}")
         node_configs = config.node_configs()  # every check before anything starts
         run_id = run_id or new_run_id()
-        run_dir = Path(config.run_dir) / run_id
+        run_dir = Path(config.run_dir).resolve() / run_id  # actors do not share our cwd
         run_dir.mkdir(parents=True, exist_ok=False)
         (run_dir / "config.toml").write_text(config.to_toml())
         cpus = config.nodes * config.resources.cpus
@@ -71,7 +72,10 @@ class Swarm:
                                         placement=config.resources.placement,
                                         secure=config.secure, prefix=f"{run_id}/")
             names = [f"node-{c.node_id}" for c in node_configs]
-            coordinator = CoordinatorActor.options(name=coordinator_name(run_id)).remote(
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                  soft=False)  # it writes the run directory
+            coordinator = CoordinatorActor.options(name=coordinator_name(run_id),
+                                                   scheduling_strategy=here).remote(
                 config, run_id, str(run_dir), actors, names)
             ray.get(coordinator.status.remote(), timeout=START_TIMEOUT_S)
         except BaseException:
