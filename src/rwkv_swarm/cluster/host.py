@@ -25,6 +25,7 @@ from ..node.member import Member
 from ..node.wire import ProtocolError, message, state_from_message, state_message
 
 CONTROL_WAIT_S = 120.0  # longest a control call waits for the async loop's next boundary
+STATE_WAIT_S = 2.0  # longest an adopting node waits for the source's latest state message
 
 
 class NodeHost:
@@ -178,14 +179,27 @@ class NodeHost:
             node.model.load_state_dict({k: torch.from_numpy(np.asarray(v))
                                         for k, v in weights.items()})
             now = fingerprint(node.model)
-            got = self.peer_states.get(source)
-            state = with_state and got is not None and got[0] == now
+            got = self._state_of(source, now) if with_state else None
+            state = got is not None
             node.live_state = got[1].clone() if state else node.model.zero_state(1)
             node.strategy.adopted(*belief)
             return {"node": self.name, "source": source, "state": bool(state),
                     "fingerprint": now.hex()}
 
         return self._control(op)
+
+    def _state_of(self, source: str, weights: bytes) -> tuple[bytes, RWKV7State] | None:
+        """The source's live state for `weights`: its state message is sent when its generation
+        ends, so it may still be on the way; wait for it up to STATE_WAIT_S."""
+        deadline = time.monotonic() + STATE_WAIT_S
+        while True:
+            got = self.peer_states.get(source)
+            if got is not None and got[0] == weights:
+                return got
+            if time.monotonic() >= deadline:
+                return None
+            self.member.service(timeout_ms=10)
+            self._drain_other()
 
     def checkpoint(self) -> bytes:
         return self._control(self.node.checkpoint)
