@@ -119,6 +119,44 @@ def test_a_report_or_state_of_another_model_is_refused_and_counted(swarm, tmp_pa
         assert row["absorbed_from"] == 1 and row["absorbed"] == 0
         assert plain_a.node.refused["mismatch"] == 1
         assert plain_a.status()["dropped"]["mismatch"] == 1  # b's state: another model's
+        assert set(row["dropped_by"].split(",")) >= {"mismatch:1", "refused_mismatch:1"}
     finally:
         b.close()
         plain_a.close()
+
+
+def test_without_tensorboard_installed_a_warning_event_says_so(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    coordinator, hosts = local_swarm(tmp_path, tensorboard=True)
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    try:
+        coordinator.run(1)
+        (warning,) = [e for e in read_events(coordinator.run_dir) if e["kind"] == "warning"]
+        assert "pip install tensorboard" in warning["message"]
+    finally:
+        for h in hosts:
+            h.close()
+
+
+def test_tensorboard_scalars_are_written_per_node_and_generation(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    coordinator, hosts = local_swarm(tmp_path, tensorboard=True)
+    try:
+        coordinator.run(2)
+    finally:
+        for h in hosts:
+            h.close()
+    board = EventAccumulator(str(coordinator.run_dir / "tb"))
+    board.Reload()
+    steps = [e.step for e in board.Scalars("node2/fitness_mean")]
+    assert steps == [0, 1]

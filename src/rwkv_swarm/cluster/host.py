@@ -92,6 +92,7 @@ class NodeHost:
             row["communicate_s"] = row["send_s"] + row["wait_s"] + time.perf_counter() - t0
             row["fingerprint"] = fingerprint(self.node.model).hex()
             row["name"] = self.name
+            row["dropped_by"] = ",".join(f"{k}:{v}" for k, v in sorted(self._dropped().items()))
             return row
 
     def _broadcast_state(self) -> None:
@@ -231,9 +232,14 @@ class NodeHost:
                           for p, v in stats["peers"].items()},
                 "absorbs_from": self.member.expected(),
                 "sent": stats["sent"], "received": stats["received"],
-                "dropped": {**stats["dropped"], **self.member.dropped,
-                            **{f"refused_{k}": v for k, v in self.node.refused.items()}},
+                "dropped": self._dropped(),
                 "signals": dict(self.applied_signals)}
+
+    def _dropped(self) -> dict[str, int]:
+        """Messages dropped so far, by reason: by the transport (malformed, impersonation, ...),
+        by the member (stale, repeated, a state of another model) and refused reports."""
+        return {**self.member.transport.stats()["dropped"], **self.member.dropped,
+                **{f"refused_{k}": v for k, v in self.node.refused.items()}}
 
     # -- async mode --------------------------------------------------------------------------------
 

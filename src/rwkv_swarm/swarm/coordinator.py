@@ -27,6 +27,8 @@ from .topology import neighbours as make_neighbours
 from .trace import EventLog, TraceWriter
 
 SIGNAL_WAIT_S = 600.0  # longest inject() waits for its signal to be applied
+BOARD_SCALARS = ("fitness_mean", "fitness_max", "belief_mean", "belief_var", "sigma", "p_best",
+                 "step_norm", "nis")
 
 
 class Nodes(Protocol):
@@ -73,6 +75,7 @@ class Coordinator:
         self._stop = threading.Event()
         self._buffer: list[dict[str, Any]] = []
         self._started = time.time()
+        self._board = self._tensorboard() if config.tensorboard else None
         self._wire(self.neighbour_lists)
 
     # -- peers -----------------------------------------------------------------------------------
@@ -191,7 +194,7 @@ class Coordinator:
         for row in rows:
             self.last[row["node"]] = row
         self._decide(gen, rows)
-        self.trace.write(rows)
+        self._write(rows)
         with self._lock:
             self.generation, self.in_flight = gen + 1, None
 
@@ -275,7 +278,30 @@ class Coordinator:
                 self._buffer = []
         if rows:
             self._decide(max(r["generation"] for r in rows), rows)
-            self.trace.write(rows)
+            self._write(rows)
+
+    # -- output ----------------------------------------------------------------------------------
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        self.trace.write(rows)
+        if self._board is not None:
+            for r in rows:
+                for key in BOARD_SCALARS:
+                    value = r.get(key)
+                    if value is not None and math.isfinite(value):
+                        self._board.add_scalar(f"node{r['node']}/{key}", value, r["generation"])
+            self._board.flush()
+
+    def _tensorboard(self) -> Any:
+        """A TensorBoard writer under runs/<id>/tb, or None (with a warning event) when the
+        tensorboard package is not installed."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            self.events.write("warning", message=f"tensorboard = true but it cannot be used "
+                                                 f"({e}): pip install tensorboard")
+            return None
+        return SummaryWriter(str(self.run_dir / "tb"))
 
     # -- status ----------------------------------------------------------------------------------
 

@@ -31,7 +31,8 @@ COLUMNS: dict[str, pa.DataType] = {
     "absorbed": I, "absorbed_from": I, "refused": I, "missing": I, "bad_obs": I, "diverged": I,
     "migrated_from": I, "p_best": F, "signals": S,
     "evaluate_s": F, "update_s": F, "communicate_s": F, "generation_s": F,
-    "sent": I, "received": I, "dropped": I, "bytes_sent": I, "bytes_received": I,
+    "sent": I, "received": I, "dropped": I, "dropped_by": S, "bytes_sent": I,
+    "bytes_received": I,
     "time": F,
 }
 SCHEMA = pa.schema([pa.field(k, v) for k, v in COLUMNS.items()],
