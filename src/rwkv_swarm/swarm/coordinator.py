@@ -76,6 +76,7 @@ class Coordinator:
         self._buffer: list[dict[str, Any]] = []
         self._started = time.time()
         self._board = self._tensorboard() if config.tensorboard else None
+        self._decided = -1  # the last generation migrations were decided at
         self._wire(self.neighbour_lists)
 
     # -- peers -----------------------------------------------------------------------------------
@@ -228,8 +229,10 @@ class Coordinator:
             for row in rows:
                 row["p_best"] = p_of.get(row["node"], math.nan)
         m = self.config.migration
-        if not m.enabled or self.config.mode == "consensus" or (gen + 1) % m.every:
+        if not m.enabled or self.config.mode == "consensus" or (gen + 1) % m.every \
+                or gen <= self._decided:  # async: several batches can end at one generation
             return
+        self._decided = gen
         by_node = {r["node"]: r for r in rows}
         for mig in migrations(summaries, m.gate, m.fraction):
             src_row = self.last[mig.src]
