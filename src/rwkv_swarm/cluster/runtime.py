@@ -22,8 +22,13 @@ def connect(address: str | None, cpus_needed: float = 1.0, namespace: str | None
         ray.init(num_cpus=cpus, include_dashboard=False, namespace=namespace,
                  log_to_driver=False, configure_logging=False)
     else:
-        ray.init(address=address, namespace=namespace, log_to_driver=False,
-                 configure_logging=False)
+        try:
+            ray.init(address=address, namespace=namespace, log_to_driver=False,
+                     configure_logging=False)
+        except (ConnectionError, RuntimeError) as e:
+            raise ValueError(f"cannot join a Ray cluster at {address!r} ({e}); start one with "
+                             "`ray start --head`, or leave the address out for a local Ray") \
+                from None
     return True
 
 
