@@ -11,12 +11,12 @@ import torch
 
 from rwkv_swarm.kernels import RWKV7Config
 from rwkv_swarm.node import (
-    Discrepancy,
     Evidence,
     ExchangeConfig,
     KalmanESConfig,
     Node,
     NodeConfig,
+    Relevance,
     Report,
     WeightSketch,
     decode,
@@ -140,20 +140,25 @@ def test_the_weight_sketch_estimates_squared_distances_without_bias():
     assert np.std(ratios) == pytest.approx(math.sqrt(2 / 64), rel=0.3)
 
 
-def test_fusion_weighs_a_distant_neighbour_less_and_an_identical_one_fully():
-    d = 1000
+def test_fusion_counts_a_same_weights_neighbour_fully_and_learns_how_much_others_share():
+    d = 3000
     g, var = torch.zeros(d), torch.ones(d)
-    near = Evidence("near", torch.ones(d), torch.ones(d), distance2=0.0)
-    fused, fused_var = fuse_estimates(g, var, [near], Discrepancy())
+    same = Evidence("same", torch.ones(d), torch.ones(d), distance2=0.0)
+    fused, fused_var = fuse_estimates(g, var, [same], Relevance())
     assert torch.allclose(fused, torch.full((d,), 0.5)) and torch.allclose(fused_var,
                                                                            torch.full((d,), 0.5))
     rng = torch.Generator().manual_seed(1)
-    lam = Discrepancy()
-    for _ in range(20):  # a far neighbour whose gradient differs by N(0, 3) per coordinate
-        far = Evidence("far", g + torch.randn(d, generator=rng) * 3 ** 0.5
-                       + torch.randn(d, generator=rng), torch.ones(d), distance2=2.0)
-        fuse_estimates(g + torch.randn(d, generator=rng), var, [far], lam)
-    assert lam.variance(2.0) == pytest.approx(3.0, rel=0.15)
-    _, far_var = fuse_estimates(g, var, [far], lam)
-    assert float(far_var.mean()) == pytest.approx(1 / (1 + 1 / (1 + lam.variance(2.0))),
-                                                  rel=1e-6)
+    truth = torch.randn(d, generator=rng) * 0.3  # a weak signal under unit noise per estimate
+    reference = truth.clone()  # what a node's filter accumulates over generations
+    relevance = Relevance()
+    for _ in range(40):
+        own = truth + torch.randn(d, generator=rng)
+        half = Evidence("half", 0.5 * truth + torch.randn(d, generator=rng), torch.ones(d), 1.0)
+        other = Evidence("other", torch.randn(d, generator=rng) * 0.3 +
+                         torch.randn(d, generator=rng), torch.ones(d), 1.0)
+        fuse_estimates(own, var, [half, other], relevance, reference)
+    assert relevance.rho("half", 1.0) == pytest.approx(0.5, abs=0.1)
+    assert relevance.rho("other", 1.0) < 0.1
+    _, v = fuse_estimates(own, var, [half], relevance, reference)
+    rho = relevance.rho("half", 1.0)
+    assert float(v.mean()) == pytest.approx(1 / (1 + rho * rho), rel=1e-5)

@@ -4,7 +4,7 @@ ZeroMQ transport; the environments it lives in."""
 from .config import MODES, STRATEGIES, STRATEGY_CONFIGS, ExchangeConfig, NodeConfig
 from .environment import Environment
 from .exchange import Report, WeightSketch, fingerprint, perturbation_key, replay
-from .fusion import Discrepancy, Evidence, fuse_estimates, mean_estimates
+from .fusion import Evidence, Relevance, fuse_estimates, mean_estimates
 from .kalman_es import KalmanES, KalmanESConfig
 from .keys import NodeKeys, SwarmKeyring
 from .node import Node
@@ -23,10 +23,11 @@ from .wire import (
     state_message,
 )
 
-__all__ = ["MODES", "STRATEGIES", "STRATEGY_CONFIGS", "Discrepancy", "ESConfig", "Environment",
+__all__ = ["MODES", "STRATEGIES", "STRATEGY_CONFIGS", "ESConfig", "Environment",
            "Evidence", "ExchangeConfig", "KalmanES", "KalmanESConfig", "LowRankES",
            "Measurement", "Message", "Mutants", "Node", "NodeConfig", "NodeKeys",
-           "ProtocolError", "Report", "Rollout", "StepInfo", "Strategy", "SwarmKeyring",
+           "ProtocolError", "Relevance", "Report", "Rollout", "StepInfo", "Strategy",
+           "SwarmKeyring",
            "Transport", "TransportConfig", "WeightSketch", "WireLimits", "centered_ranks",
            "decode", "derive_seed", "encode", "fingerprint", "fuse_estimates", "mean_estimates",
            "message", "pair_means", "perturbation_key", "replay", "rollout",

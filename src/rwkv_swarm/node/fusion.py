@@ -1,21 +1,32 @@
 """Folding neighbours' gradient estimates into a node's own (the gossip mode's rule).
 
 A neighbour's estimate g_k, replayed from its seed (exchange.replay), measures the gradient at
-its weights, not ours. Taken as a measurement of our gradient g it carries its own sampling
-variance V_k (exact, from its population) plus a discrepancy D_k: the gradients of two weight
-vectors a distance d_k apart differ by about H (theta_k - theta), per coordinate a variance
-that grows with d_k^2. So D_k = lambda d_k^2, with lambda learned from the estimates
-themselves: E[(g_k - g)^2] = V + V_k + D_k per coordinate, pooled over the d coordinates.
+its weights, not ours. Modelled as a measurement of our gradient g,
 
-    fused information  I = 1/V + sum_k 1/(V_k + D_k),   fused g = (g/V + sum_k g_k/(V_k + D_k)) / I
+    g_k = rho_k g + n_k,     n_k ~ N(0, V_k)   (V_k exact, from its own population)
+
+rho_k in [0, 1] is how much of the neighbour's signal is ours: 1 for the same weights (equal
+fingerprints, sketch distance 0), falling as the weights drift apart. The optimal use of such a
+measurement is g_k / rho_k with variance V_k / rho_k^2, so
+
+    I = 1/V + sum_k rho_k^2 / V_k,      g_fused = (g/V + sum_k rho_k g_k / V_k) / I
+
+rho_k is estimated along this node's own filtered direction m (accumulated over generations,
+so its signal is far above one estimate's noise): E<g_k, m> = rho_k E<g, m>, so
+rho_k = sum <g_k, m> / sum <g, m> over past generations (exponentially weighted). Per
+coordinate, a single estimate here is nearly pure noise (|g|/sd about 0.86, cosine between
+neighbours' estimates about 0.01), which is why an excess-variance test per coordinate could
+not see neighbours drift away and averaging them in hurt (docs/swarm.md has the measurements).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+MIN_RHO = 0.05  # below, a neighbour's estimate carries under 0.25% of an own one's information
 
 
 @dataclass(frozen=True)
@@ -29,51 +40,59 @@ class Evidence:
 
 
 @dataclass
-class Discrepancy:
-    """lambda in D_k = lambda d_k^2: exponentially weighted least squares through the origin of
-    the pooled excess (mean over coordinates of (g_k - g)^2 - V - V_k) on d_k^2."""
+class Relevance:
+    """rho_k per neighbour: exponentially weighted sums of <g_k, m> and <g, m> (m: this node's
+    filtered direction, normalised), plain values so that it checkpoints as it is."""
 
-    sxy: float = 0.0  # weighted sum of d^2 * excess
-    sxx: float = 0.0  # weighted sum of d^4
-    memory: float = 0.7  # weight kept per generation
+    sums: dict[str, list[float]] = field(default_factory=dict)  # source -> [num, den]
+    memory: float = 0.8  # weight kept per generation
 
-    @property
-    def slope(self) -> float:
-        return max(self.sxy / self.sxx, 0.0) if self.sxx > 0 else 0.0
+    def rho(self, source: str, distance2: float) -> float:
+        if distance2 == 0.0:
+            return 1.0  # the same weights: the same gradient
+        num, den = self.sums.get(source, (0.0, 0.0))
+        return min(max(num / den, 0.0), 1.0) if den > 0 else 0.0
 
-    def observe(self, distance2: float, excess: float) -> None:
-        self.sxy = self.memory * self.sxy + distance2 * excess
-        self.sxx = self.memory * self.sxx + distance2 * distance2
-
-    def variance(self, distance2: float) -> float:
-        return self.slope * distance2
-
-
-def learn_discrepancy(grad: torch.Tensor, var: torch.Tensor, evidence: Sequence[Evidence],
-                      discrepancy: Discrepancy) -> None:
-    """Add this generation's excess of each neighbour's estimate over our own to `discrepancy`."""
-    for e in evidence:
-        if e.distance2 > 0:
-            excess = float(((e.gradient - grad) ** 2 - var - e.variance).double().mean())
-            discrepancy.observe(e.distance2, excess)
+    def observe(self, own: torch.Tensor, evidence: Sequence[Evidence],
+                direction: torch.Tensor | None) -> None:
+        """Add this generation's projections on `direction` (before this generation's step)."""
+        if direction is None or own is None:
+            return
+        norm = float(torch.linalg.vector_norm(direction))
+        if norm == 0.0:
+            return
+        unit = direction.double() / norm
+        mine = float(torch.dot(own.double(), unit))
+        for e in evidence:
+            num, den = self.sums.get(e.source, (0.0, 0.0))
+            theirs = float(torch.dot(e.gradient.double(), unit))
+            self.sums[e.source] = [self.memory * num + theirs, self.memory * den + mine]
 
 
 def fuse_estimates(grad: torch.Tensor | None, var: torch.Tensor | None,
-                   evidence: Sequence[Evidence], discrepancy: Discrepancy,
-                   min_var: float = 1e-30) -> tuple[torch.Tensor, torch.Tensor]:
-    """Our estimate (grad, var) and the neighbours', weighted by information: (g, V) fused.
-    grad None: we have no estimate of our own this generation (every pair tied)."""
+                   evidence: Sequence[Evidence], relevance: Relevance,
+                   direction: torch.Tensor | None = None, min_var: float = 1e-30
+                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Our estimate (grad, var) and the neighbours', weighted by information: (g, V) fused,
+    or None when there is no evidence at all. grad None: we have no estimate of our own this
+    generation (every pair tied). `direction`: our filtered direction before this generation
+    (what rho is estimated along)."""
+    relevance.observe(grad, evidence, direction)
     if grad is None or var is None:
         info = vec = torch.zeros_like(evidence[0].gradient)
     else:
-        learn_discrepancy(grad, var, evidence, discrepancy)
         info = 1.0 / var.clamp_min(min_var)
         vec = grad * info
     for e in evidence:
-        w = 1.0 / (e.variance + discrepancy.variance(e.distance2)).clamp_min(min_var)
-        info = info + w
-        vec = vec + e.gradient * w
-    return vec / info, 1.0 / info
+        rho = relevance.rho(e.source, e.distance2)
+        if rho < MIN_RHO:
+            continue
+        w = 1.0 / e.variance.clamp_min(min_var)  # g_k / rho with variance V_k / rho^2
+        info = info + rho * rho * w
+        vec = vec + rho * e.gradient * w
+    if grad is None and not bool((info > 0).any()):
+        return None
+    return vec / info.clamp_min(min_var), 1.0 / info.clamp_min(min_var)
 
 
 def mean_estimates(grad: torch.Tensor | None, var: torch.Tensor | None,

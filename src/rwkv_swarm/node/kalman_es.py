@@ -97,12 +97,18 @@ class KalmanES(Strategy):
             if db.mean is None:  # and nothing known: the mutants all behave alike
                 self._widen()
             return db.direction.to(dtype), 0.0
-        g, var = (m.gradient(), m.variance()) if not absorbed else self.combine(m, absorbed)
+        fused = self.combine(m, absorbed) if absorbed else (m.gradient(), m.variance())
+        if fused is None:  # tied, and no neighbour's estimate counts: nothing measured
+            return db.direction.to(dtype), 0.0
+        g, var = fused
         b = self.config.noise_memory
         self.noise_var = var.clone() if self.noise_var is None \
             else b * self.noise_var + (1 - b) * var
         gain = float(db.update(g, var).gain.mean())
         return db.direction.to(dtype), gain
+
+    def _reference(self) -> torch.Tensor | None:
+        return self.direction_belief.mean  # the filtered direction, before this update
 
     def _throttle(self, belief: FitnessUpdate) -> float:
         c = self.config

@@ -30,7 +30,7 @@ import torch
 from ..kalman import FitnessBelief, FitnessConfig, FitnessUpdate
 from ..kernels import RWKV7, Population
 from ..kernels.population import targets_for
-from .fusion import Discrepancy, Evidence, fuse_estimates, mean_estimates
+from .fusion import Evidence, Relevance, fuse_estimates, mean_estimates
 from .optim import OPTIMIZERS, Calibration, make_optimizer
 from .shaping import SHAPINGS, derive_seed, pair_means
 
@@ -182,7 +182,8 @@ class Strategy:
         self._pending: Mutants | None = None
         self._population: Population | None = None
         self._measured: Measurement | None = None
-        self.discrepancy = Discrepancy()  # how far neighbours' estimates stray (fusion.py)
+        self.relevance = Relevance()  # how much of each neighbour's signal is ours (fusion.py)
+        self.reference: torch.Tensor | None = None  # an average of past directions
         c = config
         self.optimizer = make_optimizer(self.params, c.optimizer, c.lr, c.momentum, c.max_speed,
                                         c.weight_decay)
@@ -315,19 +316,29 @@ class Strategy:
 
     def _direction(self, m: Measurement, absorbed: list[Evidence]) -> tuple[torch.Tensor, float]:
         """Search direction, flat (d,), and a mean direction gain (NaN if not filtered)."""
-        if not absorbed:
-            return m.gradient(), math.nan
-        return self.combine(m, absorbed)[0], math.nan
+        if absorbed:
+            fused = self.combine(m, absorbed)
+            g = m.gradient() if fused is None else fused[0]
+        else:
+            g = m.gradient()
+        ema = 0.9  # the reference direction rho is measured along: past directions, averaged
+        self.reference = g.clone() if self.reference is None else ema * self.reference + \
+            (1 - ema) * g
+        return g, math.nan
 
     def combine(self, m: Measurement, absorbed: list[Evidence]
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """This generation's estimate with the neighbours' (config.fusion): (g, V) flat. A
-        generation whose pairs all tied contributes nothing (its variance of 0 would claim an
-        exact gradient of 0)."""
+                ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """This generation's estimate with the neighbours' (config.fusion): (g, V) flat, None
+        when nothing was measured. A generation whose pairs all tied contributes nothing of
+        its own (its variance of 0 would claim an exact gradient of 0)."""
         g, v = (None, None) if m.tied else (m.gradient(), m.variance())
         if self.config.fusion == "mean":
-            return mean_estimates(g, v, absorbed)
-        return fuse_estimates(g, v, absorbed, self.discrepancy)
+            return mean_estimates(g, v, absorbed) if g is not None or absorbed else None
+        return fuse_estimates(g, v, absorbed, self.relevance, self._reference())
+
+    def _reference(self) -> torch.Tensor | None:
+        """The direction a neighbour's relevance is measured along (KalmanES: its filter's)."""
+        return self.reference
 
     def _throttle(self, belief: FitnessUpdate) -> float:
         """lr scale for this step."""
@@ -346,7 +357,9 @@ class Strategy:
                 "expected_change": self.expected_change, "raw_prediction": self.raw_prediction,
                 "last_z": self.last_z, "calibration": asdict(self.calibration),
                 "optimizer": buf.getvalue(), "fitness_belief": self.fitness_belief.to_dict(),
-                "discrepancy": asdict(self.discrepancy), **self._extra_state()}
+                "relevance": asdict(self.relevance),
+                "reference": None if self.reference is None
+                else self.reference.float().numpy().tobytes(), **self._extra_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generation = int(state["generation"])
@@ -358,7 +371,10 @@ class Strategy:
         self.optimizer.load_state_dict(torch.load(io.BytesIO(state["optimizer"]),
                                                   weights_only=True))
         self.fitness_belief = FitnessBelief.from_dict(state["fitness_belief"])
-        self.discrepancy = Discrepancy(**state["discrepancy"])
+        self.relevance = Relevance(**state["relevance"])
+        ref = state["reference"]
+        self.reference = None if ref is None else torch.from_numpy(
+            np.frombuffer(ref, dtype=np.float32).copy())
         self._pending, self._population, self._measured = None, None, None
         self._load_extra_state(state)
 
