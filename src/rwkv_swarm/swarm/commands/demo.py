@@ -15,7 +15,7 @@ from ..config import Migration, Resources, SwarmConfig
 from ..report import format_table, plot, summary
 from ..signals import Signal
 from ..trace import load_trace
-from .run import watch
+from .run import shown, watch
 
 SHIFT = {"freq": [0.021, 0.047, 0.25]}  # the fast component moves from 0.113 to 0.25
 
@@ -50,7 +50,7 @@ def demo_command(args: argparse.Namespace) -> int:
         watch(swarm, args.generations - midway, quiet=args.quiet)  # generation is in the new world
     print(format_table(summary(swarm.run_dir)))
     png = plot(swarm.run_dir)
-    print(f"trace: {swarm.run_dir / 'trace.parquet'}  plot: {png}")
+    print(f"trace: {shown(swarm.run_dir / 'trace.parquet')}  plot: {shown(png)}")
     print(verdict(swarm.run_dir, injected, time.perf_counter() - t0))
     return 0
 

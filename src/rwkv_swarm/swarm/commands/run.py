@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 from ..api import Swarm
@@ -35,15 +36,29 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in pairs.items() if v is not None}
 
 
+def received(status: dict[str, Any]) -> int:
+    return sum(n["received"] or 0 for n in status["nodes"].values())
+
+
+def shown(path: Path) -> str:
+    """`path` relative to the working directory when it is below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def run_command(args: argparse.Namespace) -> int:
     config = SwarmConfig.from_toml(args.config)
     config = SwarmConfig.from_dict({**config.to_dict(), **overrides(args)})
     with Swarm.launch(config, address=args.address) as swarm:
         print(f"run {swarm.run_id}: {config.nodes} nodes, {config.mode}, "
-              f"{'sync' if config.sync else 'async'}; trace in {swarm.run_dir}", flush=True)
+              f"{'sync' if config.sync else 'async'}; trace in {shown(swarm.run_dir)}",
+              flush=True)
         watch(swarm, config.generations, quiet=args.quiet)
     print(format_table(summary(swarm.run_dir)))
-    print(f"trace: {swarm.run_dir / 'trace.parquet'}  events: {swarm.run_dir / 'events.jsonl'}")
+    print(f"trace: {shown(swarm.run_dir / 'trace.parquet')}  "
+          f"events: {shown(swarm.run_dir / 'events.jsonl')}")
     return 0
 
 
@@ -53,14 +68,15 @@ def watch(swarm: Swarm, generations: int, *, quiet: bool = False,
     until it ends; `on_status(status)` runs at every poll."""
     from tqdm import tqdm
 
-    start = swarm.status()["generation"]
+    first = swarm.status()
+    start = first["generation"]
     swarm.start(generations)
     bar = tqdm(total=generations, unit="gen", disable=quiet, dynamic_ncols=True)
-    last_msgs, last_t = 0, time.monotonic()
+    last_msgs, last_t = received(first), time.monotonic()
     while not swarm.done():
         status = swarm.status()
         bar.update(status["generation"] - start - bar.n)
-        msgs = sum(n["received"] or 0 for n in status["nodes"].values())
+        msgs = received(status)
         now = time.monotonic()
         rate = (msgs - last_msgs) / max(now - last_t, 1e-9)
         last_msgs, last_t = msgs, now
