@@ -221,6 +221,18 @@ def test_send_never_blocks_on_an_unreachable_peer_and_counts_what_it_drops(make)
     assert results.count(True) == stats["sent"] >= 1
 
 
+def test_a_queue_the_peer_has_drained_takes_a_full_queue_again(make, ring) -> None:
+    # a sender learns what its peer read from commands that libzmq processes at most once a
+    # millisecond while sends do not block: a drained queue could still refuse (and drop)
+    config = TransportConfig(sndhwm=8, rcvhwm=8, heartbeat_interval=3600.0)
+    a, b = pair(make, ring, config=config)
+    msg = message("control", swarm="s", node="alice", command="c", args={})
+    for burst in range(30):
+        assert [a.send("bob", msg) for _ in range(8)] == [True] * 8, burst
+        assert len(collect(b, 8)) == 8
+    assert a.stats()["dropped"] == {}
+
+
 # -- authentication ------------------------------------------------------------------------------
 
 

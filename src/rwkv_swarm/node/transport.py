@@ -42,6 +42,7 @@ MAX_BATCH = 1000  # messages one poll() takes from one socket before it returns
 # plain ints: pyzmq's enum flags cost a microsecond per frame to combine
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
+_EVENTS, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLOUT)
 _COPY_THRESHOLD = 65536  # smaller frames are copied: cheaper than pinning a Python buffer
 
 # what stats()["dropped"] counts: the wire's REASONS, then the transport's own
@@ -297,8 +298,12 @@ class Transport:
         try:
             _send_frames(sock, parts)
         except zmq.Again:
-            self._stats.dropped["send_blocked"] += 1
-            return False
+            # A sender learns that its peer has read messages from commands that libzmq
+            # processes at most once a millisecond while sends do not block, so a queue the
+            # peer has drained can still look full. Reading EVENTS processes them now.
+            if not sock.get(_EVENTS) & _POLLOUT or not _try_send(sock, parts):
+                self._stats.dropped["send_blocked"] += 1
+                return False
         self._stats.bytes_sent += sum(memoryview(f).nbytes for f in frames)
         return True
 
@@ -424,6 +429,14 @@ def _send_frames(sock: zmq.Socket, parts: list[Any]) -> None:
     for i, part in enumerate(parts):
         big = type(part) is memoryview and part.nbytes >= _COPY_THRESHOLD
         sock.send(part, _NOBLOCK_MORE if i < last else _NOBLOCK, copy=not big)
+
+
+def _try_send(sock: zmq.Socket, parts: list[Any]) -> bool:
+    try:
+        _send_frames(sock, parts)
+    except zmq.Again:
+        return False
+    return True
 
 
 def _recv_frames(sock: zmq.Socket, keep: int) -> list[zmq.Frame] | None:
