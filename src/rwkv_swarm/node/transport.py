@@ -9,6 +9,7 @@ drains the sockets, validates, sends heartbeats when due and keeps per-peer live
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -334,8 +335,10 @@ class Transport:
         out: list[Message] = []
         while True:
             self._heartbeat(now)
-            wait = min(deadline, self._next_heartbeat) - now
-            for sock, _ in self._poller.poll(max(0, round(wait * 1000))):
+            # whole milliseconds, rounded up: rounded to nearest, the last half millisecond
+            # before a deadline (or a heartbeat) was spent spinning on poll(0)
+            wait_ms = math.ceil((min(deadline, self._next_heartbeat) - now) * 1000)
+            for sock, _ in self._poller.poll(max(wait_ms, 0)):
                 self._drain(sock, out)
             now = time.monotonic()
             if out or now >= deadline:
