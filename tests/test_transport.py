@@ -221,6 +221,45 @@ def test_send_never_blocks_on_an_unreachable_peer_and_counts_what_it_drops(make)
     assert results.count(True) == stats["sent"] >= 1
 
 
+def test_a_queue_the_peer_has_drained_takes_a_full_queue_again(make, ring) -> None:
+    # a sender learns what its peer read from commands that libzmq processes at most once a
+    # millisecond while sends do not block: a drained queue could still refuse (and drop)
+    config = TransportConfig(sndhwm=8, rcvhwm=8, heartbeat_interval=3600.0)
+    a, b = pair(make, ring, config=config)
+    msg = message("control", swarm="s", node="alice", command="c", args={})
+    for burst in range(30):
+        assert [a.send("bob", msg) for _ in range(8)] == [True] * 8, burst
+        assert len(collect(b, 8)) == 8
+    assert a.stats()["dropped"] == {}
+
+
+def test_a_timeout_below_a_millisecond_is_waited_out_not_spun(make, monkeypatch) -> None:
+    t = make("a", insecure=True)
+    waits: list[int] = []
+    wait = t._poller.poll
+    monkeypatch.setattr(t._poller, "poll", lambda ms: waits.append(ms) or wait(ms))
+    start = time.monotonic()
+    assert t.poll(0.4) == []
+    assert time.monotonic() - start >= 0.0004  # honoured: not cut to a poll(0)
+    assert 1 <= len(waits) <= 2 and min(waits) >= 1  # whole milliseconds (ZeroMQ's unit)
+
+
+def test_a_message_arriving_while_poll_waits_for_the_next_heartbeat_is_returned_at_once(
+    make, ring
+) -> None:
+    config = TransportConfig(heartbeat_interval=5.0)
+    a, b = pair(make, ring, config=config)
+    msg = message("control", swarm="s", node="alice", command="late", args={})
+    sender = threading.Timer(0.05, a.send, ("bob", msg))  # a is used by that thread only
+    start = time.monotonic()
+    sender.start()
+    got = b.poll(30_000)  # the wait ends at b's next heartbeat unless a message comes first
+    returned = time.monotonic() - start
+    sender.join()
+    assert [m.fields["command"] for m in got] == ["late"]
+    assert returned < config.heartbeat_interval
+
+
 # -- authentication ------------------------------------------------------------------------------
 
 

@@ -232,7 +232,8 @@ class Schema:
 
 
 def _check_state(msg: Message) -> None:
-    att, ffn, wkv = (msg.arrays[k] for k in ("att_x_prev", "ffn_x_prev", "wkv"))
+    arrays = msg.arrays
+    att, ffn, wkv = arrays["att_x_prev"], arrays["ffn_x_prev"], arrays["wkv"]
     L, B, C = att.shape
     if ffn.shape != att.shape or ffn.dtype != att.dtype:
         raise ProtocolError("inconsistent", f"ffn_x_prev {ffn.shape} {ffn.dtype} must match "
