@@ -178,7 +178,7 @@ def test_node_config_round_trips_through_toml_and_names_bad_keys():
                                        "process": {"name": "sines", "freqs": [0.05, 0.1]}},
                      strategy="lowrank", es=ESConfig(population=16, include=("matrices",)),
                      exchange=ExchangeConfig(mode="gossip"), seed=4)
-    assert NodeConfig.from_toml(cfg.to_toml()) == cfg
+    assert NodeConfig.from_toml_text(cfg.to_toml()) == cfg
     assert NodeConfig.from_dict(config().to_dict()) == config()
     with pytest.raises(ConfigError, match=r"es\.direction: unknown key; ESConfig accepts"):
         NodeConfig.from_dict({**cfg.to_dict(), "es": {"direction": {}}})

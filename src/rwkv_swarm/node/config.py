@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..kernels import RWKV7Config
-from ..util import configio
+from ..util.configio import ConfigFile
 from .envs import env_config
 from .kalman_es import KalmanES, KalmanESConfig
 from .strategy import ESConfig, LowRankES
@@ -45,7 +45,7 @@ class ExchangeConfig:
 
 
 @dataclass(frozen=True)
-class NodeConfig:
+class NodeConfig(ConfigFile):
     """One node: its model, its world, its strategy and how it evaluates and exchanges."""
 
     model: RWKV7Config  # control mode: input_dim / output_dim match the environment
@@ -103,17 +103,3 @@ class NodeConfig:
         """The members [lo, hi) of that population this node evaluates."""
         lo = self.exchange.member * self.es.population
         return lo, lo + self.es.population
-
-    def to_dict(self) -> dict[str, Any]:
-        return configio.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> NodeConfig:
-        return configio.from_dict(cls, data)
-
-    def to_toml(self) -> str:
-        return configio.to_toml(self)
-
-    @classmethod
-    def from_toml(cls, text: str) -> NodeConfig:
-        return configio.from_toml(cls, text)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..kernels import RWKV7Config
 from ..node import MODES, STRATEGY_CONFIGS, ESConfig, ExchangeConfig, KalmanESConfig, NodeConfig
 from ..node.envs import env_config, make_env
 from ..util import configio
-from ..util.configio import ConfigError
+from ..util.configio import ConfigError, ConfigFile
 from .signals import Signal, validate
 from .topology import KINDS, neighbours
 
@@ -77,7 +76,7 @@ class Scheduled:
 
 
 @dataclass(frozen=True)
-class SwarmConfig:
+class SwarmConfig(ConfigFile):
     """A swarm: how many nodes, how they learn from each other, their model and world."""
 
     nodes: int = 4
@@ -202,31 +201,6 @@ class SwarmConfig:
 
     def replace(self, **changes: Any) -> SwarmConfig:
         return dataclasses.replace(self, **changes)
-
-    # -- files -----------------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        return configio.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SwarmConfig:
-        return configio.from_dict(cls, data)
-
-    def to_toml(self) -> str:
-        return configio.to_toml(self)
-
-    @classmethod
-    def from_toml(cls, path: str | Path) -> SwarmConfig:
-        """Read a TOML file (a config file's errors name the file too)."""
-        p = Path(path)
-        try:
-            text = p.read_text()
-        except OSError as e:
-            raise ConfigError("", f"cannot read config {p}: {e.strerror}") from None
-        try:
-            return configio.from_toml(cls, text)
-        except ConfigError as e:
-            raise ConfigError(e.key, f"{e.detail} (in {p})") from None
 
 
 def _positive_ints(cfg: Any, names: tuple[str, ...]) -> None:

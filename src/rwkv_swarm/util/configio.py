@@ -4,6 +4,9 @@
     from_dict(Cls, data)       Cls, each nested dataclass built from its own table
     to_toml(config)            TOML text (None values are left out: TOML has no null)
     from_toml(Cls, text)       Cls from TOML text
+    ConfigFile                 a mixin giving a config class these as methods: to_dict,
+                               from_dict, to_toml, from_toml(path) for a file and
+                               from_toml_text(text)
 
 Types come from the dataclasses' annotations: int, float, str, bool, None, unions of those,
 tuple[X, ...], fixed tuples, list[X], dict[str, Any], Any and nested dataclasses. A field
@@ -21,6 +24,7 @@ import dataclasses
 import sys
 import types
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 if sys.version_info >= (3, 11):
@@ -186,3 +190,35 @@ def from_toml(cls: type[T], text: str, *, key: str = "") -> T:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(key, f"not valid TOML: {e}") from None
     return from_dict(cls, data, key=key)
+
+
+class ConfigFile:
+    """Mixin for config dataclasses: to_dict / from_dict / to_toml, from_toml(path) for a TOML
+    file and from_toml_text(text); every error a ConfigError naming the key (and the file)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        return from_dict(cls, data)
+
+    def to_toml(self) -> str:
+        return to_toml(self)
+
+    @classmethod
+    def from_toml_text(cls: type[T], text: str) -> T:
+        return from_toml(cls, text)
+
+    @classmethod
+    def from_toml(cls: type[T], path: str | Path) -> T:
+        """Build the config from a TOML file."""
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise ConfigError("", f"cannot read config {p}: {e.strerror}") from None
+        try:
+            return from_toml(cls, text)
+        except ConfigError as e:
+            raise ConfigError(e.key, f"{e.detail} (in {p})") from None
