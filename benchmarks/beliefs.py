@@ -25,7 +25,6 @@ from _cpu import cpu_line
 
 from rwkv_swarm.kernels import RWKV7Config
 from rwkv_swarm.node import Node, NodeConfig
-from rwkv_swarm.node.envs import GymEnv
 
 # what a new user runs: the README's model, every other setting left at its default
 CARTPOLE = RWKV7Config(n_embd=16, n_layer=1, head_size=16, input_dim=4, output_dim=2)
@@ -58,14 +57,9 @@ def solve(seeds: int, max_generations: int = 60) -> dict:
     episodes, t0 = [], time.perf_counter()
     for seed in range(seeds):
         node = Node(NodeConfig(model=CARTPOLE, seed=seed))
-        check = GymEnv("CartPole-v1")
         for g in range(max_generations):
             node.generation()
-            check.norm.load_state_dict(node.env.norm.state_dict())
-            train, node.env = node.env, check
-            centre = float(node.evaluate_centre(20, seed=10_000 * (seed + 1) + g).mean())
-            node.env = train
-            if centre >= 475:
+            if node.score(20, seed=10_000 * (seed + 1) + g) >= 475:
                 episodes.append(node.episodes_used)
                 break
         else:

@@ -19,13 +19,11 @@ import json
 import statistics
 import time
 
-import numpy as np
 import torch
 from _cpu import cpu_line
 
 from rwkv_swarm.kernels import RWKV7Config
 from rwkv_swarm.node import ExchangeConfig, KalmanESConfig, Node, NodeConfig
-from rwkv_swarm.node.envs import make_env
 
 TINY = RWKV7Config(n_embd=16, n_layer=1, head_size=16, input_dim=4, output_dim=2, dim_w=8,
                    dim_a=8, dim_v=8, dim_g=8, dim_ffn=32)
@@ -44,15 +42,8 @@ def one_generation(nodes: list[Node]) -> None:
         n.finish([r for r in reports if r.node != n.node_name])
 
 
-def best_centre(nodes: list[Node], checks: list, seed: int, gen: int) -> float:
-    best = -np.inf
-    for n, check in zip(nodes, checks, strict=True):
-        check.norm.load_state_dict(n.env.norm.state_dict())  # same scaling, own episodes
-        train, n.env = n.env, check
-        best = max(best, float(n.evaluate_centre(CHECK_EPISODES,
-                                                 seed=10_000 * (seed + 1) + gen).mean()))
-        n.env = train
-    return best
+def best_centre(nodes: list[Node], seed: int, gen: int) -> float:
+    return max(n.score(CHECK_EPISODES, seed=10_000 * (seed + 1) + gen) for n in nodes)
 
 
 def gossip_run(arm: str, seed: int, generations: int) -> dict:
@@ -60,11 +51,10 @@ def gossip_run(arm: str, seed: int, generations: int) -> dict:
     nodes = [Node(NodeConfig(model=TINY, env=NOISY, seed=seed, node_id=k,
                              es=KalmanESConfig(population=POPULATION, fusion=fusion),
                              exchange=ExchangeConfig(mode=mode))) for k in range(NODES)]
-    checks = [make_env(NOISY) for _ in nodes]
     t0 = time.perf_counter()
     for g in range(generations):
         one_generation(nodes)
-        if best_centre(nodes, checks, seed, g) >= TARGET:
+        if best_centre(nodes, seed, g) >= TARGET:
             return {"solved": True, "episodes": sum(n.episodes_used for n in nodes),
                     "seconds": time.perf_counter() - t0}
     return {"solved": False, "episodes": sum(n.episodes_used for n in nodes),

@@ -187,3 +187,17 @@ def test_node_config_round_trips_through_toml_and_names_bad_keys():
     with pytest.raises(ConfigError, match="unknown GymConfig option"):
         NodeConfig.from_dict({**config().to_dict(), "env": {"kind": "gym", "id": "CartPole-v1",
                                                             "gravity": 3}})
+
+
+def test_score_evaluates_in_a_copy_of_the_world_and_leaves_training_alone():
+    import pickle
+
+    model = RWKV7Config(n_embd=32, n_layer=1, head_size=16, input_dim=4, output_dim=2)
+    node = Node(NodeConfig(model=model, es=KalmanESConfig(population=8)))
+    node.generation()
+    before = pickle.dumps(node.env.state_dict())
+    first = node.score(6, seed=3)
+    assert pickle.dumps(node.env.state_dict()) == before
+    assert node.score(6, seed=3) == first and math.isfinite(first)
+    with pytest.raises(ValueError, match="TrackingEnv is not one it describes"):
+        Node(config(), TrackingEnv()).score(2, seed=0)

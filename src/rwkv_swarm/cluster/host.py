@@ -19,7 +19,6 @@ import torch
 
 from ..kernels import RWKV7State
 from ..node import Node, NodeConfig, NodeKeys, SwarmKeyring, Transport, TransportConfig
-from ..node.envs import make_env
 from ..node.exchange import fingerprint
 from ..node.member import Member
 from ..node.wire import ProtocolError, message, state_from_message, state_message
@@ -46,7 +45,6 @@ class NodeHost:
         self._lock = threading.Lock()
         self._looping = False
         self._stop = threading.Event()
-        self._check_env: Any = None
 
     @property
     def node(self) -> Node:
@@ -206,22 +204,8 @@ class NodeHost:
         return self._control(self.node.checkpoint)
 
     def evaluate_centre(self, episodes: int, seed: int) -> float:
-        """Mean return of the current weights over `episodes` fresh episodes, in a copy of
-        the world (its normalisation statistics copied in), so training is not disturbed."""
-        def op() -> float:
-            if self._check_env is None:
-                self._check_env = make_env(self.node.config.env)
-            check, node = self._check_env, self.node
-            norm = getattr(node.env, "norm", None)
-            if norm is not None:
-                check.norm.load_state_dict(norm.state_dict())
-            train, node.env = node.env, check
-            try:
-                return float(np.nanmean(node.evaluate_centre(episodes, seed=seed)))
-            finally:
-                node.env = train
-
-        return self._control(op)
+        """Mean return of the current weights over fresh episodes (`Node.score`)."""
+        return self._control(lambda: self.node.score(episodes, seed))
 
     def status(self) -> dict[str, Any]:
         b = self.node.strategy.fitness_belief

@@ -63,6 +63,7 @@ class Node:
         self.live_state = self.model.zero_state(1)
         self.generation_count = self.episodes_used = self.env_steps = 0
         self.refused: Counter[str] = Counter()  # neighbours' reports refused, by reason
+        self._copy: Environment | None = None  # the world `score` evaluates in
         self._reset_generation()
 
     @property
@@ -274,6 +275,22 @@ class Node:
         start = self.live_state.repeat(episodes) if self.env.persistent \
             else self.model.zero_state(episodes)
         return self._centre_rollout(episodes, seed, start).returns
+
+    def score(self, episodes: int, seed: int) -> float:
+        """Mean return of the current weights over `episodes` fresh episodes, in a copy of the
+        world (its whole state loaded: normalisation, signals applied, stream position), so
+        that training is not disturbed. Needs a world that `config.env` describes."""
+        if env_spec(self.env) is None:
+            raise ValueError(f"score() copies the world from config.env; this node's "
+                             f"{type(self.env).__name__} is not one it describes")
+        if self._copy is None:
+            self._copy = make_env(self.config.env)
+        self._copy.load_state_dict(self.env.state_dict())
+        train, self.env = self.env, self._copy
+        try:
+            return float(np.nanmean(self.evaluate_centre(episodes, seed=seed)))
+        finally:
+            self.env = train
 
     def apply_signal(self, name: str, params: dict[str, Any]) -> None:
         """Change the world (at the next generation boundary) and tell the beliefs."""
