@@ -106,15 +106,17 @@ class _Maker:
         """A belief whose header declares `mean` and `var` as [dtype, shape]."""
         return with_fields(self.belief(), arrays=[["mean", *mean], ["var", *var]])
 
-    def nan_belief(self) -> list[bytes]:
-        frames = self.belief()
-        mean = np.frombuffer(frames[1], np.float64).copy()
-        mean[self.between(0, mean.size)] = self.pick([np.nan, np.inf, -np.inf])
-        return [frames[0], mean.tobytes(), frames[2]]
+    def nan_belief(self) -> list[bytes]:  # as sent: mean, then var, packed in frame 1
+        header, packed = self.belief()
+        values = np.frombuffer(packed, np.float64).copy()
+        values[self.between(0, values.size // 2)] = self.pick([np.nan, np.inf, -np.inf])
+        return [header, values.tobytes()]
 
     def negative_var(self) -> list[bytes]:  # encode refuses it: patch the payload
-        frames = self.belief()
-        return [*frames[:2], (-np.frombuffer(frames[2], np.float64)).tobytes()]
+        header, packed = self.belief()
+        values = np.frombuffer(packed, np.float64).copy()
+        values[values.size // 2:] *= -1
+        return [header, values.tobytes()]
 
     def too_deep(self) -> list[bytes]:  # within the header limit: 1 byte a list, 3 a map
         container = self.pick(["list", "map"])

@@ -14,7 +14,7 @@ from messages import fitness_message
 
 from rwkv_swarm.node.keys import SwarmKeyring
 from rwkv_swarm.node.transport import Transport
-from rwkv_swarm.node.wire import encode, message
+from rwkv_swarm.node.wire import PACK_BYTES, encode, message
 
 GARBAGE = 10_000
 VALID_EVERY = 100  # garbage messages between two valid ones from each sender
@@ -24,10 +24,17 @@ WAIT_S = 60.0  # bound on the whole drain; never reached when all is well
 def garbage_kinds(rng: np.random.Generator) -> list[tuple[str, Callable[[], list[bytes]]]]:
     """(expected drop reason, maker of one malformed message) for each kind of garbage."""
 
-    def valid(node: str = "mallory", **fields) -> list[bytes]:
-        shaped = rng.standard_normal(8).astype(np.float32)
+    def valid(node: str = "mallory", pack_bytes: int = 0, shaped: np.ndarray | None = None
+              ) -> list[bytes]:
+        """One frame per array unless pack_bytes (then all arrays share frame 1)."""
+        if shaped is None:
+            shaped = rng.standard_normal(8).astype(np.float32)
         msg = fitness_message(node=node, arrays={"shaped": shaped})
-        return [bytes(f) for f in encode(msg)]
+        return [bytes(f) for f in encode(msg, pack_bytes=pack_bytes)]
+
+    def packed_cut() -> list[bytes]:
+        header, frame = valid(pack_bytes=PACK_BYTES)
+        return [header, frame[:-int(rng.integers(1, 8))]]
 
     def with_header(**changes) -> list[bytes]:
         frames = valid()
@@ -57,6 +64,9 @@ def garbage_kinds(rng: np.random.Generator) -> list[tuple[str, Callable[[], list
         ("header", lambda: [b""]),
         ("size_mismatch", lambda: with_shaped(rng.bytes(int(rng.integers(1, 31))))),
         ("non_finite", nan_payload),
+        ("size_mismatch", packed_cut),
+        ("non_finite", lambda: valid(pack_bytes=PACK_BYTES,
+                                     shaped=np.full(8, np.inf, np.float32))),
         ("version", lambda: with_header(v=99)),
         ("type", lambda: with_header(type="gossip")),
         ("field", lambda: with_header(sigma="high")),

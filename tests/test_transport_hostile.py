@@ -41,14 +41,14 @@ def test_the_mix_holds_every_reason_decode_and_the_transport_give_for_input() ->
 @pytest.fixture
 def buggy_decode(monkeypatch: pytest.MonkeyPatch) -> None:
     """decode as if it had a bug: RecursionError on a header that starts with a list."""
-    real = transport.decode
+    real = transport.decode_received
 
     def decode(frames, limits):
         if bytes(frames[0])[:1] == b"\x91":
             raise RecursionError("maximum recursion depth exceeded")
         return real(frames, limits)
 
-    monkeypatch.setattr(transport, "decode", decode)
+    monkeypatch.setattr(transport, "decode_received", decode)
 
 
 @pytest.mark.usefixtures("buggy_decode")

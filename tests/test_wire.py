@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import msgpack
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from rwkv_swarm.kernels import RWKV7Config, RWKV7State
 from rwkv_swarm.node.wire import (
     BFLOAT16,
     DEFAULT_LIMITS,
+    PACK_BYTES,
     PROTOCOL_VERSION,
     REASONS,
     SCHEMAS,
@@ -69,6 +72,12 @@ def assert_same(got: Message, sent: Message) -> None:
 
 
 def frames_of(msg: Message) -> list[bytes]:
+    """One frame per array: the layout the tests below take apart (decode takes both)."""
+    return [bytes(f) for f in encode(msg, pack_bytes=0)]
+
+
+def packed_frames_of(msg: Message) -> list[bytes]:
+    """The frames as encode sends them: small arrays packed into frame 1."""
     return [bytes(f) for f in encode(msg)]
 
 
@@ -133,21 +142,108 @@ def test_state_message_snapshots_the_state_unless_told_not_to() -> None:
     assert np.array_equal(alias.arrays["wkv"], state.wkv.numpy())
 
 
-def test_decoded_arrays_are_read_only_views_on_the_received_frames() -> None:
-    frames = [bytearray(f) for f in frames_of(sample_messages()["state"])]
+@pytest.mark.parametrize("pack_bytes", [0, PACK_BYTES])
+def test_decoded_arrays_are_read_only_views_on_the_received_frames(pack_bytes: int) -> None:
+    frames = [bytearray(f) for f in encode(sample_messages()["state"], pack_bytes=pack_bytes)]
     msg = decode(frames)
-    for i, name in enumerate(["att_x_prev", "ffn_x_prev", "wkv"], start=1):
-        arr = msg.arrays[name]
-        assert np.shares_memory(arr, np.frombuffer(frames[i], np.uint8)), name
+    for name, arr in msg.arrays.items():
+        assert any(np.shares_memory(arr, np.frombuffer(f, np.uint8)) for f in frames[1:]), name
         assert not arr.flags.writeable
-    frames[3][:4] = np.float32(42.0).tobytes()  # the frame, not a copy, is what was decoded
-    assert msg.arrays["wkv"].reshape(-1)[0] == 42.0
+    frames[-1][-4:] = np.float32(42.0).tobytes()  # the frame, not a copy, is what was decoded
+    assert msg.arrays["wkv"].reshape(-1)[-1] == 42.0
 
 
-def test_encode_sends_contiguous_arrays_without_copying_them() -> None:
-    msg = sample_messages()["belief"]
+def test_encode_packs_small_arrays_into_frame_1_and_lends_large_ones() -> None:
+    config = RWKV7Config(n_embd=256, n_layer=2, head_size=64, vocab_size=16)
+    state = RWKV7State.zeros(config, batch=1)
+    msg = state_message(state, FINGERPRINT, swarm="s", node="n", gen=0)
     frames = encode(msg)
-    assert np.shares_memory(np.frombuffer(frames[1], np.uint8), msg.arrays["mean"])
+    att, ffn, wkv = (msg.arrays[k] for k in ("att_x_prev", "ffn_x_prev", "wkv"))
+    assert wkv.nbytes > PACK_BYTES >= att.nbytes + ffn.nbytes
+    assert [len(memoryview(f).cast("B")) for f in frames[1:]] == [att.nbytes + ffn.nbytes,
+                                                                   wkv.nbytes]
+    assert np.shares_memory(np.frombuffer(frames[2], np.uint8), wkv)  # lent, not copied
+    assert not np.shares_memory(np.frombuffer(frames[1], np.uint8), att)
+    assert_same(decode(frames), msg)
+    assert len(encode(msg, pack_bytes=0)) == 4
+
+
+def test_packed_arrays_start_at_multiples_of_8_with_zeros_between() -> None:
+    msg = fitness_message(n=6)  # float64, uint8 (6 bytes: 2 of padding follow), float32
+    frames = packed_frames_of(msg)
+    assert len(frames) == 2
+    got = decode(frames)
+    base = np.frombuffer(frames[1], np.uint8).ctypes.data
+    ends = []
+    for name, arr in got.arrays.items():
+        offset = arr.ctypes.data - base
+        assert offset % 8 == 0, name
+        assert frames[1][sum(ends[-1:]):offset] == bytes(offset - sum(ends[-1:])), name
+        ends = [offset + arr.nbytes]
+    assert ends == [len(frames[1])]
+    assert_same(got, msg)
+
+
+def small_state_message() -> Message:
+    """A state whose arrays all fit in frame 1 (16 KiB)."""
+    config = RWKV7Config(n_embd=64, n_layer=1, head_size=64, vocab_size=16)
+    state = RWKV7State.zeros(config, batch=1)
+    for i, t in enumerate(state.tensors()):
+        t.copy_(torch.randn(t.shape, generator=torch.Generator().manual_seed(i)))
+    return state_message(state, FINGERPRINT, swarm="s", node="n", gen=0)
+
+
+def first_padding(msg: Message) -> int:
+    """Offset in frame 1 of the first byte between two packed arrays."""
+    arrays = list(msg.arrays.values())
+    end = arrays[0].nbytes
+    for arr in arrays[1:]:
+        if end % 8:
+            return end
+        end += arr.nbytes
+    raise AssertionError("no padding")
+
+
+def test_decode_refuses_a_packed_frame_with_bytes_between_arrays_set() -> None:
+    msg = fitness_message(n=6)
+    frames = packed_frames_of(msg)
+    pad = first_padding(msg)
+    bad = bytearray(frames[1])
+    bad[pad] = 1
+    with pytest.raises(ProtocolError, match="bytes before array .* must be zero") as info:
+        decode([frames[0], bytes(bad)])
+    assert info.value.reason == "size_mismatch"
+
+
+@pytest.mark.parametrize("cut", [-4, 4])
+def test_decode_refuses_a_packed_frame_of_another_length(cut: int) -> None:
+    frames = packed_frames_of(small_state_message())
+    assert len(frames) == 2
+    frame = frames[1][:cut] if cut < 0 else frames[1] + bytes(cut)
+    with pytest.raises(ProtocolError, match="arrays att_x_prev, ffn_x_prev, wkv") as info:
+        decode([frames[0], frame])
+    assert info.value.reason == "size_mismatch"
+
+
+@pytest.mark.parametrize("name", ["att_x_prev", "ffn_x_prev", "wkv"])
+def test_a_nan_in_a_packed_frame_is_named_by_its_array(name: str) -> None:
+    msg = small_state_message()
+    arrays = {k: v.copy() for k, v in msg.arrays.items()}
+    arrays[name].reshape(-1)[-1] = np.nan
+    frames = packed_frames_of(replace(msg, arrays=arrays))
+    assert len(frames) == 2
+    with pytest.raises(ProtocolError, match=f"array {name} holds NaN") as info:
+        decode(frames)
+    assert info.value.reason == "non_finite"
+
+
+def test_encode_lends_arrays_too_large_to_pack_without_copying_them() -> None:
+    msg = message("belief", swarm="s", node="n", name="b",
+                  arrays={"mean": np.zeros(PACK_BYTES // 8), "var": np.zeros(PACK_BYTES // 8)})
+    frames = encode(msg)
+    assert len(frames) == 3
+    for frame, arr in zip(frames[1:], msg.arrays.values(), strict=True):
+        assert np.shares_memory(np.frombuffer(frame, np.uint8), arr)
 
 
 def test_encode_makes_non_contiguous_and_big_endian_arrays_little_endian_c_order() -> None:
@@ -279,7 +375,8 @@ def test_decode_rejects_huge_declared_shape_without_allocating() -> None:
         (WireLimits(max_total_bytes=2000), lambda f: f, "too_large"),
         (WireLimits(max_array_elements=1000), lambda f: f, "too_large"),
         (WireLimits(), lambda f: [], "frames"),
-        (WireLimits(), lambda f: f[:-1], "frames"),
+        (WireLimits(), lambda f: f[:1], "frames"),
+        (WireLimits(), lambda f: f[:-1], "size_mismatch"),  # read as two arrays in frame 1
         (WireLimits(), lambda f: [*f, b""], "frames"),
         (WireLimits(), lambda f: [f[0][:-3], *f[1:]], "header"),
         (WireLimits(), lambda f: [f[0] + b"\x00", *f[1:]], "header"),

@@ -1,8 +1,10 @@
 """Wire protocol: typed messages as ZeroMQ multipart frames, validated before use.
 
-Frame 0 is a msgpack map (the header); each further frame is the raw little-endian bytes of
-one array declared in the header's ``arrays`` list as ``[name, dtype, shape]``, in order.
-`decode` returns arrays as read-only `numpy.frombuffer` views on the received frames.
+Frame 0 is a msgpack map (the header) declaring the arrays as ``[name, dtype, shape]``, in
+order; their raw little-endian bytes follow. Frame 1 holds the first arrays back to back, each
+at a multiple of 8 bytes (zero bytes between them), and each later frame holds one array: so
+small arrays travel as one frame, and large ones each in their own, sent without a copy.
+`decode` returns arrays as read-only `numpy.ndarray` views on the received frames.
 
 Every check that can fail on hostile input runs before a payload byte is looked at, and every
 failure is a `ProtocolError` whose ``reason`` is one of `REASONS` (the transport counts by it).
@@ -46,6 +48,7 @@ from .wire_schema import (
 )
 
 __all__ = ["BFLOAT16", "DEFAULT_LIMITS", "DTYPES", "FLOAT_DTYPES", "MAX_ID_CHARS", "MAX_NDIM",
+           "PACK_BYTES",
            "PROTOCOL_VERSION", "REASONS", "SCHEMAS", "Message", "ProtocolError", "WireLimits",
            "decode", "encode", "encode_sized", "message", "state_from_message", "state_message"]
 
@@ -64,7 +67,11 @@ DEFAULT_LIMITS = WireLimits()
 
 # -- header validation, shared by encode and decode -------------------------------------------
 
-_ArrayDecl = tuple[str, str, tuple[int, ...]]
+_ArrayDecl = tuple[str, str, tuple[int, ...], int, int]  # name, dtype, shape, frame, offset
+_ALIGN = 8  # bytes: an array packed in frame 1 starts at a multiple of it, so every dtype is
+#             aligned (a misaligned numpy array takes slow paths in every later operation)
+PACK_BYTES = 65536  # encode packs arrays into frame 1 while it stays within this size: below
+#                     it, ZeroMQ copies each frame anyway, and every frame costs both ends
 
 
 _ITEMSIZES = {name: dtype.itemsize for name, dtype in DTYPES.items()}
@@ -156,12 +163,15 @@ def _parse_arrays(
 ) -> list[_ArrayDecl]:
     if type(entries) is not list:
         raise ProtocolError("array_spec", f"arrays must be a list, got {_show(entries)}")
-    if len(entries) != len(sizes) - 1:
+    packed = len(entries) - (len(sizes) - 2)  # arrays in frame 1; one frame each after it
+    if not 1 <= packed <= len(entries) if entries else len(sizes) != 1:
         raise ProtocolError("frames", f"header declares {len(entries)} arrays but "
-                                      f"{len(sizes) - 1} array frames follow")
+                                      f"{len(sizes) - 1} array frames follow: frame 1 holds the "
+                                      f"first arrays, each further frame one")
     specs = schema.arrays
     decls: list[_ArrayDecl] = []
     names: set[str] = set()
+    end = 0  # of the arrays placed in frame 1 so far
     for i, entry in enumerate(entries):
         if type(entry) is not list or len(entry) != 3:
             raise ProtocolError("array_spec", f"arrays[{i}] must be [name, dtype, shape], got "
@@ -184,11 +194,22 @@ def _parse_arrays(
             raise ProtocolError("too_large", f"array {name} shape {_show(shape)} spans over "
                                              f"{limits.max_array_elements} elements")
         nbytes = count * _ITEMSIZES[dtype]
-        if nbytes != sizes[i + 1]:
-            raise ProtocolError("size_mismatch", f"array {name} {dtype}{shape} needs {nbytes} "
-                                                 f"bytes, frame {i + 1} has {sizes[i + 1]}")
+        if i < packed:  # frame 1: each array at the next multiple of _ALIGN bytes
+            frame, offset = 1, end + -end % _ALIGN if i else 0
+            end = offset + nbytes
+        else:
+            frame, offset = i - packed + 2, 0
+            if nbytes != sizes[frame]:
+                raise ProtocolError("size_mismatch", f"array {name} {dtype}{shape} needs "
+                                                     f"{nbytes} bytes, frame {frame} has "
+                                                     f"{sizes[frame]}")
         names.add(name)
-        decls.append((name, dtype, tuple(shape)))
+        decls.append((name, dtype, tuple(shape), frame, offset))
+    if entries and end != sizes[1]:
+        what = (f"array {decls[0][0]} {decls[0][1]}{list(decls[0][2])}" if packed == 1 else
+                f"arrays {', '.join(d[0] for d in decls[:packed])} (each {_ALIGN}-byte aligned)")
+        raise ProtocolError("size_mismatch", f"{what} need{'s' * (packed == 1)} {end} bytes, "
+                                             f"frame 1 has {sizes[1]}")
     if len(names) != len(specs):  # only optional arrays may be left out
         missing = [n for n, spec in specs.items() if not spec.optional and n not in names]
         if missing:
@@ -209,20 +230,50 @@ def _shape_fits(shape: list[Any], ndim: int | None) -> bool:
 _FAST_SUM_MIN = 1 << 16  # elements; below, one isfinite pass is cheaper than a sum first
 
 
-def _require_finite(name: str, arr: np.ndarray, dtype: str) -> None:
+def _finite(arr: np.ndarray, dtype: str) -> bool:
+    """Whether every element of the float array `arr` (of wire dtype `dtype`) is finite.
+
+    Call it under `receiving()`: a sum that overflows sets a float flag that numpy would
+    otherwise turn into a warning.
+    """
     if dtype == "bfloat16":
-        finite = not ((arr.view(np.uint16) & 0x7F80) == 0x7F80).any()  # exponent all ones
-    elif arr.size >= _FAST_SUM_MIN and dtype != "float16":
-        # A sum is finite only if every term is (inf and NaN never add up to a finite value),
-        # and einsum's sum runs at memory speed, a third faster than isfinite().all() on a
-        # 4 MiB frame. A finite overflow makes the sum inf: only then is the exact check run.
-        with np.errstate(over="ignore", invalid="ignore"):
-            finite = bool(np.isfinite(np.einsum("i->", arr.reshape(-1))))
-        finite = finite or bool(np.isfinite(arr).all())
-    else:
-        finite = bool(np.isfinite(arr).all())
-    if not finite:
-        raise ProtocolError("non_finite", f"array {name} holds NaN or inf")
+        return not ((arr.view(np.uint16) & 0x7F80) == 0x7F80).any()  # exponent all ones
+    if arr.size < _FAST_SUM_MIN or dtype == "float16":
+        return bool(np.isfinite(arr).all())
+    # A sum is finite only if every term is (inf and NaN never add up to a finite value), and
+    # einsum's sum runs at memory speed, a third faster than isfinite().all() on a 4 MiB
+    # frame. A finite overflow makes the sum inf: only then is the exact check run.
+    return math.isfinite(np.einsum("i->", arr.reshape(-1))) or bool(np.isfinite(arr).all())
+
+
+def _require_finite(decls: list[_ArrayDecl], arrays: dict[str, np.ndarray],
+                    frame1: Any) -> None:
+    """Raise non_finite naming the first float array holding NaN or inf.
+
+    Consecutive arrays of one float dtype packed in frame 1 are checked as one span (the zero
+    bytes between them are finite): one pass instead of one call per array.
+    """
+    i = 0
+    while i < len(decls):
+        name, dtype, _, frame, start = decls[i]
+        j = i + 1
+        if dtype not in FLOAT_DTYPES:
+            i = j
+            continue
+        while frame == 1 and j < len(decls) and decls[j][1] == dtype and decls[j][3] == 1:
+            j += 1
+        if j - i > 1:
+            last = decls[j - 1]
+            end = last[4] + arrays[last[0]].nbytes
+            span = np.ndarray(((end - start) // _ITEMSIZES[dtype],), DTYPES[dtype], frame1,
+                              start)
+            if _finite(span, dtype):
+                i = j
+                continue
+        for name, *_ in decls[i:j]:
+            if not _finite(arrays[name], dtype):
+                raise ProtocolError("non_finite", f"array {name} holds NaN or inf")
+        i = j
 
 
 def _build(schema: Schema, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> Message:
@@ -242,21 +293,38 @@ def decode(frames: Sequence[Any], limits: WireLimits = DEFAULT_LIMITS) -> Messag
     Raises ProtocolError (and nothing else) on any malformed, oversized or non-finite input.
     Pauses the (process-wide) cyclic garbage collector while it runs.
     """
-    if not gc.isenabled():
-        return _decode(frames, limits)
-    # Collections set off by a header of 61,000 empty lists (63 KB) traversed them and moved
-    # them to the oldest generation, so every such message collected the whole heap: 39 ms
-    # instead of 1.8 ms. Received objects are freed by reference counting before it resumes.
-    gc.disable()
-    try:
-        return _decode(frames, limits)
-    except ProtocolError as e:  # its traceback's frames hold the received objects: drop them
-        raise e.with_traceback(None) from None
-    finally:
-        gc.enable()
+    with receiving():
+        try:
+            return decode_received(frames, limits)
+        except ProtocolError as e:  # its traceback's frames hold the received objects
+            raise e.with_traceback(None) from None
 
 
-def _decode(frames: Sequence[Any], limits: WireLimits) -> Message:
+class receiving:  # noqa: N801 - used like a function: `with receiving():`
+    """Context for `decode_received`: float warnings off, cyclic GC paused (unless paused).
+
+    Collections set off by a header of 61,000 empty lists (63 KB) traversed them and moved
+    them to the oldest generation, so every such message collected the whole heap: 39 ms
+    instead of 1.8 ms. Received objects are freed by reference counting before it resumes.
+    One context for a batch of messages saves the 1 us numpy's errstate costs per message.
+    """
+
+    __slots__ = ("_errstate", "_gc")
+
+    def __enter__(self) -> None:
+        self._gc = gc.isenabled()
+        gc.disable()
+        self._errstate = np.errstate(over="ignore", invalid="ignore")
+        self._errstate.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._errstate.__exit__(*exc)
+        if self._gc:
+            gc.enable()
+
+
+def decode_received(frames: Sequence[Any], limits: WireLimits = DEFAULT_LIMITS) -> Message:
+    """`decode` for a caller that holds `receiving()` open around a batch of messages."""
     try:
         views = [memoryview(f) for f in frames]
     except TypeError as e:
@@ -268,29 +336,39 @@ def _decode(frames: Sequence[Any], limits: WireLimits) -> Message:
         sizes.append(v.nbytes)
     _check_sizes(sizes, limits)
     schema, values, decls = _parse_header(_unpack_header(views[0], limits), sizes, limits)
+    # views (sizes checked above), read-only through their buffers: copy before changing them
+    frames_ro = [v.toreadonly() for v in views]
     arrays: dict[str, np.ndarray] = {}
-    for (name, dtype, shape), view in zip(decls, views[1:], strict=True):
-        # a view (sizes checked above), read-only through its buffer: copy before changing it
-        arr = np.ndarray(shape, DTYPES[dtype], view.toreadonly())
-        if dtype in FLOAT_DTYPES:
-            _require_finite(name, arr, dtype)
+    end = 0
+    for name, dtype, shape, frame, offset in decls:
+        if frame == 1 and offset != end and np.frombuffer(
+                frames_ro[1], np.uint8, offset - end, end).any():
+            raise ProtocolError("size_mismatch", f"the {offset - end} bytes before array "
+                                                 f"{name} in frame 1 must be zero")
+        arr = np.ndarray(shape, DTYPES[dtype], frames_ro[frame], offset)
+        end = offset + arr.nbytes
         arrays[name] = arr
+    _require_finite(decls, arrays, frames_ro[1] if decls else None)
     return _build(schema, values, arrays)
 
 
 def encode(
-    msg: Message, limits: WireLimits = DEFAULT_LIMITS, *, check_finite: bool = False
+    msg: Message, limits: WireLimits = DEFAULT_LIMITS, *, check_finite: bool = False,
+    pack_bytes: int = PACK_BYTES,
 ) -> list[bytes | memoryview]:
-    """Frames for `msg`: a msgpack header, then each array's bytes (no copy when contiguous).
+    """Frames for `msg`: a msgpack header, then the arrays' bytes.
 
+    Frame 1 packs the first arrays (a copy) while it stays within `pack_bytes` (0: one frame
+    per array); every further array is a frame of its own, its memory lent (no copy).
     Runs the receiver's checks of the header, dtypes, shapes and sizes, raising ProtocolError.
     Finiteness, a pass over every float, is the receiver's check unless `check_finite`.
     """
-    return encode_sized(msg, limits, check_finite=check_finite)[0]
+    return encode_sized(msg, limits, check_finite=check_finite, pack_bytes=pack_bytes)[0]
 
 
 def encode_sized(
-    msg: Message, limits: WireLimits = DEFAULT_LIMITS, *, check_finite: bool = False
+    msg: Message, limits: WireLimits = DEFAULT_LIMITS, *, check_finite: bool = False,
+    pack_bytes: int = PACK_BYTES,
 ) -> tuple[list[bytes | memoryview], int]:
     """`encode`, and the frames' total size in bytes."""
     schema = SCHEMAS.get(msg.type)
@@ -311,19 +389,46 @@ def encode_sized(
         packed = msgpack.packb(header)
     except (TypeError, ValueError, OverflowError) as e:
         raise ProtocolError("field", f"{msg.type} header cannot be packed: {e}") from None
-    sizes = [len(packed), *[a.nbytes for a in payloads]]
+    frames = [packed, *_pack(payloads, pack_bytes)]
+    sizes = [len(f) if type(f) is bytes else f.nbytes for f in frames]
     _check_sizes(sizes, limits)
     if len(packed) > _max_list(limits):  # only so long a header can hold too long a list
         _unpack_header(memoryview(packed), limits)
-    schema, _, _ = _parse_header(header, sizes, limits)
-    if check_finite:
-        for (name, dtype, _), arr in zip(decls, payloads, strict=True):
-            if dtype in FLOAT_DTYPES:
-                _require_finite(name, arr, dtype)
+    schema, _, placed = _parse_header(header, sizes, limits)
+    if check_finite:  # each on its own: what names the culprit
+        with receiving():
+            _require_finite([(*d[:3], 0, 0) for d in placed],
+                            dict(zip(msg.arrays, payloads, strict=True)), None)
     if schema.check is not None:  # the cross-array checks, on the arrays as sent
         schema.check(msg if not converted else
                      replace(msg, arrays=dict(zip(msg.arrays, payloads, strict=True))))
-    return [packed, *[a.data for a in payloads]], sum(sizes)
+    return frames, sum(sizes)
+
+
+_ZEROS = bytes(_ALIGN)
+
+
+def _pack(payloads: list[np.ndarray], pack_bytes: int) -> list[bytes | memoryview]:
+    """The array frames: frame 1 packs the first arrays while it stays within `pack_bytes`."""
+    if not payloads:
+        return []
+    packed, end = 1, payloads[0].nbytes
+    for a in payloads[1:]:
+        end += -end % _ALIGN + a.nbytes
+        if end > pack_bytes:
+            break
+        packed += 1
+    if packed == 1:  # the first array alone: lent to ZeroMQ as it is
+        return [a.data for a in payloads]
+    parts: list[Any] = []
+    end = 0
+    for a in payloads[:packed]:
+        if end % _ALIGN:
+            parts.append(_ZEROS[:-end % _ALIGN])
+            end += -end % _ALIGN
+        parts.append(a.data)
+        end += a.nbytes
+    return [b"".join(parts), *[a.data for a in payloads[packed:]]]
 
 
 def _wire_array(name: str, arr: Any) -> tuple[str, np.ndarray]:

@@ -18,7 +18,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 2  # 2: fitness messages carry everything a neighbour replays an update from
+PROTOCOL_VERSION = 3  # 2: fitness messages carry everything a neighbour replays an update
+#                       from; 3: arrays may share frame 1
 MAX_NDIM = 8  # arrays of more dimensions are refused
 MAX_ID_CHARS = 128  # swarm and node ids, names, commands
 
