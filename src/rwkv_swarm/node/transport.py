@@ -20,6 +20,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.backend import Socket as _BackendSocket
 from zmq.utils import z85
 
+from ..util.alloc import tune_allocator
 from .keys import NodeKeys, SwarmKeyring, check_key
 from .wire import (
     DEFAULT_LIMITS,
@@ -73,6 +74,8 @@ class TransportConfig:
     limits: WireLimits = DEFAULT_LIMITS  # what a message may be; a frame over max_total_bytes
     #                                      makes ZeroMQ drop the sender's connection (MAXMSGSIZE)
     reconnect_ivl_ms: int = 100  # ZeroMQ's first reconnect delay to a lost peer
+    tune_allocator: bool = True  # fix glibc's malloc thresholds for the process (util.alloc):
+    #                              large messages then reuse heap memory, not fresh pages
 
 
 @dataclass
@@ -149,6 +152,8 @@ class Transport:
         self._gen = 0
         self._next_heartbeat = time.monotonic() + config.heartbeat_interval
         self._closed = False
+        if config.tune_allocator:
+            tune_allocator()
         self._ctx = zmq.Context()
         self._sockets: list[zmq.Socket] = []
         self._auth: _Authenticator | None = None
