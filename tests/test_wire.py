@@ -154,7 +154,7 @@ def test_decoded_arrays_are_read_only_views_on_the_received_frames(pack_bytes: i
 
 
 def test_encode_packs_small_arrays_into_frame_1_and_lends_large_ones() -> None:
-    config = RWKV7Config(n_embd=256, n_layer=2, head_size=64, vocab_size=16)
+    config = RWKV7Config(n_embd=256, n_layer=4, head_size=64, vocab_size=16)
     state = RWKV7State.zeros(config, batch=1)
     msg = state_message(state, FINGERPRINT, swarm="s", node="n", gen=0)
     frames = encode(msg)

@@ -70,8 +70,9 @@ DEFAULT_LIMITS = WireLimits()
 _ArrayDecl = tuple[str, str, tuple[int, ...], int, int]  # name, dtype, shape, frame, offset
 _ALIGN = 8  # bytes: an array packed in frame 1 starts at a multiple of it, so every dtype is
 #             aligned (a misaligned numpy array takes slow paths in every later operation)
-PACK_BYTES = 65536  # encode packs arrays into frame 1 while it stays within this size: below
-#                     it, ZeroMQ copies each frame anyway, and every frame costs both ends
+PACK_BYTES = 128 * 1024  # encode packs arrays into frame 1 while it stays within this size:
+#                         each frame costs both ends, and lending an array to ZeroMQ costs a
+#                         notification to pyzmq's releasing thread (see docs/wire.md)
 
 
 _ITEMSIZES = {name: dtype.itemsize for name, dtype in DTYPES.items()}
