@@ -104,7 +104,8 @@ class _Maker:
 
     def belief_arrays(self, mean: list, var: list) -> list[bytes]:
         """A belief whose header declares `mean` and `var` as [dtype, shape]."""
-        return with_fields(self.belief(), arrays=[["mean", *mean], ["var", *var]])
+        return with_fields(self.belief(),
+                           arrays=msgpack.packb([["mean", *mean], ["var", *var]]))
 
     def nan_belief(self) -> list[bytes]:  # as sent: mean, then var, packed in frame 1
         header, packed = self.belief()

@@ -42,7 +42,7 @@ def garbage_kinds(rng: np.random.Generator) -> list[tuple[str, Callable[[], list
         return [msgpack.packb(header), *frames[1:]]
 
     def shaped_frame(frames: list[bytes]) -> int:
-        names = [n for n, _, _ in msgpack.unpackb(frames[0])["arrays"]]
+        names = [n for n, _, _ in msgpack.unpackb(msgpack.unpackb(frames[0])["arrays"])]
         return 1 + names.index("shaped")
 
     def with_shaped(payload: bytes) -> list[bytes]:
@@ -51,9 +51,9 @@ def garbage_kinds(rng: np.random.Generator) -> list[tuple[str, Callable[[], list
         return [*frames[:i], payload, *frames[i + 1:]]
 
     def with_shaped_declared(dtype: str, shape: list[int]) -> list[bytes]:
-        decls = msgpack.unpackb(valid()[0])["arrays"]
-        return with_header(arrays=[[n, dtype, shape] if n == "shaped" else [n, d, sh]
-                                   for n, d, sh in decls])
+        decls = msgpack.unpackb(msgpack.unpackb(valid()[0])["arrays"])
+        return with_header(arrays=msgpack.packb([[n, dtype, shape] if n == "shaped" else
+                                                 [n, d, sh] for n, d, sh in decls]))
 
     def nan_payload() -> list[bytes]:
         return with_shaped(np.full(8, np.nan, np.float32).tobytes())

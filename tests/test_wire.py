@@ -82,13 +82,15 @@ def packed_frames_of(msg: Message) -> list[bytes]:
 
 
 def repack(frames: list[bytes], **changes: object) -> list[bytes]:
-    """Frames with header fields replaced (a value of ... deletes the field)."""
+    """Frames with header fields replaced (a value of ... deletes the field); a list given for
+    `arrays` is packed into the bin that carries the declarations."""
     header = msgpack.unpackb(frames[0])
     for key, value in changes.items():
         if value is ...:
             del header[key]
         else:
-            header[key] = value
+            header[key] = msgpack.packb(value) if key == "arrays" and type(value) is list \
+                else value
     return [msgpack.packb(header), *frames[1:]]
 
 
@@ -128,7 +130,8 @@ def test_state_round_trip_reproduces_to_bytes_exactly(dtype: torch.dtype) -> Non
 def test_bfloat16_travels_as_its_own_wire_dtype() -> None:
     msg = state_message(random_state(torch.bfloat16), FINGERPRINT, swarm="s", node="n", gen=0)
     header = msgpack.unpackb(encode(msg)[0])
-    assert [a[1] for a in header["arrays"]] == ["bfloat16", "bfloat16", "float32"]
+    assert [a[1] for a in msgpack.unpackb(header["arrays"])] == ["bfloat16", "bfloat16",
+                                                                   "float32"]
     assert decode(frames_of(msg)).arrays["att_x_prev"].dtype == BFLOAT16
 
 
@@ -340,12 +343,13 @@ def test_encode_enforces_the_size_limits() -> None:
 
 def with_shaped_declared(frames: list[bytes], shape: list[int]) -> list[bytes]:
     """A fitness message's frames with the `shaped` array's declared shape replaced."""
-    decls = msgpack.unpackb(frames[0])["arrays"]
-    return repack(frames, arrays=[[n, d, shape if n == "shaped" else s] for n, d, s in decls])
+    decls = msgpack.unpackb(msgpack.unpackb(frames[0])["arrays"])
+    return repack(frames, arrays=msgpack.packb([[n, d, shape if n == "shaped" else s]
+                                                for n, d, s in decls]))
 
 
 def shaped_frame(frames: list[bytes]) -> int:
-    names = [n for n, _, _ in msgpack.unpackb(frames[0])["arrays"]]
+    names = [n for n, _, _ in msgpack.unpackb(msgpack.unpackb(frames[0])["arrays"])]
     return 1 + names.index("shaped")
 
 
@@ -412,6 +416,8 @@ def test_decode_rejects_bad_frames_with_their_reason(limits, frames_for, reason)
         ({"extra": 1}, "field"),
         ({"arrays": ...}, "field"),
         ({"arrays": "wkv"}, "array_spec"),
+        ({"arrays": b"\xc1"}, "array_spec"),  # not msgpack
+        ({"arrays": msgpack.packb({"wkv": 1})}, "array_spec"),
         ({"arrays": [["att_x_prev", "float32", [2, 1, 128]]] * 3}, "array_spec"),
         ({"arrays": [["att_x_prev", "float32"], 1, 2]}, "array_spec"),
         ({"arrays": [["att_x_prev", "int32", [2, 1, 128]], ["ffn_x_prev", "float32", [2, 1, 128]],
@@ -433,6 +439,37 @@ def test_decode_rejects_bad_frames_with_their_reason(limits, frames_for, reason)
 def test_decode_rejects_bad_header_with_its_reason(changes: dict, reason: str) -> None:
     frames = frames_of(sample_messages()["state"])
     assert reason_of(repack(frames, **changes)) == reason
+
+
+def test_declarations_as_a_list_instead_of_a_bin_are_refused() -> None:
+    frames = frames_of(sample_messages()["state"])
+    header = msgpack.unpackb(frames[0])
+    header["arrays"] = msgpack.unpackb(header["arrays"])
+    with pytest.raises(ProtocolError, match="arrays must be bin") as info:
+        decode([msgpack.packb(header), *frames[1:]])
+    assert info.value.reason == "array_spec"
+
+
+@pytest.mark.parametrize("inner", [b"\x91" * 5000 + b"\xc0", b"\xdc\xff\xff" * 1000])
+def test_declarations_nested_too_deep_or_too_long_are_refused_as_array_spec(inner) -> None:
+    frames = repack(frames_of(sample_messages()["state"]), arrays=inner)
+    with pytest.raises(ProtocolError, match="the arrays bin (nests deeper|must be msgpack)") \
+            as info:
+        decode(frames)
+    assert info.value.reason == "array_spec"
+
+
+@pytest.mark.parametrize("odd", [1.0, True])
+def test_a_checked_layout_is_not_reused_for_declarations_only_equal_in_value(odd) -> None:
+    # decoded, [1.0, 3] and [True, 3] equal [1, 3]; as declared bytes they differ
+    msg = message("belief", swarm="s", node="n", name="b",
+                  arrays={"mean": np.zeros((1, 3)), "var": np.ones((1, 3))})
+    frames = frames_of(msg)
+    assert_same(decode(frames), msg)  # the layout is now known
+    decls = msgpack.unpackb(msgpack.unpackb(frames[0])["arrays"])
+    assert decls[0] == ["mean", "float64", [1, 3]]
+    decls[0][2] = [odd, 3]
+    assert reason_of(repack(frames, arrays=decls)) == "array_spec"
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])

@@ -161,7 +161,9 @@ def test_truncated_extended_dropped_or_extra_frames_raise_only_protocol_error(ms
 def test_huge_or_odd_declared_shapes_and_dtypes_raise_only_protocol_error(shape, dtype) -> None:
     frames = VALID["belief"]
     header = msgpack.unpackb(frames[0])
-    header["arrays"][0][1:] = [dtype, shape]
+    decls = msgpack.unpackb(header["arrays"])
+    decls[0][1:] = [dtype, shape]
+    header["arrays"] = msgpack.packb(decls)
     result = decode_or_reason([msgpack.packb(header), *frames[1:]])
     if [dtype, shape] != ["float64", [3]]:
         assert isinstance(result, str)
@@ -461,8 +463,10 @@ def test_empty_array_of_huge_dimensions_is_refused_as_too_large(dims, data) -> N
     shape.insert(data.draw(st.integers(0, len(shape))), 0)
     frames = VALID["belief"]
     header = msgpack.unpackb(frames[0])
-    for entry in header["arrays"]:
+    decls = msgpack.unpackb(header["arrays"])
+    for entry in decls:
         entry[2] = shape
+    header["arrays"] = msgpack.packb(decls)
     result = decode_or_reason([msgpack.packb(header), b"", b""])
     if math.prod(d for d in shape if d) > DEFAULT_LIMITS.max_array_elements:
         assert result == "too_large"

@@ -84,8 +84,9 @@ def _max_list(limits: WireLimits) -> int:
     return max(limits.max_frames, MAX_NDIM, limits.max_header_bytes // _HEADER_BYTES_PER_ITEM)
 
 
-def _unpack_header(buf: memoryview, limits: WireLimits) -> Any:
-    """Frame 0 as Python objects: msgpack with every length bounded and map keys unique.
+def _unpack_header(buf: memoryview, limits: WireLimits, what: str = "frame 0") -> Any:
+    """Frame 0 (or `what`) as Python objects: msgpack with every length bounded, map keys
+    unique.
 
     msgpack allocates a list as long as declared before reading its items, and nests up to
     1024 deep, so lists of 65535 items declared in 3 KiB took 78 MiB and 30 ms to refuse;
@@ -101,9 +102,9 @@ def _unpack_header(buf: memoryview, limits: WireLimits) -> Any:
     except ProtocolError:
         raise
     except msgpack.StackError:  # its message is empty
-        raise ProtocolError("header", "frame 0 nests deeper than msgpack allows") from None
+        raise ProtocolError("header", f"{what} nests deeper than msgpack allows") from None
     except Exception as e:  # msgpack reports malformed input with many exception types
-        raise ProtocolError("header", f"frame 0 must be msgpack with str map keys and lists of "
+        raise ProtocolError("header", f"{what} must be msgpack with str map keys and lists of "
                                       f"<= {max_list} items ({type(e).__name__}: "
                                       f"{_cut(str(e), 2 * _SHOW_CHARS)})") from None
 
@@ -114,7 +115,7 @@ def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     if len(d) != len(pairs):
         seen: set[Any] = set()
         key = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise ProtocolError("header", f"frame 0 repeats the key {_cut(_preview(key, 0))}: "
+        raise ProtocolError("header", f"a map repeats the key {_cut(_preview(key, 0))}: "
                                       f"each key of a map must appear once")
     return d
 
@@ -135,8 +136,38 @@ def _parse_header(
     header: Any, sizes: Sequence[int], limits: WireLimits
 ) -> tuple[Schema, dict[str, Any], list[_ArrayDecl]]:
     """Check a header against its schema; returns the schema, the field values, the arrays."""
-    schema, values, entries = _parse_fields(header)
-    return schema, values, _parse_arrays(entries, schema, sizes, limits)
+    schema, values, declared = _parse_fields(header)
+    return schema, values, _received_layout(declared, schema, sizes, limits)
+
+
+_RECEIVED: dict[tuple, list[_ArrayDecl]] = {}  # checked layouts, by the bytes that declared them
+_MAX_LAYOUTS = 256
+
+
+def _received_layout(declared: Any, schema: Schema, sizes: Sequence[int],
+                     limits: WireLimits) -> list[_ArrayDecl]:
+    """The arrays declared by the `arrays` bin, checked once per distinct layout.
+
+    A node receives messages of few layouts; checking one cost about 2 us of a 16 KiB state's
+    12 us decode. The key holds everything the check depends on: the schema, the declaring
+    bytes (bytes compare exactly, where the decoded lists would not: 1.0 and True equal 1), the
+    array frames' sizes and the element limit.
+    """
+    if type(declared) is not bytes:
+        raise ProtocolError("array_spec", f"arrays must be bin (the msgpack of a list of [name, "
+                                          f"dtype, shape]), got {_show(declared)}")
+    key = (schema, declared, limits.max_array_elements, *sizes[1:])
+    placed = _RECEIVED.get(key)
+    if placed is None:
+        try:
+            entries = _unpack_header(memoryview(declared), limits, "the arrays bin")
+        except ProtocolError as e:
+            raise ProtocolError("array_spec", e.detail) from None
+        placed = _parse_arrays(entries, schema, sizes, limits)
+        if len(_RECEIVED) >= _MAX_LAYOUTS:
+            _RECEIVED.clear()
+        _RECEIVED[key] = placed
+    return placed
 
 
 def _parse_fields(header: Any) -> tuple[Schema, dict[str, Any], Any]:
@@ -399,19 +430,21 @@ def encode_sized(
         specs.append((name, wire_dtype, wire_arr.shape))  # msgpack packs a tuple as a list
         payloads.append(wire_arr)
         converted = converted or wire_arr is not arr
+    array_frames = _pack(payloads, pack_bytes)
+    sizes = [0, *[len(f) if type(f) is bytes else f.nbytes for f in array_frames]]
+    placed, declared = _layout(schema, specs, sizes, limits, pack_bytes)
     header = {"v": PROTOCOL_VERSION, "type": msg.type, "swarm": msg.swarm, "node": msg.node,
-              "gen": msg.gen, "ts": msg.ts, **msg.fields, "arrays": specs}
+              "gen": msg.gen, "ts": msg.ts, **msg.fields, "arrays": declared}
     try:
         packed = msgpack.packb(header)
     except (TypeError, ValueError, OverflowError) as e:
         raise ProtocolError("field", f"{msg.type} header cannot be packed: {e}") from None
-    frames = [packed, *_pack(payloads, pack_bytes)]
-    sizes = [len(f) if type(f) is bytes else f.nbytes for f in frames]
+    frames = [packed, *array_frames]
+    sizes[0] = len(packed)
     _check_sizes(sizes, limits)
     if len(packed) > _max_list(limits):  # only so long a header can hold too long a list
         _unpack_header(memoryview(packed), limits)
-    schema, _, _ = _parse_fields(header)
-    placed = _layout(schema, specs, sizes, limits, pack_bytes)
+    _parse_fields(header)
     if check_finite:  # each on its own: what names the culprit
         with receiving():
             _require_finite([(*d[:3], 0, 0) for d in placed],
@@ -424,25 +457,23 @@ def encode_sized(
 
 _ZEROS = bytes(_ALIGN)
 _new = object.__new__
-_LAYOUTS: dict[tuple, list[_ArrayDecl]] = {}  # encode's checked array layouts, by what fixes them
-_MAX_LAYOUTS = 256
+_LAYOUTS: dict[tuple, tuple[list[_ArrayDecl], bytes]] = {}  # encode's checked layouts
 
 
 def _layout(schema: Schema, specs: list[tuple[str, str, tuple[int, ...]]], sizes: list[int],
-            limits: WireLimits, pack_bytes: int) -> list[_ArrayDecl]:
-    """`_parse_arrays` of the arrays encode is sending, remembered: a node sends messages of
-    few layouts, and checking one cost 1.7 us of a 16 KiB state's 7.6 us encode. What the
-    check depends on is the key: the schema, the names, dtypes and shapes (which fix the frame
-    sizes, given pack_bytes) and the element limit."""
+            limits: WireLimits, pack_bytes: int) -> tuple[list[_ArrayDecl], bytes]:
+    """The placed arrays encode is sending and the `arrays` bin declaring them, remembered: a
+    node sends messages of few layouts. The key is what the check depends on: the schema, the
+    names, dtypes and shapes (which fix the frame sizes, given pack_bytes) and the limit."""
     key = (schema, pack_bytes, limits.max_array_elements, *specs)
-    placed = _LAYOUTS.get(key)
-    if placed is None:
-        placed = _parse_arrays([[n, d, list(shape)] for n, d, shape in specs], schema, sizes,
-                               limits)
+    known = _LAYOUTS.get(key)
+    if known is None:
+        entries = [[n, d, list(shape)] for n, d, shape in specs]
+        known = _parse_arrays(entries, schema, sizes, limits), msgpack.packb(entries)
         if len(_LAYOUTS) >= _MAX_LAYOUTS:
             _LAYOUTS.clear()
-        _LAYOUTS[key] = placed
-    return placed
+        _LAYOUTS[key] = known
+    return known
 
 
 def _pack(payloads: list[np.ndarray], pack_bytes: int) -> list[bytes | memoryview]:
