@@ -254,6 +254,8 @@ def _parse_arrays(
         if missing:
             raise ProtocolError("array_spec", f"arrays {missing} missing; expected "
                                               f"{sorted(specs)}")
+    if schema.check_layout is not None:
+        schema.check_layout({name: (dtype, shape) for name, dtype, shape, _, _ in decls})
     return decls
 
 

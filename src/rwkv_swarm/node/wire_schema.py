@@ -222,25 +222,30 @@ class ArraySpec:
     optional: bool = False  # a message may leave it out
 
 
+Layout = dict[str, tuple[str, tuple[int, ...]]]  # array name -> (wire dtype, shape)
+
+
 @dataclass(frozen=True, eq=False)
 class Schema:
-    """Per-type header fields (all required) and arrays, and a cross-check run after
-    decoding."""
+    """Per-type header fields (all required) and arrays, and cross-array checks: on the
+    layout alone (run once per distinct layout: the codec remembers layouts it checked), and
+    on the decoded message (run on every message)."""
 
     fields: dict[str, FieldKind] = field(default_factory=dict)
     arrays: dict[str, ArraySpec] = field(default_factory=dict)
     check: Callable[[Message], None] | None = None
+    check_layout: Callable[[Layout], None] | None = None
 
 
-def _check_state(msg: Message) -> None:
-    arrays = msg.arrays
-    att, ffn, wkv = arrays["att_x_prev"], arrays["ffn_x_prev"], arrays["wkv"]
-    L, B, C = att.shape
-    if ffn.shape != att.shape or ffn.dtype != att.dtype:
-        raise ProtocolError("inconsistent", f"ffn_x_prev {ffn.shape} {ffn.dtype} must match "
-                                            f"att_x_prev {att.shape} {att.dtype}")
-    if wkv.shape[:2] != (L, B) or wkv.shape[3] != wkv.shape[4] or wkv.shape[2] * wkv.shape[3] != C:
-        raise ProtocolError("inconsistent", f"wkv {wkv.shape} must be (L={L}, B={B}, H, N, N) "
+def _check_state(layout: Layout) -> None:
+    (att_dtype, att), (ffn_dtype, ffn), (_, wkv) = (
+        layout[k] for k in ("att_x_prev", "ffn_x_prev", "wkv"))
+    L, B, C = att
+    if ffn != att or ffn_dtype != att_dtype:
+        raise ProtocolError("inconsistent", f"ffn_x_prev {ffn} {ffn_dtype} must match "
+                                            f"att_x_prev {att} {att_dtype}")
+    if wkv[:2] != (L, B) or wkv[3] != wkv[4] or wkv[2] * wkv[3] != C:
+        raise ProtocolError("inconsistent", f"wkv {wkv} must be (L={L}, B={B}, H, N, N) "
                                             f"with H*N = C = {C}")
 
 
@@ -278,7 +283,7 @@ SCHEMAS: dict[str, Schema] = {
         fields={"fingerprint": _fingerprint},  # hash of the weights the state belongs to
         arrays={"att_x_prev": ArraySpec(_STATE_X, 3), "ffn_x_prev": ArraySpec(_STATE_X, 3),
                 "wkv": ArraySpec(frozenset({"float32"}), 5)},
-        check=_check_state),
+        check_layout=_check_state),
     "fitness": Schema(  # one generation's update of one node, replayable from its seed
         fields={"seed": _uint, "sigma": _positive, "size": _count, "first": _uint,
                 "rank": _count, "include": _names,  # the population and the members reported
