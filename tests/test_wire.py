@@ -494,6 +494,17 @@ def test_decode_finds_non_finite_bfloat16(bits: int) -> None:
     assert reason_of([frames[0], bytes(att), *frames[2:]]) == "non_finite"
 
 
+@pytest.mark.parametrize("size", [3, 70_000])  # the isfinite path and the sum path
+def test_a_signalling_nan_is_refused_without_a_float_warning(size: int) -> None:
+    # warnings are errors in the tests: neither path may set off numpy's float warnings
+    mean = np.zeros(size, np.float32)
+    mean.view(np.uint32)[-1] = 0x7FA00000  # a signalling NaN
+    msg = message("belief", swarm="s", node="n", name="b",
+                  arrays={"mean": mean, "var": np.ones(size, np.float32)})
+    assert reason_of(frames_of(msg)) == "non_finite"
+    assert reason_of(packed_frames_of(msg)) == "non_finite"
+
+
 def test_decode_accepts_finite_arrays_whose_sum_overflows() -> None:
     big = np.full(70_000, 3e38, np.float32)  # the fast path's sum is inf; every value is finite
     msg = message("belief", swarm="s", node="n", name="b", arrays={"mean": big, "var": big})

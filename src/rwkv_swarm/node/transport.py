@@ -350,7 +350,7 @@ class Transport:
             wait_ms = math.ceil((min(deadline, self._next_heartbeat) - now) * 1000)
             ready = self._poller.poll(max(wait_ms, 0))
             if ready:
-                with receiving():  # once per batch: it costs a microsecond per message
+                with receiving():  # the GC paused once per batch, not per message
                     for sock, _ in ready:
                         self._drain(sock, out)
             now = time.monotonic()
