@@ -151,12 +151,12 @@ def _received_layout(declared: Any, schema: Schema, sizes: Sequence[int],
     A node receives messages of few layouts; checking one cost about 2 us of a 16 KiB state's
     12 us decode. The key holds everything the check depends on: the schema, the declaring
     bytes (bytes compare exactly, where the decoded lists would not: 1.0 and True equal 1), the
-    array frames' sizes and the element limit.
+    array frames' sizes, and the limits that bound the check.
     """
     if type(declared) is not bytes:
         raise ProtocolError("array_spec", f"arrays must be bin (the msgpack of a list of [name, "
                                           f"dtype, shape]), got {_show(declared)}")
-    key = (schema, declared, limits.max_array_elements, *sizes[1:])
+    key = (schema, declared, limits.max_array_elements, limits.max_header_bytes, *sizes[1:])
     placed = _RECEIVED.get(key)
     if placed is None:
         try:
@@ -426,7 +426,7 @@ def encode_sized(
     specs, payloads, converted = [], [], False
     for name, arr in msg.arrays.items():
         wire_dtype, wire_arr = _wire_array(name, arr)
-        specs.append((name, wire_dtype, wire_arr.shape))  # msgpack packs a tuple as a list
+        specs.append((name, wire_dtype, wire_arr.shape))
         payloads.append(wire_arr)
         converted = converted or wire_arr is not arr
     array_frames = _pack(payloads, pack_bytes)
@@ -463,7 +463,7 @@ def _layout(schema: Schema, specs: list[tuple[str, str, tuple[int, ...]]], sizes
     """The placed arrays encode is sending and the `arrays` bin declaring them, remembered: a
     node sends messages of few layouts. The key is what the check depends on: the schema, the
     names, dtypes and shapes (which fix the frame sizes, given pack_bytes) and the limit."""
-    key = (schema, pack_bytes, limits.max_array_elements, *specs)
+    key = (schema, pack_bytes, limits.max_array_elements, limits.max_header_bytes, *specs)
     known = _LAYOUTS.get(key)
     if known is None:
         entries = [[n, d, list(shape)] for n, d, shape in specs]
