@@ -11,6 +11,7 @@ import torch
 from messages import fitness_message
 
 from rwkv_swarm.kernels import RWKV7Config, RWKV7State
+from rwkv_swarm.node import wire
 from rwkv_swarm.node.wire import (
     BFLOAT16,
     DEFAULT_LIMITS,
@@ -238,6 +239,16 @@ def test_a_nan_in_a_packed_frame_is_named_by_its_array(name: str) -> None:
     with pytest.raises(ProtocolError, match=f"array {name} holds NaN") as info:
         decode(frames)
     assert info.value.reason == "non_finite"
+
+
+def test_finite_spans_join_only_neighbours_of_one_dtype_in_frame_1() -> None:
+    decls = [("a", "float32", (2,), 1, 0), ("b", "float32", (3,), 1, 8),  # joined: 0..20
+             ("c", "uint8", (8,), 1, 24),  # not a float: it ends the span
+             ("d", "float32", (2,), 1, 32), ("e", "float64", (1,), 1, 40),  # another dtype
+             ("f", "float32", (4,), 2, 0)]  # a frame of its own
+    assert wire._finite_spans(decls) == [
+        ("float32", 1, 0, 5, ("a", "b")), ("float32", 1, 32, 2, ("d",)),
+        ("float64", 1, 40, 1, ("e",)), ("float32", 2, 0, 4, ("f",))]
 
 
 def test_encode_lends_arrays_too_large_to_pack_without_copying_them() -> None:
