@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..kernels import RWKV7Config, RWKV7State
+from .wire_fast import FastHeaders
 from .wire_schema import (
     _FIELDS,
     _SHOW_CHARS,
@@ -84,6 +85,9 @@ def _max_list(limits: WireLimits) -> int:
     return max(limits.max_frames, MAX_NDIM, limits.max_header_bytes // _HEADER_BYTES_PER_ITEM)
 
 
+_FAST = FastHeaders(_max_list(DEFAULT_LIMITS))  # compiled checks; the Python ones decide
+
+
 def _unpack_header(buf: memoryview, limits: WireLimits, what: str = "frame 0") -> Any:
     """Frame 0 (or `what`) as Python objects: msgpack with every length bounded, map keys
     unique.
@@ -134,14 +138,6 @@ def _check_sizes(sizes: Sequence[int], limits: WireLimits) -> None:
 
 _Span = tuple[str, int, int, int, tuple[str, ...]]  # dtype, frame, offset, elements, arrays
 _Layout = tuple[list[_ArrayDecl], list[_Span]]  # the arrays, and the spans the finite check reads
-
-
-def _parse_header(
-    header: Any, sizes: Sequence[int], limits: WireLimits
-) -> tuple[Schema, dict[str, Any], _Layout]:
-    """Check a header against its schema; returns the schema, the field values, the layout."""
-    schema, values, declared = _parse_fields(header)
-    return schema, values, _received_layout(declared, schema, sizes, limits)
 
 
 _RECEIVED: dict[tuple, _Layout] = {}  # checked layouts, by the bytes that declared them
@@ -391,8 +387,9 @@ def decode_received(frames: Sequence[Any], limits: WireLimits = DEFAULT_LIMITS) 
             raise ProtocolError("frames", "frames must be contiguous buffers")
         sizes.append(v.nbytes)
     _check_sizes(sizes, limits)
-    schema, values, (decls, spans) = _parse_header(_unpack_header(views[0], limits), sizes,
-                                                   limits)
+    fast = _FAST.fields(views[0]) if limits is DEFAULT_LIMITS else None
+    schema, values, declared = fast or _parse_fields(_unpack_header(views[0], limits))
+    decls, spans = _received_layout(declared, schema, sizes, limits)
     # views (sizes checked above), read-only through their buffers: copy before changing them
     frames_ro = [v.toreadonly() for v in views]
     arrays: dict[str, np.ndarray] = {}
