@@ -276,7 +276,8 @@ class Transport:
     def send(self, peer_id: str, msg: Message) -> bool:
         """Queue `msg` for `peer_id`; False (and counted) when its queue is full.
 
-        Arrays of 64 KiB or more go to ZeroMQ without a copy: do not change them afterwards.
+        Arrays of 64 KiB or more that `encode` does not pack into frame 1 go to ZeroMQ
+        without a copy: do not change them afterwards.
         Raises ProtocolError for an invalid message, KeyError for an unknown peer.
         """
         self._check_open()
