@@ -4,6 +4,7 @@ accept. Whatever msgspec lets through, the reference path must accept with the s
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import msgpack
 import pytest
@@ -100,3 +101,18 @@ def test_messages_decoded_under_other_limits_take_the_python_path(monkeypatch):
     assert calls == []
     got = wire.decode(frames)
     assert len(calls) == 1 and math.isfinite(got.ts)
+
+
+@pytest.mark.parametrize("declared", [b"\xdd\xff\xff\xff\xff", b"\xdc\xff\xff",
+                                      b"\xdb\xff\xff\xff\xff", b"\xc6\xff\xff\xff\xff"])
+def test_huge_declared_lengths_are_refused_without_allocating(declared):
+    # a list, a str and a bin declared 4 Gi long in a 1 KB header: refused at once
+    pairs = [(k, msgpack.packb(v)) for k, v in HEADERS["fitness"].items() if k != "include"]
+    buf = packed_map([*pairs, ("include", declared + b"\xa1a" * 100)])
+    tracemalloc.start()
+    try:
+        assert fast(buf) is None
+        assert tracemalloc.get_traced_memory()[1] < 2**20
+    finally:
+        tracemalloc.stop()
+    assert reference(buf) is None
