@@ -144,6 +144,14 @@ _RECEIVED: dict[tuple, _Layout] = {}  # checked layouts, by the bytes that decla
 _MAX_LAYOUTS = 256
 
 
+def _remember(cache: dict, key: tuple, value: Any) -> Any:
+    """Store a checked layout; a full cache starts over (a node sees few layouts)."""
+    if len(cache) >= _MAX_LAYOUTS:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 def _received_layout(declared: Any, schema: Schema, sizes: Sequence[int],
                      limits: WireLimits) -> _Layout:
     """The arrays declared by the `arrays` bin, checked once per distinct layout.
@@ -164,10 +172,7 @@ def _received_layout(declared: Any, schema: Schema, sizes: Sequence[int],
         except ProtocolError as e:
             raise ProtocolError("array_spec", e.detail) from None
         decls = _parse_arrays(entries, schema, sizes, limits)
-        placed = decls, _finite_spans(decls)
-        if len(_RECEIVED) >= _MAX_LAYOUTS:
-            _RECEIVED.clear()
-        _RECEIVED[key] = placed
+        placed = _remember(_RECEIVED, key, (decls, _finite_spans(decls)))
     return placed
 
 
@@ -327,6 +332,9 @@ def _require_finite(spans: list[_Span], arrays: dict[str, np.ndarray],
                     raise ProtocolError("non_finite", f"array {name} holds NaN or inf")
 
 
+_new = object.__new__
+
+
 def _build(schema: Schema, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> Message:
     pop = values.pop
     # Message.__init__, frozen, sets each field through object.__setattr__: 0.6 us a message;
@@ -469,7 +477,6 @@ def encode_sized(
 
 
 _ZEROS = bytes(_ALIGN)
-_new = object.__new__
 _LAYOUTS: dict[tuple, tuple[list[_ArrayDecl], bytes]] = {}  # encode's checked layouts
 
 
@@ -482,33 +489,25 @@ def _layout(schema: Schema, specs: list[tuple[str, str, tuple[int, ...]]], sizes
     known = _LAYOUTS.get(key)
     if known is None:
         entries = [[n, d, list(shape)] for n, d, shape in specs]
-        known = _parse_arrays(entries, schema, sizes, limits), msgpack.packb(entries)
-        if len(_LAYOUTS) >= _MAX_LAYOUTS:
-            _LAYOUTS.clear()
-        _LAYOUTS[key] = known
+        known = _remember(_LAYOUTS, key, (_parse_arrays(entries, schema, sizes, limits),
+                                          msgpack.packb(entries)))
     return known
 
 
 def _pack(payloads: list[np.ndarray], pack_bytes: int) -> list[bytes | memoryview]:
     """The array frames: frame 1 packs the first arrays while it stays within `pack_bytes`."""
-    if not payloads:
-        return []
-    packed, end = 1, payloads[0].nbytes
-    for a in payloads[1:]:
-        end += -end % _ALIGN + a.nbytes
-        if end > pack_bytes:
-            break
-        packed += 1
-    if packed == 1:  # the first array alone: lent to ZeroMQ as it is
-        return [a.data for a in payloads]
     parts: list[Any] = []
-    end = 0
-    for a in payloads[:packed]:
-        if end % _ALIGN:
-            parts.append(_ZEROS[:-end % _ALIGN])
-            end += -end % _ALIGN
+    packed = end = 0
+    for a in payloads:
+        start = end + -end % _ALIGN
+        if packed and start + a.nbytes > pack_bytes:
+            break
+        if start > end:
+            parts.append(_ZEROS[:start - end])
         parts.append(a.data)
-        end += a.nbytes
+        packed, end = packed + 1, start + a.nbytes
+    if packed <= 1:  # no arrays, or the first alone: each lent to ZeroMQ as it is
+        return [a.data for a in payloads]
     return [b"".join(parts), *[a.data for a in payloads[packed:]]]
 
 

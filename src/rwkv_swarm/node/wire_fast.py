@@ -59,10 +59,11 @@ class FastHeaders:
         structs = [self._struct(name, types) for name in SCHEMAS]
         covered = [s for s in structs if s is not None]
         self._decoder = msgspec.msgpack.Decoder(Union[tuple(covered)])  # noqa: UP007
-        self._info: dict[type, tuple[str, Schema, int, tuple[str, ...]]] = {}
+        self._info: dict[type, tuple[str, Schema, int, tuple[tuple[str, Any], ...]]] = {}
         for struct in covered:
             msg_type = struct.__struct_config__.tag
-            floats = tuple(n for n, kind in _FIELDS[msg_type].items() if kind in _FLOAT_KINDS)
+            floats = tuple((n, kind) for n, kind in _FIELDS[msg_type].items()
+                           if kind in _FLOAT_KINDS)
             # entries of the map: every field, and the tag
             self._info[struct] = (msg_type, SCHEMAS[msg_type], len(struct.__struct_fields__) + 1,
                                   floats)
@@ -89,8 +90,8 @@ class FastHeaders:
             return None
         values = msgspec.structs.asdict(header)
         try:
-            for name in floats:
-                values[name] = _FIELDS[msg_type][name](name, values[name])
+            for name, kind in floats:
+                values[name] = kind(name, values[name])
         except ValueError:
             return None
         del values["v"]
