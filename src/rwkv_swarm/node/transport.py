@@ -48,9 +48,10 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 _backend_send = _BackendSocket.send
 _EVENTS, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLOUT)
-# smaller frames are copied, cheaper than pinning a Python buffer; larger ones are lent (a
-# 256 KiB copy cost 60 us more per message: each is a fresh allocation whose pages fault in)
-_COPY_THRESHOLD = 65536
+# smaller frames are copied: with the allocator tuned (util.alloc) a copy reuses warm heap and
+# costs less than lending, whose release needs pyzmq's thread and the GIL (256 KiB: 10 us less
+# a message); from about 512 KiB a copy no longer fits in cache and lending wins (docs/wire.md)
+_COPY_THRESHOLD = 512 * 1024
 
 # what stats()["dropped"] counts: the wire's REASONS, then the transport's own
 DROP_REASONS = (
@@ -276,7 +277,7 @@ class Transport:
     def send(self, peer_id: str, msg: Message) -> bool:
         """Queue `msg` for `peer_id`; False (and counted) when its queue is full.
 
-        Arrays of 64 KiB or more that `encode` does not pack into frame 1 go to ZeroMQ
+        Arrays of 512 KiB or more that `encode` does not pack into frame 1 go to ZeroMQ
         without a copy: do not change them afterwards.
         Raises ProtocolError for an invalid message, KeyError for an unknown peer.
         """
