@@ -12,9 +12,17 @@ import pytest
 import zmq
 from test_wire import assert_same, sample_messages
 
+from rwkv_swarm.kernels import RWKV7Config, RWKV7State
 from rwkv_swarm.node.keys import NodeKeys, SwarmKeyring
 from rwkv_swarm.node.transport import Transport, TransportConfig
-from rwkv_swarm.node.wire import Message, ProtocolError, WireLimits, encode, message
+from rwkv_swarm.node.wire import (
+    Message,
+    ProtocolError,
+    WireLimits,
+    encode,
+    message,
+    state_message,
+)
 
 WAIT_S = 10.0  # upper bound for anything expected to arrive; never reached when all is well
 QUIET_MS = 300  # how long "nothing arrives" is watched for
@@ -334,6 +342,22 @@ def test_disconnect_closes_the_channel_and_stops_admitting_the_peer(make, ctx) -
     after.send_multipart(encode(message("heartbeat", swarm="s", node="alice")))
     bob.poll(QUIET_MS)
     assert bob.stats()["heartbeats_received"] == 1
+
+
+def test_plain_tcp_copies_an_array_below_512_kib_as_it_is_sent(make) -> None:
+    # a 256 KiB wkv has a frame of its own; plain TCP copies it in send(), so the state may
+    # change at once (CURVE lends it from 64 KiB: there it must not change)
+    a, b = make("alice", insecure=True), make("bob", insecure=True)
+    a.connect("bob", b.endpoint)
+    config = RWKV7Config(n_embd=256, n_layer=4, head_size=64, vocab_size=16)
+    state = RWKV7State.zeros(config, batch=1)
+    state.wkv.fill_(1.0)
+    assert state.wkv.numel() * 4 == 256 * 1024
+    msg = state_message(state, b"\x01" * 32, swarm="s", node="alice", gen=0, copy=False)
+    assert a.send("bob", msg)
+    state.wkv.fill_(2.0)  # the message's array aliases it (copy=False)
+    (got,) = collect(b, 1)
+    assert np.all(got.arrays["wkv"] == 1.0)
 
 
 # -- hostile sizes ---------------------------------------------------------------------------------

@@ -48,10 +48,12 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 _backend_send = _BackendSocket.send
 _EVENTS, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLOUT)
-# smaller frames are copied: with the allocator tuned (util.alloc) a copy reuses warm heap and
-# costs less than lending, whose release needs pyzmq's thread and the GIL (256 KiB: 10 us less
-# a message); from about 512 KiB a copy no longer fits in cache and lending wins (docs/wire.md)
-_COPY_THRESHOLD = 512 * 1024
+# Frames at least this large are lent to ZeroMQ, smaller ones copied. Lending costs a release
+# by pyzmq's thread, which needs the GIL; a copy costs a pass over the frame. Plain TCP: with
+# the allocator tuned (util.alloc) the copy is cheaper up to about 512 KiB (256 KiB: about 10
+# us less a message), then no longer fits in cache. CURVE: lending is cheaper from 64 KiB, as
+# ZeroMQ's I/O thread copies the frame to encrypt it anyway. Measured: docs/wire.md.
+_LEND_FROM = {"plain": 512 * 1024, "curve": 64 * 1024}
 
 # what stats()["dropped"] counts: the wire's REASONS, then the transport's own
 DROP_REASONS = (
@@ -153,6 +155,7 @@ class Transport:
         self._gen = 0
         self._next_heartbeat = time.monotonic() + config.heartbeat_interval
         self._closed = False
+        self._lend_from = _LEND_FROM["curve" if self.secure else "plain"]
         if config.tune_allocator:
             tune_allocator()
         self._ctx = zmq.Context()
@@ -277,8 +280,8 @@ class Transport:
     def send(self, peer_id: str, msg: Message) -> bool:
         """Queue `msg` for `peer_id`; False (and counted) when its queue is full.
 
-        Arrays of 512 KiB or more that `encode` does not pack into frame 1 go to ZeroMQ
-        without a copy: do not change them afterwards.
+        Arrays that `encode` does not pack into frame 1 go to ZeroMQ without a copy when
+        large (512 KiB or more in plain TCP, 64 KiB with CURVE): do not change them afterwards.
         Raises ProtocolError for an invalid message, KeyError for an unknown peer.
         """
         self._check_open()
@@ -309,12 +312,12 @@ class Transport:
         """Queue frames without blocking; False (counted) when the peer's queue is full."""
         parts = frames if route is None else [route, *frames]
         try:
-            _send_frames(sock, parts)
+            _send_frames(sock, parts, self._lend_from)
         except zmq.Again:
             # A sender learns that its peer has read messages from commands that libzmq
             # processes at most once a millisecond while sends do not block, so a queue the
             # peer has drained can still look full. Reading EVENTS processes them now.
-            if not sock.get(_EVENTS) & _POLLOUT or not _try_send(sock, parts):
+            if not sock.get(_EVENTS) & _POLLOUT or not _try_send(sock, parts, self._lend_from):
                 self._stats.dropped["send_blocked"] += 1
                 return False
         self._stats.bytes_sent += nbytes
@@ -441,21 +444,21 @@ class Transport:
             raise RuntimeError(f"transport of {self.node_id!r} is closed")
 
 
-def _send_frames(sock: zmq.Socket, parts: list[Any]) -> None:
+def _send_frames(sock: zmq.Socket, parts: list[Any], lend_from: int) -> None:
     """send_multipart without its per-call overhead; raises zmq.Again on the first part only.
 
     Calls the backend's send directly: the Python layer above it only adds DRAFT options, at
-    0.2 us a frame.
+    0.2 us a frame. Memoryviews of `lend_from` bytes or more are lent, not copied.
     """
     last = len(parts) - 1
     for i, part in enumerate(parts):
-        big = type(part) is memoryview and part.nbytes >= _COPY_THRESHOLD
+        big = type(part) is memoryview and part.nbytes >= lend_from
         _backend_send(sock, part, _NOBLOCK_MORE if i < last else _NOBLOCK, not big)
 
 
-def _try_send(sock: zmq.Socket, parts: list[Any]) -> bool:
+def _try_send(sock: zmq.Socket, parts: list[Any], lend_from: int) -> bool:
     try:
-        _send_frames(sock, parts)
+        _send_frames(sock, parts, lend_from)
     except zmq.Again:
         return False
     return True
