@@ -496,16 +496,16 @@ def _layout(schema: Schema, specs: list[tuple[str, str, tuple[int, ...]]], sizes
 
 def _pack(payloads: list[np.ndarray], pack_bytes: int) -> list[bytes | memoryview]:
     """The array frames: frame 1 packs the first arrays while it stays within `pack_bytes`."""
-    parts: list[Any] = []
+    parts: list[Any] = []  # the arrays themselves: join reads their buffers (0.2 us, not 1)
     packed = end = 0
     for a in payloads:
-        start = end + -end % _ALIGN
-        if packed and start + a.nbytes > pack_bytes:
+        pad = -end % _ALIGN
+        if packed and end + pad + a.nbytes > pack_bytes:
             break
-        if start > end:
-            parts.append(_ZEROS[:start - end])
-        parts.append(a.data)
-        packed, end = packed + 1, start + a.nbytes
+        if pad:
+            parts.append(_ZEROS[:pad])
+        parts.append(a)
+        packed, end = packed + 1, end + pad + a.nbytes
     if packed <= 1:  # no arrays, or the first alone: each lent to ZeroMQ as it is
         return [a.data for a in payloads]
     return [b"".join(parts), *[a.data for a in payloads[packed:]]]
