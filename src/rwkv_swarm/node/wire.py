@@ -421,7 +421,8 @@ def encode(
     """Frames for `msg`: a msgpack header, then the arrays' bytes.
 
     Frame 1 packs the first arrays (a copy) while it stays within `pack_bytes` (0: one frame
-    per array); every further array is a frame of its own, its memory lent (no copy).
+    per array); every further array is a frame of its own, a view of its memory (no copy
+    here; the transport copies or lends it to ZeroMQ).
     Runs the receiver's checks of the header, dtypes, shapes and sizes, raising ProtocolError.
     Finiteness, a pass over every float, is the receiver's check unless `check_finite`.
     """
