@@ -321,7 +321,7 @@ class RWKV7(nn.Module):
                 path = self.chosen_step_path(B)
                 if path != "torch":
                     self._check_input(x.unsqueeze(1))
-                    return self.step_native(x, state, int(path.partition(":")[2]))
+                    return self.step_native(x, state, native.threads_of(path))
         return self.step_torch(x, state)
 
     def chosen_step_path(self, batch: int) -> str:

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -163,18 +164,19 @@ def thread_counts() -> list[int]:
     return [n for n in (1, 2, 4, 8, 16) if n <= top]
 
 
-def step_candidates(model: torch.nn.Module, batch: int) -> dict:
-    """Every way to run a step of `batch` rows, each a call on a zero state of that size."""
-    cfg = model.config
-    if cfg.token_mode:
-        x = torch.zeros(batch, dtype=torch.long)
-    else:
-        x = torch.zeros(batch, cfg.input_dim)
-    state = model.zero_state(batch)
-    cands = {"torch": lambda: model.step_torch(x, state)}
+def choose(kind: str, sizes: Mapping[str, object], torch_form: Callable[[], object],
+           native_form: Callable[[int], object]) -> str:
+    """"torch" or "native:<threads>" for this kind of kernel at these sizes (measured once)."""
+    cands: dict[str, Callable[[], object]] = {"torch": torch_form}
     for n in thread_counts():
-        cands[f"native:{n}"] = lambda n=n: model.step_native(x, state, n)
-    return cands
+        cands[f"native:{n}"] = lambda n=n: native_form(n)
+    sizes = {**sizes, "torch_threads": torch.get_num_threads()}
+    return paths.default_chooser().choose(kind, sizes, cands)
+
+
+def threads_of(path: str) -> int:
+    """The team size of a "native:<threads>" path; 0 for "torch"."""
+    return int(path.partition(":")[2] or 0)
 
 
 def step_path(model: torch.nn.Module, batch: int) -> str:
@@ -186,9 +188,12 @@ def step_path(model: torch.nn.Module, batch: int) -> str:
     bucket = 1 << (batch - 1).bit_length()
     if bucket > MAX_BATCH or not NativeStep.available(model):
         return "torch"
-    sizes = {**model.config.to_dict(), "batch": bucket, "torch_threads": torch.get_num_threads()}
-    chooser = paths.default_chooser()
-    return chooser.choose("step", sizes, step_candidates(model, bucket))
+    cfg = model.config
+    x = (torch.zeros(bucket, dtype=torch.long) if cfg.token_mode
+         else torch.zeros(bucket, cfg.input_dim))
+    state = model.zero_state(bucket)  # each candidate steps a zero state of the bucket's size
+    return choose("step", {**cfg.to_dict(), "batch": bucket},
+                  lambda: model.step_torch(x, state), lambda n: model.step_native(x, state, n))
 
 
 def embed(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,9 @@ from collections.abc import Callable, Mapping
 import torch
 
 from . import native, paths
+from .native import choose, threads_of
+
+__all__ = ["choose", "low_rank", "memo_choose", "threads_of", "usable", "wkv"]
 
 
 def usable(*tensors: torch.Tensor) -> bool:
@@ -22,19 +25,16 @@ def usable(*tensors: torch.Tensor) -> bool:
         and native.load() is not None
 
 
-def choose(kind: str, sizes: Mapping[str, object], torch_form: Callable[[], object],
-           native_form: Callable[[int], object]) -> str:
-    """"torch" or "native:<threads>" for this kind of kernel at these sizes (measured once)."""
-    cands: dict[str, Callable[[], object]] = {"torch": torch_form}
-    for n in native.thread_counts():
-        cands[f"native:{n}"] = lambda n=n: native_form(n)
-    sizes = {**sizes, "torch_threads": torch.get_num_threads()}
-    return paths.default_chooser().choose(kind, sizes, cands)
-
-
-def threads_of(path: str) -> int:
-    """The team size of a "native:<threads>" path; 0 for "torch"."""
-    return int(path.partition(":")[2] or 0)
+def memo_choose(kind: str, sizes: Mapping[str, object],
+                forms: Callable[[], tuple[Callable[[], object], Callable[[int], object]]]
+                ) -> str:
+    """`choose` for a forward kernel, remembered in this process by its sizes and PyTorch's
+    thread count: a hot path asks once per call, and `forms` builds the measured tensors."""
+    memo = paths.default_chooser().memo
+    key = (kind, *sizes.values(), torch.get_num_threads())
+    if key not in memo:
+        memo[key] = choose(kind, sizes, *forms())
+    return memo[key]
 
 
 def _ptr(t: torch.Tensor) -> int:

@@ -47,7 +47,7 @@ def cpu_identity() -> str:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name" and not flags:
+                if key.strip() == "model name":
                     model = value.strip()
                 elif key.strip() == "flags":
                     flags = " ".join(sorted(value.split()))

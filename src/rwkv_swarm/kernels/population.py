@@ -104,7 +104,7 @@ class Population:
             raise ValueError(f"groups {self.include} select no parameters of this model")
         self.noise_size = sum(t.size for t in self.targets)
         self._noise: dict[str, tuple[torch.Tensor, ...]] | None = None
-        self._noise_t: tuple[dict, dict] | None = None
+        self._noise_t: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # -- noise ---------------------------------------------------------------------------------
 
@@ -137,11 +137,10 @@ class Population:
     def noise_t(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The matrices' noise rank axis first, (A^T (pairs, r, m), B^T (pairs, r, n)), as the
         native low-rank kernel reads it (views at rank 1; copies once per generation above)."""
-        noise = self.noise
-        if self._noise_t is None or self._noise_t[0] is not noise:
-            self._noise_t = (noise, {name: tuple(t.transpose(1, 2).contiguous() for t in parts)
-                                     for name, parts in noise.items() if len(parts) == 2})
-        return self._noise_t[1]
+        if self._noise_t is None:
+            self._noise_t = {name: tuple(t.transpose(1, 2).contiguous() for t in parts)
+                             for name, parts in self.noise.items() if len(parts) == 2}
+        return self._noise_t
 
     @property
     def device(self) -> torch.device:
@@ -409,17 +408,18 @@ def low_rank_path(n_in: int, n_out: int, rank: int, rows: int) -> str:
     """"torch" or "native:<threads>" for the low-rank terms of an (n_out x n_in) target with
     `rows` activation rows per pair; measured once per CPU on a ROW_BLOCK-row block."""
     rows = 1 << (rows - 1).bit_length()
-    memo = native_ops.paths.default_chooser().memo
-    key = ("low_rank", n_in, n_out, rank, rows, torch.get_num_threads())
-    if key not in memo:
-        g = torch.Generator().manual_seed(0)
-        pairs = max(1, ROW_BLOCK // rows)
-        x, y = torch.randn(pairs, rows, n_in, generator=g), torch.zeros(pairs, rows, n_out)
-        left, right = torch.randn(pairs, n_in, rank), torch.randn(pairs, n_out, rank)
-        lt, rt = left.transpose(1, 2).contiguous(), right.transpose(1, 2).contiguous()
-        sign = torch.tensor([0.1, -0.1]).view(1, 2, 1, 1)
-        memo[key] = native_ops.choose(
-            "low_rank", {"in": n_in, "out": n_out, "rank": rank, "rows": rows},
-            lambda: low_rank_torch(y, x, left, right, sign),
+    return native_ops.memo_choose("low_rank",
+                                  {"in": n_in, "out": n_out, "rank": rank, "rows": rows},
+                                  lambda: _low_rank_forms(n_in, n_out, rank, rows))
+
+
+def _low_rank_forms(n_in: int, n_out: int, rank: int, rows: int):
+    """The PyTorch and native forms on a synthetic block of ROW_BLOCK rows."""
+    g = torch.Generator().manual_seed(0)
+    pairs = max(1, ROW_BLOCK // rows)
+    x, y = torch.randn(pairs, rows, n_in, generator=g), torch.zeros(pairs, rows, n_out)
+    left, right = torch.randn(pairs, n_in, rank), torch.randn(pairs, n_out, rank)
+    lt, rt = left.transpose(1, 2).contiguous(), right.transpose(1, 2).contiguous()
+    sign = torch.tensor([0.1, -0.1]).view(1, 2, 1, 1)
+    return (lambda: low_rank_torch(y, x, left, right, sign),
             lambda n: native_ops.low_rank(y, x, lt, rt, 0.1, n))
-    return memo[key]

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import native_ops
-from .config import ROW_BLOCK
+from .config import DECAY_SCALE, ROW_BLOCK
 
 CHUNK = 16  # tokens per chunk: bounds e^{+-G} to e^{+-9.7} (decay >= e^{-0.6065} per token)
 
@@ -197,12 +197,8 @@ def wkv_path(H: int, N: int, T: int) -> str:
     (sequences), and cached (paths.py).
     """
     tokens = 1 if T == 1 else CHUNK
-    memo = native_ops.paths.default_chooser().memo
-    key = ("wkv", H, N, tokens, torch.get_num_threads())
-    if key not in memo:
-        memo[key] = native_ops.choose("wkv", {"H": H, "N": N, "tokens": tokens},
-                                      *_wkv_forms(H, N, tokens))
-    return memo[key]
+    return native_ops.memo_choose("wkv", {"H": H, "N": N, "tokens": tokens},
+                                  lambda: _wkv_forms(H, N, tokens))
 
 
 def _wkv_forms(H: int, N: int, T: int):
@@ -215,7 +211,7 @@ def _wkv_forms(H: int, N: int, T: int):
         return torch.randn(*shape, generator=g)
 
     r, k, v = rnd(rows, T, C), rnd(rows, T, C), rnd(rows, T, C)
-    logw = -0.606531 * torch.sigmoid(rnd(rows, T, C))
+    logw = -DECAY_SCALE * torch.sigmoid(rnd(rows, T, C))
     kk = F.normalize(rnd(rows, T, H, N), dim=-1).view(rows, T, C)
     a_lr = torch.sigmoid(rnd(rows, T, C))
     S, out = rnd(rows, H, N, N) * 0.1, torch.empty(rows, H, N, N)

@@ -60,8 +60,7 @@ int rwkv7_wkv(int rows, int T, int H, int N, const float *r, const float *w, con
               float *S_out, float *y, int threads) {
     Wkv s = {rows, T, H, N, r, w, k, v, kk, alr, S_in, S_out, y, NULL};
     int tasks = rows * H;
-    threads = threads < tasks ? threads : tasks;
-    threads = threads < 1 ? 1 : (threads > TEAM_MAX ? TEAM_MAX : threads);
+    threads = team_size(threads < tasks ? threads : tasks);
     s.scratch = malloc(sizeof(float) * N * (N + 1) * threads);
     if (!s.scratch) return -1;
     team_run(threads, wkv_thread, &s);

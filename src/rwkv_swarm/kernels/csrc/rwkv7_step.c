@@ -221,7 +221,7 @@ int rwkv7_step(int B, const int *dims, const float *const *layer_w, const float 
               .D = {dims[5], dims[6], dims[7], dims[8]}, .n_out = dims[9], .lw = layer_w,
               .gw = glob, .x_in = x_in, .att_in = att_in, .wkv_in = wkv_in, .ffn_in = ffn_in,
               .att_out = att_out, .wkv_out = wkv_out, .ffn_out = ffn_out, .out = out};
-    threads = threads < 1 ? 1 : (threads > TEAM_MAX ? TEAM_MAX : threads);
+    threads = team_size(threads);
     s.per_thread = scratch_floats(B, s.C, s.D);
     size_t shared = (size_t)B * (3 * (size_t)s.C + s.F);
     float *mem = malloc(sizeof(float) * (shared + s.per_thread * threads));

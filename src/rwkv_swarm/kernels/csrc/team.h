@@ -29,10 +29,13 @@ static inline void team_barrier(Team *t) {
     }
 }
 
+/* A requested team size, clamped to 1..TEAM_MAX. */
+static inline int team_size(int n) { return n < 1 ? 1 : (n > TEAM_MAX ? TEAM_MAX : n); }
+
 /* Runs fn(arg, tid, team) on up to n threads (the caller is thread 0); fn must split its
  * work by team->n, which may be smaller than n. */
 static inline void team_run(int n, team_fn fn, void *arg) {
-    n = n < 1 ? 1 : (n > TEAM_MAX ? TEAM_MAX : n);
+    n = team_size(n);
 #ifdef _OPENMP
     if (n > 1) {
 #pragma omp parallel num_threads(n)
