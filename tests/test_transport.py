@@ -178,6 +178,19 @@ def test_broadcast_reaches_every_connected_peer(make, ring) -> None:
         assert [m.fields["command"] for m in collect(p, 1)] == ["sync"]
 
 
+def test_broadcast_to_listed_peers_reaches_the_connected_ones_only(make, ring) -> None:
+    keyring, keys = ring
+    a = make("alice", keys=keys["alice"], keyring=keyring)
+    bob, mallory = (make(n, keys=keys[n], keyring=keyring) for n in ("bob", "mallory"))
+    for p in (bob, mallory):
+        a.connect(p.node_id, p.endpoint)
+    msg = message("control", swarm="s", node="alice", command="sync", args={})
+    assert a.broadcast(msg, ["bob", "carol"]) == 1  # carol: not connected, skipped
+    assert [m.fields["command"] for m in collect(bob, 1)] == ["sync"]
+    assert collect(mallory, 1, wait_s=QUIET_MS / 1000) == []
+    assert a.broadcast(msg, ["carol"]) == 0 and a.stats()["sent"] == 1
+
+
 def test_messages_of_another_swarm_are_dropped(make, ring) -> None:
     keyring, keys = ring
     a = make("alice", keys=keys["alice"], keyring=keyring, swarm="s1")

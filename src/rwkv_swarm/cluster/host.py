@@ -86,16 +86,17 @@ class NodeHost:
             row = self.member.absorb(wait_s)
             t0 = time.perf_counter()
             self._drain_other()
-            self._broadcast_state()
+            weights = fingerprint(self.node.model)
+            self._broadcast_state(weights)
             row["communicate_s"] = row["send_s"] + row["wait_s"] + time.perf_counter() - t0
-            row["fingerprint"] = fingerprint(self.node.model).hex()
+            row["fingerprint"] = weights.hex()
             row["name"] = self.name
             row["dropped_by"] = ",".join(f"{k}:{v}" for k, v in sorted(self._dropped().items()))
             return row
 
-    def _broadcast_state(self) -> None:
+    def _broadcast_state(self, weights: bytes) -> None:
+        """Send the live state (of the weights hashed as `weights`) and the fitness belief."""
         m, t = self.member, self.member.transport
-        weights = fingerprint(self.node.model)
         gen = self.node.generation_count
         belief = self.node.strategy.fitness_belief
         msgs = [state_message(self.node.live_state, weights, swarm=m.swarm, node=self.name,
@@ -104,10 +105,9 @@ class NodeHost:
             msgs.append(message("belief", swarm=m.swarm, node=self.name, gen=gen, name="fitness",
                                 arrays={"mean": np.array([belief.mean]),
                                         "var": np.array([belief.var])}))
-        for peer in set(m.neighbours) | set(m.group):
-            if peer in t.peers():
-                for msg in msgs:
-                    t.send(peer, msg)
+        peers = set(m.neighbours) | set(m.group)
+        for msg in msgs:
+            t.broadcast(msg, peers)
 
     def _drain_other(self) -> None:
         """File the peers' state and belief messages (the newest of each peer is kept)."""

@@ -9,7 +9,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from ..node import NodeConfig, SwarmKeyring, TransportConfig
+from ..node import NodeConfig, SwarmKeyring, TransportConfig, node_name
 from .actor import NodeActor
 
 PLACEMENTS = ("none", "pack", "spread")
@@ -25,7 +25,7 @@ def spawn_nodes(configs: list[NodeConfig], swarm: str, *, local: bool, cpus: flo
     a peer without the swarm's keys is refused. Returns (actors, placement group or None)."""
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
-    names = [f"node-{c.node_id}" for c in configs]
+    names = [node_name(c.node_id) for c in configs]
     keyring, keys = SwarmKeyring.generate(names) if secure else (None, {})
     group = None
     options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus,

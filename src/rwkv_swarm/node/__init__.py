@@ -7,7 +7,7 @@ from .exchange import Report, WeightSketch, fingerprint, perturbation_key, repla
 from .fusion import Evidence, Relevance, fuse_estimates, mean_estimates
 from .kalman_es import KalmanES, KalmanESConfig
 from .keys import NodeKeys, SwarmKeyring
-from .node import Node
+from .node import Node, node_name
 from .rollout import Rollout, rollout
 from .shaping import centered_ranks, derive_seed, pair_means, zscore
 from .strategy import ESConfig, LowRankES, Measurement, Mutants, StepInfo, Strategy
@@ -30,5 +30,5 @@ __all__ = ["MODES", "STRATEGIES", "STRATEGY_CONFIGS", "ESConfig", "Environment",
            "SwarmKeyring",
            "Transport", "TransportConfig", "WeightSketch", "WireLimits", "centered_ranks",
            "decode", "derive_seed", "encode", "fingerprint", "fuse_estimates", "mean_estimates",
-           "message", "pair_means", "perturbation_key", "replay", "rollout",
+           "message", "node_name", "pair_means", "perturbation_key", "replay", "rollout",
            "state_from_message", "state_message", "zscore"]

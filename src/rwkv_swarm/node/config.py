@@ -18,6 +18,11 @@ MODES = ("isolated", "consensus", "gossip")
 INITS = ("live", "trainer")
 
 
+def es_field_type(name: str, data: dict[str, Any]) -> type | None:
+    """configio hook of the configs with an `es` table: its class follows `strategy`."""
+    return STRATEGY_CONFIGS.get(data.get("strategy", "kalman")) if name == "es" else None
+
+
 @dataclass(frozen=True)
 class ExchangeConfig:
     """How a node learns from others (docs/swarm.md): alone, in step with a lineage group, or
@@ -81,12 +86,7 @@ class NodeConfig(ConfigFile):
             raise ValueError(f"node_id and seed must be >= 0, got {self.node_id}, {self.seed}")
         env_config(self.env)  # a bad world fails here, naming the option
 
-    @classmethod
-    def _field_type(cls, name: str, data: dict[str, Any]) -> type | None:
-        """configio hook: the `es` table's class follows `strategy`."""
-        if name == "es":
-            return STRATEGY_CONFIGS.get(data.get("strategy", "kalman"))
-        return None
+    _field_type = staticmethod(es_field_type)
 
     @property
     def lineage(self) -> int:

@@ -92,7 +92,8 @@ def fuse_estimates(grad: torch.Tensor | None, var: torch.Tensor | None,
         vec = vec + rho * e.gradient * w
     if grad is None and not bool((info > 0).any()):
         return None
-    return vec / info.clamp_min(min_var), 1.0 / info.clamp_min(min_var)
+    info = info.clamp_min(min_var)
+    return vec / info, 1.0 / info
 
 
 def mean_estimates(grad: torch.Tensor | None, var: torch.Tensor | None,

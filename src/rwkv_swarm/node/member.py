@@ -104,10 +104,8 @@ class Member:
         self.node.evaluate(on_step=self._on_step)
         t0 = time.perf_counter()
         report = self.node.report()
-        msg = report.to_message(self.swarm)
-        for peer in self.expected():  # the relation is symmetric in every topology used here
-            if peer in self.transport.peers():
-                self.transport.send(peer, msg)
+        # the relation is symmetric in every topology used here
+        self.transport.broadcast(report.to_message(self.swarm), self.expected())
         self.send_s = time.perf_counter() - t0
         return report
 

@@ -39,6 +39,11 @@ from .strategy import Measurement, Mutants, StepInfo
 from .wire import ProtocolError
 
 
+def node_name(node_id: int) -> str:
+    """The name node `node_id` goes by: its transport's id and its actor's name."""
+    return f"node-{node_id}"
+
+
 class Node:
     """An organism that evolves in its environment, one generation at a time.
 
@@ -76,7 +81,7 @@ class Node:
 
     @property
     def node_name(self) -> str:
-        return f"node-{self.config.node_id}"
+        return node_name(self.config.node_id)
 
     @staticmethod
     def _check_env(config: NodeConfig, env: Environment) -> None:

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -293,11 +294,18 @@ class Transport:
         self._stats.sent += 1
         return True
 
-    def broadcast(self, msg: Message) -> int:
-        """Queue `msg` for every connected peer; returns how many took it."""
+    def broadcast(self, msg: Message, peers: Iterable[str] | None = None) -> int:
+        """Queue `msg` for every connected peer, or for those of `peers` that are connected;
+        returns how many took it. The message is encoded once, whatever the number of peers."""
         self._check_open()
+        if peers is None:
+            targets = list(self._peers.values())
+        else:
+            targets = [self._peers[p] for p in peers if p in self._peers]
+            if not targets:  # nothing to encode for
+                return 0
         frames, nbytes = self._encode(msg)
-        queued = sum(self._send(peer.socket, frames, nbytes) for peer in self._peers.values())
+        queued = sum(self._send(peer.socket, frames, nbytes) for peer in targets)
         self._stats.sent += queued
         return queued
 

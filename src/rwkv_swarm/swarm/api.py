@@ -23,6 +23,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..cluster import connect, gcs_address, namespace, release, spawn_nodes
+from ..node import node_name
 from .actor import CoordinatorActor
 from .config import SwarmConfig
 from .signals import Signal, validate
@@ -71,7 +72,7 @@ class Swarm:
                                         cpus=config.resources.cpus, gpus=config.resources.gpus,
                                         placement=config.resources.placement,
                                         secure=config.secure, prefix=f"{run_id}/")
-            names = [f"node-{c.node_id}" for c in node_configs]
+            names = [node_name(c.node_id) for c in node_configs]
             here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
                                                   soft=False)  # it writes the run directory
             coordinator = CoordinatorActor.options(name=coordinator_name(run_id),
@@ -152,7 +153,7 @@ class Swarm:
         episodes; the node's world is not disturbed). Between generations only."""
         actors = self._actors
         if actors is None:
-            actors = [ray.get_actor(f"{self.run_id}/node-{i}", namespace=self._namespace)
+            actors = [ray.get_actor(f"{self.run_id}/{node_name(i)}", namespace=self._namespace)
                       for i in range(self.config.nodes)]
         return ray.get([a.evaluate_centre.remote(episodes, seed) for a in actors])
 

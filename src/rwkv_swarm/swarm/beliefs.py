@@ -90,14 +90,22 @@ def p_greater(m1: float, v1: float, m2: float, v2: float) -> float:
     return float(ndtr(np.array((m1 - m2) / math.sqrt(v1 + v2))))
 
 
-def migrations(summaries: Sequence[Summary], gate: float, fraction: float) -> list[Migration]:
+def lineage_p_best(fused: dict[str, tuple[float, float, list[int]]]
+                   ) -> tuple[list[str], np.ndarray]:
+    """The fused lineages (`fuse_lineages`, at least one) and each one's P(best)."""
+    keys = list(fused)
+    return keys, prob_best([fused[k][0] for k in keys], [fused[k][1] for k in keys])
+
+
+def migrations(summaries: Sequence[Summary], gate: float, fraction: float,
+               fused: dict[str, tuple[float, float, list[int]]] | None = None) -> list[Migration]:
     """Who adopts whom: the worst `fraction` of the nodes (by belief mean, at least one), each
-    only if the best lineage is best with P >= gate and better than it with P >= gate."""
-    fused = fuse_lineages(summaries)
+    only if the best lineage is best with P >= gate and better than it with P >= gate.
+    `fused` is `fuse_lineages(summaries)` where the caller has it already."""
+    fused = fuse_lineages(summaries) if fused is None else fused
     if len(fused) < 2:
         return []
-    keys = list(fused)
-    p = prob_best([fused[k][0] for k in keys], [fused[k][1] for k in keys])
+    keys, p = lineage_p_best(fused)
     best = keys[int(np.argmax(p))]
     if p.max() < gate:
         return []

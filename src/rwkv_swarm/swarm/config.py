@@ -12,15 +12,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..cluster.placement import PLACEMENTS
 from ..kernels import RWKV7Config
 from ..node import MODES, STRATEGY_CONFIGS, ESConfig, ExchangeConfig, KalmanESConfig, NodeConfig
+from ..node.config import es_field_type
 from ..node.envs import env_config, make_env
 from ..util import configio
 from ..util.configio import ConfigError, ConfigFile
 from .signals import Signal, validate
 from .topology import KINDS, neighbours
 
-PLACEMENTS = ("none", "pack", "spread")
 # about 3k evolved weights: a population of 32-64 resolves its gradient (docs/evolution.md)
 TINY_MODEL = {"n_embd": 16, "n_layer": 1, "head_size": 16, "dim_w": 8, "dim_a": 8, "dim_v": 8,
               "dim_g": 8, "dim_ffn": 32}
@@ -123,7 +124,7 @@ class SwarmConfig(ConfigFile):
         t = self.topology
         _choice("topology.kind", t.kind, KINDS)
         try:
-            neighbours(t.kind, self.nodes, k=t.k, rewire=t.rewire, seed=self.seed)
+            self.neighbours()
         except ValueError as e:
             raise ConfigError("topology", str(e)) from None
         configio.from_dict(RWKV7Config, {**self.model, "input_dim": 1, "output_dim": 1},
@@ -148,10 +149,7 @@ class SwarmConfig(ConfigFile):
             raise ConfigError("wait_s", f"need wait_s > 0 and a run_dir, got {self.wait_s}, "
                                         f"{self.run_dir!r}")
 
-    @classmethod
-    def _field_type(cls, name: str, data: dict[str, Any]) -> type | None:
-        """configio hook: the `es` table's class follows `strategy`."""
-        return STRATEGY_CONFIGS.get(data.get("strategy", "kalman")) if name == "es" else None
+    _field_type = staticmethod(es_field_type)
 
     # -- resolution ------------------------------------------------------------------------------
 

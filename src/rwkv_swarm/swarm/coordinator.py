@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .beliefs import Summary, fuse_lineages, migrations, prob_best
+from .beliefs import Summary, fuse_lineages, lineage_p_best, migrations
 from .config import SwarmConfig
 from .signals import Signal, validate
 from .topology import neighbours as make_neighbours
@@ -222,9 +222,8 @@ class Coordinator:
         """P(best) into every row; at the due generations, the gated migrations."""
         summaries = self.summaries()
         fused = fuse_lineages(summaries)
-        keys = list(fused)
-        if keys:
-            p = prob_best([fused[k][0] for k in keys], [fused[k][1] for k in keys])
+        if fused:
+            keys, p = lineage_p_best(fused)
             p_of = {n: float(pk) for k, pk in zip(keys, p, strict=True) for n in fused[k][2]}
             for row in rows:
                 row["p_best"] = p_of.get(row["node"], math.nan)
@@ -234,7 +233,7 @@ class Coordinator:
             return
         self._decided = gen
         by_node = {r["node"]: r for r in rows}
-        for mig in migrations(summaries, m.gate, m.fraction):
+        for mig in migrations(summaries, m.gate, m.fraction, fused):
             src_row = self.last[mig.src]
             ack = self.nodes.transfer(mig.src, mig.dst, (src_row["belief_mean"],
                                                          src_row["belief_var"]), m.with_state)

@@ -11,7 +11,7 @@
 Types come from the dataclasses' annotations: int, float, str, bool, None, unions of those,
 tuple[X, ...], fixed tuples, list[X], dict[str, Any], Any and nested dataclasses. A field
 whose class depends on another field (e.g. a strategy's config class chosen by the strategy's
-name) is resolved by the dataclass's own `_field_type(name, data)` classmethod, which returns
+name) is resolved by the dataclass's own `_field_type(name, data)` hook, which returns
 a type or None for the annotated one.
 
 Every error is a `ConfigError` naming the dotted key, the bad value and what is accepted; the
