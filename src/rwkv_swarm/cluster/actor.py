@@ -20,13 +20,14 @@ from .runtime import bind_host
 @ray.remote(max_concurrency=4)
 class NodeActor:
     def __init__(self, config: NodeConfig, swarm: str, local: bool, keys: NodeKeys | None,
-                 keyring: SwarmKeyring | None, transport: TransportConfig | None = None):
+                 keyring: SwarmKeyring | None, transport: TransportConfig | None = None,
+                 snapshot: bytes | None = None):
         # the node's process gets as many torch threads as Ray gave it CPUs (at least one): more
         # would spin against the other actors on the same cores
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(max(1, int(cpus)))
         self.host = NodeHost(config, swarm, host=bind_host(local), keys=keys, keyring=keyring,
-                             transport=transport)
+                             transport=transport, snapshot=snapshot)
 
     def endpoint(self) -> dict[str, Any]:
         return self.host.endpoint()
@@ -56,6 +57,9 @@ class NodeActor:
 
     def checkpoint(self) -> bytes:
         return self.host.checkpoint()
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.host.snapshot()
 
     def evaluate_centre(self, episodes: int, seed: int) -> float:
         return self.host.evaluate_centre(episodes, seed)

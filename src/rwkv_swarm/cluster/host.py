@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 import numpy as np
 import torch
 
@@ -23,6 +24,7 @@ from ..node.exchange import fingerprint
 from ..node.member import Member
 from ..node.wire import ProtocolError, message, state_from_message, state_message
 
+SNAPSHOT_VERSION = 1
 CONTROL_WAIT_S = 120.0  # longest a control call waits for the async loop's next boundary
 STATE_WAIT_S = 2.0  # longest an adopting node waits for the source's latest state message
 
@@ -32,13 +34,13 @@ class NodeHost:
 
     def __init__(self, config: NodeConfig, swarm: str, *, host: str = "127.0.0.1",
                  keys: NodeKeys | None = None, keyring: SwarmKeyring | None = None,
-                 transport: TransportConfig | None = None):
-        node = Node(config)
+                 transport: TransportConfig | None = None, snapshot: bytes | None = None):
+        node, signals = (Node(config), {}) if snapshot is None else _restore(snapshot, config)
         secure = keys is not None
         t = Transport(node.node_name, host, keys=keys, keyring=keyring, swarm=swarm,
                       config=transport or TransportConfig(), insecure=not secure)
         self.member = Member(node, t, swarm)
-        self.applied_signals: dict[str, int] = {}  # signal id -> generation it applied from
+        self.applied_signals: dict[str, int] = signals  # signal id -> generation applied from
         self.peer_states: dict[str, tuple[bytes, RWKV7State]] = {}  # latest state per peer
         self.peer_beliefs: dict[str, tuple[int, float, float]] = {}  # (gen, mean, var)
         self._queue: list[tuple[Callable[[], Any], threading.Event, list]] = []
@@ -201,7 +203,18 @@ class NodeHost:
             self._drain_other()
 
     def checkpoint(self) -> bytes:
+        """The node's own checkpoint (`Node.restore` reads it)."""
         return self._control(self.node.checkpoint)
+
+    def snapshot(self) -> dict[str, Any]:
+        """{"generation", "snapshot"}: the node's checkpoint and the signals it applied, at a
+        generation boundary; `NodeHost(..., snapshot=...)` continues from it."""
+        def op() -> dict[str, Any]:
+            blob = msgpack.packb({"version": SNAPSHOT_VERSION, "node": self.node.checkpoint(),
+                                  "signals": self.applied_signals}, use_bin_type=True)
+            return {"generation": self.node.generation_count, "snapshot": blob}
+
+        return self._control(op)
 
     def evaluate_centre(self, episodes: int, seed: int) -> float:
         """Mean return of the current weights over fresh episodes (`Node.score`)."""
@@ -255,3 +268,23 @@ class NodeHost:
         self._stop.set()
         self.member.close()
 
+
+
+def _restore(snapshot: bytes, config: NodeConfig) -> tuple[Node, dict[str, int]]:
+    """The node and applied signals of a `NodeHost.snapshot()`, refused (ValueError) unless it
+    is one of node `config.node_id`."""
+    try:
+        d = msgpack.unpackb(snapshot, raw=False)
+    except Exception as e:  # noqa: BLE001 - any failure here means malformed bytes
+        raise ValueError(f"not a node snapshot: {type(e).__name__}: {e}") from None
+    if not isinstance(d, dict) or d.get("version") != SNAPSHOT_VERSION:
+        raise ValueError(f"not a node snapshot of version {SNAPSHOT_VERSION}")
+    node = Node.restore(d["node"])
+    if node.config.node_id != config.node_id:
+        raise ValueError(f"snapshot of node {node.config.node_id}, refused for node "
+                         f"{config.node_id}")
+    signals = d.get("signals")
+    if not isinstance(signals, dict) or not all(isinstance(v, int) for v in signals.values()):
+        raise ValueError(f"not a node snapshot: signals must map ids to generations, got "
+                         f"{signals!r}")
+    return node, dict(signals)

@@ -100,6 +100,8 @@ class SwarmConfig(ConfigFile):
     migration: Migration = field(default_factory=Migration)
     resources: Resources = field(default_factory=Resources)
     wait_s: float = 60.0  # sync: longest a node waits for its peers' reports
+    checkpoint_every: int = 5  # generations between node snapshots in runs/<id>/checkpoints/
+    # (0: none; a dead node then restarts from scratch and a run cannot be resumed)
     secure: bool = True  # CURVE keys for every node; peers without them are refused
     run_dir: str = "runs"  # runs/<run-id>/ holds config.toml, trace.parquet, events.jsonl
     tensorboard: bool = False  # also log scalars under runs/<run-id>/tb (needs tensorboard)
@@ -145,6 +147,9 @@ class SwarmConfig(ConfigFile):
                 validate(s.signal(), self.env, self.nodes)
             except ValueError as e:
                 raise ConfigError(f"signals[{i}]", str(e)) from None
+        if type(self.checkpoint_every) is not int or self.checkpoint_every < 0:
+            raise ConfigError("checkpoint_every", f"got {self.checkpoint_every!r}, expected an "
+                                                  "integer >= 0 (0: no checkpoints)")
         if not self.wait_s > 0 or not self.run_dir:
             raise ConfigError("wait_s", f"need wait_s > 0 and a run_dir, got {self.wait_s}, "
                                         f"{self.run_dir!r}")

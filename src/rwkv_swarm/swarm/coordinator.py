@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .beliefs import Summary, fuse_lineages, lineage_p_best, migrations
+from .checkpoints import CheckpointStore
 from .config import SwarmConfig
 from .signals import Signal, validate
 from .topology import neighbours as make_neighbours
@@ -62,6 +63,7 @@ class Coordinator:
         self.config, self.run_id, self.nodes = config, run_id, nodes
         self.run_dir = Path(run_dir)
         self.trace, self.events = TraceWriter(self.run_dir), EventLog(self.run_dir)
+        self.store = CheckpointStore(self.run_dir)
         self.generation = 0  # the next generation to run
         self.in_flight: int | None = None  # the generation running now
         self.alive = set(range(config.nodes))
@@ -165,11 +167,14 @@ class Coordinator:
         """Run `generations` more generations (default: the config's); returns `status()`."""
         n = self.config.generations if generations is None else generations
         self._stop.clear()
+        if self.generation == 0 and self.store.load_coordinator() is None:
+            self._checkpoint()  # a dead node restarts from here until the first due one
         for _ in range(n):
             if self._stop.is_set() or not self.alive:
                 break
             self._boundary()
             self._one_generation()
+            self._checkpoint()
             if on_generation is not None:
                 on_generation(self.status())
         return self.status()
@@ -206,6 +211,27 @@ class Coordinator:
         self.events.write("fault", generation=self.generation, node=i, phase=phase,
                           error=f"{type(result).__name__}: {result}"[:500])
         return True
+
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    def _checkpoint(self, force: bool = False) -> None:
+        """Between generations, every `checkpoint_every`: each live node's snapshot and the
+        coordinator's state into runs/<id>/checkpoints/."""
+        every = self.config.checkpoint_every
+        if not every or (self.generation % every and not force):
+            return
+        live = sorted(self.alive)
+        for i, r in zip(live, self.nodes.call("snapshot", only=live), strict=True):
+            if not self._fault(i, r, "snapshot"):
+                self.store.save_node(i, r["generation"], r["snapshot"])
+        self.store.save_coordinator(self.generation, self.state_dict())
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the coordinator knows that its nodes' snapshots do not (JSON-able)."""
+        return {"generation": self.generation, "alive": sorted(self.alive),
+                "neighbours": self.neighbour_lists, "lineage": self.lineage,
+                "decided": self._decided, "rows": self.trace.rows,
+                "last": {str(i): r for i, r in self.last.items()}}
 
     # -- beliefs and migration -------------------------------------------------------------------
 
