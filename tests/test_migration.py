@@ -21,7 +21,7 @@ from rwkv_swarm.node import KalmanESConfig, SwarmKeyring
 from rwkv_swarm.node.exchange import fingerprint
 from rwkv_swarm.swarm import Coordinator, Migration, Resources, SwarmConfig, Variation, read_events
 
-SIGNAL_ENV = {"kind": "signal", "lags": 3}
+SIGNAL_ENV = {"kind": "signal", "lags": 3, "segment_length": 16}
 OTHER_MODEL = {"n_embd": 32, "n_layer": 1, "head_size": 16}
 EASY = 3
 
