@@ -201,7 +201,7 @@ def fusion(tmp: str, seeds: int) -> dict:
 
 def state_transfer(seeds: int) -> dict:
     """Two nodes on one stream; after 20 generations the weaker adopts the stronger's weights,
-    with its live state (from the state messages they exchange) or with a zero state."""
+    with its live state (exported with the weights) or with a zero state."""
     out: dict[str, list[float]] = {"with_state": [], "weights_only": [], "source": []}
     for s in range(seeds):
         for with_state in (True, False):
@@ -218,7 +218,7 @@ def state_transfer(seeds: int) -> dict:
                 rows = [h.absorb(1.0) for h in hosts]
             src, dst = (0, 1) if rows[0]["centre_return"] > rows[1]["centre_return"] else (1, 0)
             b = hosts[src].node.strategy.fitness_belief
-            ack = hosts[dst].adopt(hosts[src].weights(), hosts[src].name, (b.mean, b.var),
+            ack = hosts[dst].adopt(hosts[src].export(), hosts[src].name, (b.mean, b.var),
                                    with_state)
             assert ack["state"] == with_state, ack
             for h in hosts:

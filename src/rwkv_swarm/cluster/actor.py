@@ -48,12 +48,13 @@ class NodeActor:
                      announce: bool = True) -> dict[str, Any]:
         return self.host.apply_signal(signal_id, name, params, announce)
 
-    def weights(self) -> dict[str, Any]:
-        return self.host.weights()
+    def export(self) -> dict[str, Any]:
+        return self.host.export()
 
-    def adopt(self, weights: dict[str, Any], source: str, belief: tuple[float, float],
+    def adopt(self, export: dict[str, Any], source: str, belief: tuple[float, float],
               with_state: bool = True) -> dict[str, Any]:
-        return self.host.adopt(weights, source, belief, with_state)
+        # `export` arrives as the source's ObjectRef, resolved by Ray from its object store
+        return self.host.adopt(export, source, belief, with_state)
 
     def checkpoint(self) -> bytes:
         return self.host.checkpoint()

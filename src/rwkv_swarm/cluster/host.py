@@ -2,9 +2,9 @@
 
 It owns a `Member` (a `Node` plus its ZeroMQ `Transport`), and adds what the swarm asks of a
 node between generations: peers, signals (applied once each, however often repeated), the
-adoption of another node's weights and live state, checkpoints, status, and a loop for the
-swarm's async mode. Control calls that arrive while the async loop runs wait for the next
-generation boundary and are applied there.
+export of its weights and live state and the adoption of another node's, checkpoints, status,
+and a loop for the swarm's async mode. Control calls that arrive while the async loop runs wait
+for the next generation boundary and are applied there.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import msgpack
 import numpy as np
 import torch
 
-from ..kernels import RWKV7State
+from ..kernels import RWKV7Config, RWKV7State
 from ..node import Node, NodeConfig, NodeKeys, SwarmKeyring, Transport, TransportConfig
 from ..node.exchange import fingerprint
 from ..node.member import Member
@@ -26,11 +26,10 @@ from ..node.wire import ProtocolError, message, state_from_message, state_messag
 
 SNAPSHOT_VERSION = 1
 CONTROL_WAIT_S = 120.0  # longest a control call waits for the async loop's next boundary
-STATE_WAIT_S = 2.0  # longest an adopting node waits for the source's latest state message
 
 
 class NodeHost:
-    """One swarm node: its member, its peers' latest states and beliefs, its control queue."""
+    """One swarm node: its member, its peers' latest beliefs, its control queue."""
 
     def __init__(self, config: NodeConfig, swarm: str, *, host: str = "127.0.0.1",
                  keys: NodeKeys | None = None, keyring: SwarmKeyring | None = None,
@@ -41,7 +40,6 @@ class NodeHost:
                       config=transport or TransportConfig(), insecure=not secure)
         self.member = Member(node, t, swarm)
         self.applied_signals: dict[str, int] = signals  # signal id -> generation applied from
-        self.peer_states: dict[str, tuple[bytes, RWKV7State]] = {}  # latest state per peer
         self.peer_beliefs: dict[str, tuple[int, float, float]] = {}  # (gen, mean, var)
         self._queue: list[tuple[Callable[[], Any], threading.Event, list]] = []
         self._lock = threading.Lock()
@@ -112,16 +110,16 @@ class NodeHost:
             t.broadcast(msg, peers)
 
     def _drain_other(self) -> None:
-        """File the peers' state and belief messages (the newest of each peer is kept)."""
+        """File the peers' beliefs (the newest of each peer is kept); their states are checked
+        (one of another model is counted as dropped) and let go: nothing here uses them, a
+        migrant gets its source's state from the source itself (`export`)."""
         msgs, self.member.other = self.member.other, []
         for msg in msgs:
             if msg.type == "state":
                 try:
-                    state = state_from_message(msg, self.node.config.model)
+                    state_from_message(msg, self.node.config.model)
                 except ProtocolError as e:
                     self.member.dropped[e.reason] += 1
-                    continue
-                self.peer_states[msg.node] = (msg.fields["fingerprint"], state)
             elif msg.type == "belief" and msg.fields["name"] == "fitness":
                 self.peer_beliefs[msg.node] = (msg.gen, float(msg.arrays["mean"][0]),
                                                float(msg.arrays["var"][0]))
@@ -166,41 +164,44 @@ class NodeHost:
 
         return self._control(op)
 
-    def weights(self) -> dict[str, np.ndarray]:
-        """The model's weights (numpy, for Ray's object store)."""
-        return {k: v.detach().cpu().numpy().copy() for k, v in self.node.model.state_dict().items()}
-
-    def adopt(self, weights: dict[str, np.ndarray], source: str, belief: tuple[float, float],
-              with_state: bool = True) -> dict[str, Any]:
-        """Take another node's weights (and, when its latest state message belongs to them,
-        its live RWKV state); the fitness belief becomes the source's, the direction belief
-        starts over. Returns what was taken."""
+    def export(self) -> dict[str, Any]:
+        """{"weights" (numpy, for Ray's object store), "state" (the live state's
+        `RWKV7State.to_bytes`), "fingerprint" (of the weights)}, taken together at a generation
+        boundary (in async mode the next one), so that the state belongs to the weights."""
         def op() -> dict[str, Any]:
             node = self.node
-            node.model.load_state_dict({k: torch.from_numpy(np.asarray(v))
-                                        for k, v in weights.items()})
-            now = fingerprint(node.model)
-            got = self._state_of(source, now) if with_state else None
-            state = got is not None
-            node.live_state = got[1].clone() if state else node.model.zero_state(1)
-            node.strategy.adopted(*belief)
-            return {"node": self.name, "source": source, "state": bool(state),
-                    "fingerprint": now.hex()}
+            return {"weights": {k: v.detach().cpu().numpy().copy()
+                                for k, v in node.model.state_dict().items()},
+                    "state": node.live_state.to_bytes(), "fingerprint": fingerprint(node.model)}
 
         return self._control(op)
 
-    def _state_of(self, source: str, weights: bytes) -> tuple[bytes, RWKV7State] | None:
-        """The source's live state for `weights`: its state message is sent when its generation
-        ends, so it may still be on the way; wait for it up to STATE_WAIT_S."""
-        deadline = time.monotonic() + STATE_WAIT_S
-        while True:
-            got = self.peer_states.get(source)
-            if got is not None and got[0] == weights:
-                return got
-            if time.monotonic() >= deadline:
-                return None
-            self.member.service(timeout_ms=10)
-            self._drain_other()
+    def adopt(self, export: dict[str, Any], source: str, belief: tuple[float, float],
+              with_state: bool = True) -> dict[str, Any]:
+        """Take another node's `export()`: its weights and (`with_state`) its live RWKV state,
+        else a zero state; the fitness belief becomes the source's, the direction belief starts
+        over. Refused (ValueError, nothing changed) when the weights or the state do not fit this
+        node's model, or the weights are not the ones the state belongs to. Returns what was
+        taken: {"node", "source", "state", "fingerprint"}."""
+        def op() -> dict[str, Any]:
+            node = self.node
+            weights = _weights_for(node.model.state_dict(), export["weights"], source)
+            state = _state_for(node.live_state, export["state"], node.config.model, source) \
+                if with_state else node.model.zero_state(1)
+            old = {k: v.clone() for k, v in node.model.state_dict().items()}
+            node.model.load_state_dict(weights)
+            now = fingerprint(node.model)
+            if now != export["fingerprint"]:
+                node.model.load_state_dict(old)
+                raise ValueError(f"{source}'s weights hash to {now.hex()}, not to the "
+                                 f"{bytes(export['fingerprint']).hex()} their export names: "
+                                 f"refused")
+            node.live_state = state
+            node.strategy.adopted(*belief)
+            return {"node": self.name, "source": source, "state": with_state,
+                    "fingerprint": now.hex()}
+
+        return self._control(op)
 
     def checkpoint(self) -> bytes:
         """The node's own checkpoint (`Node.restore` reads it)."""
@@ -288,3 +289,33 @@ def _restore(snapshot: bytes, config: NodeConfig) -> tuple[Node, dict[str, int]]
         raise ValueError(f"not a node snapshot: signals must map ids to generations, got "
                          f"{signals!r}")
     return node, dict(signals)
+
+
+def _weights_for(own: dict[str, torch.Tensor], weights: dict[str, Any], source: str
+                 ) -> dict[str, torch.Tensor]:
+    """`weights` as tensors, refused (ValueError) unless they have this model's names and
+    shapes."""
+    if set(weights) != set(own):
+        odd = sorted(set(weights) ^ set(own))[:3]
+        raise ValueError(f"{source}'s weights are not of this model: names differ ({odd})")
+    out = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
+    for k, v in out.items():
+        if v.shape != own[k].shape or v.dtype != own[k].dtype:
+            raise ValueError(f"{source}'s weights are not of this model: {k} is "
+                             f"{tuple(v.shape)} {v.dtype}, this model's {tuple(own[k].shape)} "
+                             f"{own[k].dtype}")
+    return out
+
+
+def _state_for(live: RWKV7State, blob: bytes, config: RWKV7Config, source: str) -> RWKV7State:
+    """The state in `blob`, refused (ValueError) unless it fits a model of `config` and has
+    the shape and dtypes of this node's live state."""
+    try:
+        state = RWKV7State.from_bytes(blob, config)
+    except ValueError as e:
+        raise ValueError(f"{source}'s live state does not fit this model: {e}") from None
+    for mine, theirs in zip(live.tensors(), state.tensors(), strict=True):
+        if mine.shape != theirs.shape or mine.dtype != theirs.dtype:
+            raise ValueError(f"{source}'s live state is {tuple(theirs.shape)} {theirs.dtype}, "
+                             f"this node's {tuple(mine.shape)} {mine.dtype}")
+    return state.to(live.wkv.device)

@@ -39,8 +39,11 @@ class RayNodes:
 
     def transfer(self, src: int, dst: int, belief: tuple[float, float], with_state: bool
                  ) -> dict[str, Any]:
-        weights = self.actors[src].weights.remote()  # stays in the object store: never here
-        return ray.get(self.actors[dst].adopt.remote(weights, self.names[src], belief,
+        """dst adopts src's export (weights, live state, fingerprint), handed over as an
+        ObjectRef: it goes from src's actor to dst's through the object store, never through
+        this process. Raises when either fails, dies or does not answer in time."""
+        export = self.actors[src].export.remote()
+        return ray.get(self.actors[dst].adopt.remote(export, self.names[src], belief,
                                                      with_state), timeout=self.timeout_s)
 
     def start_async(self, generations: int, coordinator: Any, wait_s: float = 0.0
@@ -73,5 +76,5 @@ class LocalNodes:
 
     def transfer(self, src: int, dst: int, belief: tuple[float, float], with_state: bool
                  ) -> dict[str, Any]:
-        return self.hosts[dst].adopt(self.hosts[src].weights(), self.names[src], belief,
+        return self.hosts[dst].adopt(self.hosts[src].export(), self.names[src], belief,
                                      with_state)

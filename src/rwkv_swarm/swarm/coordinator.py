@@ -236,9 +236,12 @@ class Coordinator:
     # -- beliefs and migration -------------------------------------------------------------------
 
     def summaries(self) -> list[Summary]:
+        """Each live node's latest belief (a dead node's last row takes no part)."""
         groups = {i: g[0] for g in self.config.groups() for i in g}
         out = []
-        for i, row in self.last.items():
+        for i, row in sorted(self.last.items()):
+            if i not in self.alive:
+                continue
             lineage = f"group-{groups[i]}" if self.config.mode == "consensus" \
                 else row.get("fingerprint", str(i))
             out.append(Summary(i, lineage, row["belief_mean"], row["belief_var"]))
@@ -261,8 +264,13 @@ class Coordinator:
         by_node = {r["node"]: r for r in rows}
         for mig in migrations(summaries, m.gate, m.fraction, fused):
             src_row = self.last[mig.src]
-            ack = self.nodes.transfer(mig.src, mig.dst, (src_row["belief_mean"],
-                                                         src_row["belief_var"]), m.with_state)
+            try:
+                ack = self.nodes.transfer(mig.src, mig.dst, (src_row["belief_mean"],
+                                                             src_row["belief_var"]), m.with_state)
+            except Exception as e:  # noqa: BLE001 - either end dead or refusing: the run goes on
+                self.events.write("fault", generation=gen, phase="transfer", src=mig.src,
+                                  dst=mig.dst, error=f"{type(e).__name__}: {e}"[:500])
+                continue
             if mig.dst in by_node:
                 by_node[mig.dst]["migrated_from"] = mig.src
             record = {"generation": gen, "dst": mig.dst, "src": mig.src, "p_best": mig.p_best,
