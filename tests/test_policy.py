@@ -46,12 +46,13 @@ def cartpole(tmp_path_factory):
         paths.set_default(None)
 
 
-def centre_episode(node: Node, seed: int, monkeypatch) -> tuple[list, list]:
-    """(raw observation, action) pairs of the node's own centre rollout of one episode, as its
-    gymnasium backend saw them."""
-    cls = type(node.env._backend)
-    reset, step = cls.reset, cls.step
+def centre_episode(node: Node, seed: int, monkeypatch) -> tuple[list, list, list, float]:
+    """The node's own centre rollout of one episode: the raw observations and actions its
+    gymnasium backend saw, the rows its model saw, and the episode's return."""
+    cls, model = type(node.env._backend), node.model
+    reset, step, model_step = cls.reset, cls.step, model.step
     seen: list = []
+    rows: list = []
     acts: list = []
 
     def spy_reset(self, seed, keys):
@@ -65,12 +66,29 @@ def centre_episode(node: Node, seed: int, monkeypatch) -> tuple[list, list]:
         seen.append(np.array(out[0][0]))
         return out
 
+    def spy_model(x, state):
+        rows.append(x.numpy().copy())
+        return model_step(x, state)
+
     with monkeypatch.context() as m:
         m.setattr(cls, "reset", spy_reset)
         m.setattr(cls, "step", spy_step)
+        m.setattr(model, "step", spy_model)
         returns = node.evaluate_centre(1, seed=seed)
-    assert len(acts) == returns[0] or node.env.config.env_id != "CartPole-v1"
-    return seen[:len(acts)], acts
+    return seen[:len(acts)], rows, acts, float(returns[0])
+
+
+def replay(policy: Policy, node: Node, seed: int, monkeypatch) -> list:
+    """Drive `policy` on the observations of one centre episode of `node`: it must see the
+    same model rows and take the same actions, step by step; returns the actions."""
+    observations, rows, actions, _ = centre_episode(node, seed, monkeypatch)
+    assert len(rows) == len(actions) == len(observations)
+    policy.reset()
+    for t, (obs, row, action) in enumerate(zip(observations, rows, actions, strict=True)):
+        assert np.array_equal(policy.preprocess(obs[None]), row), (seed, t)
+        got = policy.act(obs)
+        assert np.asarray(got).dtype == action.dtype and np.array_equal(got, action), (seed, t)
+    return actions
 
 
 def test_a_policy_acts_step_by_step_as_the_node_s_centre(cartpole, monkeypatch):
@@ -78,28 +96,24 @@ def test_a_policy_acts_step_by_step_as_the_node_s_centre(cartpole, monkeypatch):
     assert node.env.norm.count > 0 and np.abs(node.env.norm.mean).max() > 0  # real statistics
     policy = Policy.from_node(node)
     assert policy.origin == {"node": "node-0", "generation": 4}
-    steps, chosen = 0, set()
-    for seed in range(12):
-        observations, actions = centre_episode(node, seed, monkeypatch)
-        policy.reset()
-        for obs, action in zip(observations, actions, strict=True):
-            got = policy.act(obs)
-            assert type(got) is int and got == action, (seed, steps)
-            chosen.add(got)
-            steps += 1
-    assert steps >= 100 and chosen == {0, 1}
+    actions = [a for seed in range(12) for a in replay(policy, node, seed, monkeypatch)]
+    assert type(policy.act(np.zeros(4))) is int
+    far = np.array([[1e3, -1e3, 1e3, -1e3]])  # normalised beyond obs_clip: clipped, as the world
+    assert np.array_equal(policy.preprocess(far), np.float32([[-5, 5, 5]]))
+    assert len(actions) >= 100 and {int(a) for a in actions} == {0, 1}
 
 
-def test_a_continuous_policy_acts_as_the_node_s_centre(monkeypatch):
-    pendulum = {"kind": "gym", "id": "Pendulum-v1", "max_steps": 30}
-    node = evolved(node_config(pendulum, 3, 1), 1)
+@pytest.mark.parametrize("env, dims", [
+    ({"kind": "gym", "id": "Pendulum-v1", "max_steps": 30}, (3, 1)),  # Box actions: tanh-scaled
+    ({"kind": "gym", "id": "FrozenLake-v1", "max_steps": 30}, (16, 4)),  # Discrete obs: one-hot
+], ids=["pendulum", "frozenlake"])
+def test_other_spaces_act_as_the_node_s_centre(env, dims, monkeypatch):
+    node = evolved(node_config(env, *dims), 1)
     policy = Policy.from_node(node)
-    observations, actions = centre_episode(node, 5, monkeypatch)
-    assert len(actions) == 30
-    for obs, action in zip(observations, actions, strict=True):
-        got = policy.act(obs)
-        assert got.dtype == np.float32 and got.shape == (1,) and np.array_equal(got, action)
-    assert len({float(a[0]) for a in actions}) > 1
+    actions = [a for seed in range(3) for a in replay(policy, node, seed, monkeypatch)]
+    assert len(actions) >= 6
+    if env["id"] == "Pendulum-v1":  # no termination: 3 whole episodes, actions that vary
+        assert len(actions) == 90 and len({a.tobytes() for a in actions}) > 1
 
 
 def test_noise_of_the_world_is_not_part_of_the_policy(cartpole):

@@ -186,10 +186,15 @@ class Policy:
         the action space's shape and dtype (Box), or the predicted next value (signal)."""
         return self._pipeline.one(self.act_batch(self._pipeline.batch_of(obs)))
 
+    def preprocess(self, obs: Any) -> np.ndarray:
+        """n observations (n, *observation shape) -> the float32 rows (n, input_dim) the model
+        sees: what the world would feed it, without noise."""
+        return self._pipeline.inputs(obs)
+
     def act_batch(self, obs: Any) -> np.ndarray:
         """n observations (n, *observation shape) -> n actions; the state holds n rows until
         `reset` (every call of one state must have the same n)."""
-        x = torch.from_numpy(self._pipeline.inputs(obs))
+        x = torch.from_numpy(self.preprocess(obs))
         n = x.shape[0]
         if self._state is not None and self._state.batch != n:
             raise ValueError(f"the policy's recurrent state holds {self._state.batch} rows, "

@@ -172,6 +172,8 @@ class Pipeline:
                                                                           "action")))
         elif space == "box":
             shape = tuple(_get(action, "shape", list, "action"))
+            if not all(type(s) is int and s >= 1 for s in shape):
+                raise _Bad(f"action shape must be positive ints, got {list(shape)}")
             size = int(np.prod(shape))
             dtype = np.dtype(_get(action, "dtype", str, "action"))
             low = _vector(action, "low", size, "action").reshape(shape).astype(dtype)
