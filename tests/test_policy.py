@@ -176,6 +176,7 @@ def test_a_signal_policy_predicts_the_next_value_from_the_lagged_inputs():
     node = evolved(node_config(signal, 4, 1), 1)
     policy = Policy.from_node(node)
     assert policy.kind == "signal" and policy.env["lags"] == 3
+    assert same(Policy.from_snapshot(node.checkpoint()).to_dict(), policy.to_dict())
     obs, state = node.env.reset(1, 0), node.model.zero_state(1)
     for _ in range(10):  # [y_t, y_t-1, y_t-2, y_t-3] -> prediction of y_t+1, state carried
         out, state = node.model.step(torch.from_numpy(obs), state)

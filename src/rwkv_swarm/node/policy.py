@@ -47,6 +47,7 @@ from ..kernels.checkpoint import CONTROL_FORMAT, control_checkpoint, model_from_
 from . import checkpoint as ckpt
 from .config import NodeConfig
 from .envs import make_env
+from .node import node_name
 from .policy_io import Pipeline, describe_env
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ class Policy:
                                                           map_location="cpu", weights_only=True))
         model = RWKV7(config.model)
         ckpt._part("weights", lambda: model.load_state_dict(weights))
-        origin = {"node": f"node-{config.node_id}", "generation": d["generation"]}
+        origin = {"node": node_name(config.node_id), "generation": d["generation"]}
         return cls(model, world, origin)
 
     # -- files ---------------------------------------------------------------------------------
