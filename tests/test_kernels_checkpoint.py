@@ -7,7 +7,12 @@ import torch
 from official import random_official_checkpoint
 
 from rwkv_swarm.kernels import RWKV7, RWKV7Config
-from rwkv_swarm.kernels.checkpoint import config_from_state_dict, save_checkpoint
+from rwkv_swarm.kernels.checkpoint import (
+    config_from_state_dict,
+    control_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 def test_config_is_read_from_tensor_shapes(tmp_path):
@@ -71,7 +76,53 @@ def test_save_then_load_round_trips_exactly_in_fp32(tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_control_mode_has_no_official_layout(tmp_path):
-    model = RWKV7(RWKV7Config(n_embd=64, n_layer=1, head_size=32, input_dim=4, output_dim=2))
-    with pytest.raises(ValueError, match="token-mode"):
-        save_checkpoint(model, tmp_path / "m.pth")
+def control_model(seed: int = 5) -> RWKV7:
+    return RWKV7(RWKV7Config(n_embd=64, n_layer=2, head_size=32, input_dim=4, output_dim=2,
+                             dim_w=16), seed=seed)
+
+
+def test_control_mode_round_trips_exactly_in_its_own_layout(tmp_path):
+    model = control_model()
+    with torch.no_grad():  # weights no initialiser would give, so a reload cannot fake them
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    save_checkpoint(model, tmp_path / "m.pt")
+    raw = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert (raw["format"], raw["version"]) == ("rwkv-swarm/control-model", 1)
+    assert raw["config"] == model.config.to_dict()
+    loaded = RWKV7.from_checkpoint(tmp_path / "m.pt")
+    assert loaded.config == model.config
+    own = dict(model.named_parameters())
+    assert set(own) == set(dict(loaded.named_parameters()))
+    for name, b in loaded.named_parameters():
+        assert b.dtype == torch.float32 and torch.equal(own[name], b), name
+    x = torch.randn(3, 4)
+    assert torch.equal(model.step_torch(x, model.zero_state(3))[0],
+                       loaded.step_torch(x, loaded.zero_state(3))[0])
+
+
+def test_control_mode_checkpoint_problems_are_named(tmp_path):
+    good = control_checkpoint(control_model())
+
+    def fails(d, pattern):
+        torch.save(d, tmp_path / "c.pt")
+        with pytest.raises(ValueError, match=pattern):
+            load_checkpoint(tmp_path / "c.pt")
+
+    fails({**good, "version": 7}, r"control-mode checkpoint .*c\.pt.*version 7, expected")
+    fails({k: v for k, v in good.items() if k != "config"}, r"fields \['config'\] missing")
+    fails({**good, "config": {**good["config"], "n_embed": 64}}, r"unknown RWKV7Config fields "
+                                                                  r"\['n_embed'\]")
+    token = {**good["config"], "input_dim": None, "output_dim": None, "vocab_size": 9}
+    fails({**good, "config": token}, "token-mode")
+    fails({**good, "config": {**good["config"], "input_dim": 5}},
+          r"'encoder\.weight' has shape \(64, 4\), expected \(64, 5\)")
+    weights = dict(good["weights"])
+    del weights["head.weight"]
+    fails({**good, "weights": weights}, r"missing tensor 'head\.weight'")
+
+
+def test_control_checkpoint_refuses_a_token_mode_model():
+    with pytest.raises(ValueError, match="control-mode model"):
+        control_checkpoint(RWKV7(RWKV7Config(n_embd=64, n_layer=1, head_size=32,
+                                             vocab_size=10)))
