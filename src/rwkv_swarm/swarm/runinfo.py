@@ -200,6 +200,9 @@ def prepare_join(info: dict[str, Any]) -> None:
                              f"({_token_source()}): {_token_advice(info)}")
     address = info["address"]
     if not reachable(address, PROBE_S):
+        if launcher_alive(info):
+            raise RunGone(f"run {run_id}'s Ray at {address} does not answer, though its "
+                          f"launcher (pid {info.get('pid')} on {info.get('host')}) still runs")
         if info.get("embedded"):
             raise RunGone(f"run {run_id}'s Ray at {address} does not answer: its launcher "
                           f"(pid {info.get('pid')} on {info.get('host')}) has probably died: "
