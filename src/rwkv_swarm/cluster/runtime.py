@@ -44,6 +44,12 @@ def gcs_address() -> str:
     return ray.get_runtime_context().gcs_address
 
 
+def embedded() -> bool:
+    """Whether this process started the Ray it is in (which then ends with it)."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    return bool(getattr(node, "head", False))
+
+
 def namespace() -> str:
     return ray.get_runtime_context().namespace
 

@@ -13,7 +13,6 @@ under, and who launched it, so that an ended run or a dead launcher is told with
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..cluster import connect, gcs_address, namespace, release, spawn_nodes
-from ..cluster.runtime import auth_mode, token_fingerprint
+from ..cluster.runtime import auth_mode, embedded, token_fingerprint
 from ..node import node_name
 from . import runinfo
 from .actor import CoordinatorActor
@@ -87,10 +86,10 @@ class Swarm:
             if owns:
                 ray.shutdown()
             raise
-        runinfo.record_launch(  # RAY_ADDRESS stands in for a missing address, as in ray.init
+        runinfo.record_launch(
             run_dir, run_id, coordinator=coordinator_name(run_id), address=gcs_address(),
-            namespace=namespace(), embedded=address is None and not os.environ.get("RAY_ADDRESS"),
-            auth=auth_mode(), token_sha256=token_fingerprint())
+            namespace=namespace(), embedded=embedded(), auth=auth_mode(),
+            token_sha256=token_fingerprint())
         return cls(config, run_id, run_dir, coordinator, actors, group, owns)
 
     @classmethod
