@@ -36,10 +36,11 @@ def shell_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in RAY_SETTINGS}
 
 
-def verb(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    """One `rwkv-swarm` command in a process of its own."""
-    return subprocess.run([*CLI, *args], cwd=cwd, env=shell_env(), capture_output=True,
-                          text=True, timeout=VERB_S)
+def verb(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """One `rwkv-swarm` command in a process of its own (with `env` added to its
+    environment)."""
+    return subprocess.run([*CLI, *args], cwd=cwd, env={**shell_env(), **env},
+                          capture_output=True, text=True, timeout=VERB_S)
 
 
 def session_pids(sid: int) -> list[int]:
@@ -127,6 +128,10 @@ def test_an_embedded_run_is_reached_from_other_shells_until_its_launcher_is_kill
 
         out = verb(tmp_path, "trace", "summary", run_id)
         assert out.returncode == 0 and "best_fitness" in out.stdout
+        out = verb(tmp_path, "status", run_id, RAY_AUTH_TOKEN="0" * 32)  # not the run's token
+        assert out.returncode == 2
+        assert (f"run {run_id}'s Ray uses another auth token than this shell's (from "
+                "RAY_AUTH_TOKEN)") in out.stderr
 
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
