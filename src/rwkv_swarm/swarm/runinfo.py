@@ -96,11 +96,12 @@ def read(run_id: str, runs_dir: str | Path) -> tuple[Path, dict[str, Any]]:
 
 def ended_message(run_dir: Path, info: dict[str, Any]) -> str:
     end, run_id = info["ended"], info["run_id"]
+    at = "" if end.get("generation") is None else f" at generation {end['generation']}"
     where = f"see {shown(run_dir / 'events.jsonl')}"
     if end.get("reason") == "finished":
-        return f"run {run_id} ended at generation {end.get('generation')} ({where})"
-    return (f"run {run_id} ended at generation {end.get('generation')} ({end.get('reason')}; "
-            f"{where}); {resume_hint(run_id)} goes on from there")
+        return f"run {run_id} ended{at} ({where})"
+    return (f"run {run_id} ended{at} ({end.get('reason')}; {where}); {resume_hint(run_id)} "
+            "goes on from there")
 
 
 def check_running(run_dir: Path, info: dict[str, Any]) -> None:
