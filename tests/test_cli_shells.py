@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -67,10 +68,11 @@ def end_session(sid: int) -> None:
 
 
 @contextlib.contextmanager
-def started(cmd: list[str], cwd: Path, log: Path) -> Iterator[subprocess.Popen]:
-    """`cmd` in a new session, its output in `log`; the whole session is ended afterwards."""
+def started(cmd: list[str], cwd: Path, log: Path, **env: str) -> Iterator[subprocess.Popen]:
+    """`cmd` in a new session (`env` added to its environment), its output in `log`; the
+    whole session is ended afterwards."""
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=shell_env(), stdout=out,
+        proc = subprocess.Popen(cmd, cwd=cwd, env={**shell_env(), **env}, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield proc
@@ -162,16 +164,22 @@ def cluster(port: int, head: subprocess.Popen) -> str:
 
 def test_a_run_on_a_cluster_is_reached_from_other_shells_and_told_ended_after_ctrl_c(tmp_path,
                                                                                     capsys):
+    """The cluster's token is its own, named by RAY_AUTH_TOKEN_PATH in the shells of the head
+    and the launcher only: the other shells learn where it is from run.json."""
     port, temp = free_port(), tempfile.mkdtemp(prefix="rs-")  # Ray's socket paths stay short
+    token = tmp_path / "cluster-token"
+    token.write_text(secrets.token_hex(32))
     head_cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
                 "--port", str(port), "--num-cpus", "2", "--include-dashboard=false",
                 "--temp-dir", temp]
     try:
-        with started(head_cmd, tmp_path, tmp_path / "head.log") as head, \
+        with started(head_cmd, tmp_path, tmp_path / "head.log", RAY_AUTH_MODE="token",
+                     RAY_AUTH_TOKEN_PATH=str(token)) as head, \
                 started(run_cmd("--address", cluster(port, head)), tmp_path,
-                        tmp_path / "launcher.log") as proc:
+                        tmp_path / "launcher.log", RAY_AUTH_TOKEN_PATH=str(token)) as proc:
             run_id, info = wait_for_run(tmp_path / "runs", proc, tmp_path / "launcher.log")
             assert info["embedded"] is False and info["address"].endswith(f":{port}")
+            assert (info["auth"], info["token_path"]) == ("token", str(token))
             out = verb(tmp_path, "status", run_id, "--json")
             assert out.returncode == 0, out.stderr[-2000:]
             assert json.loads(out.stdout)["run_id"] == run_id
