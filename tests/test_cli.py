@@ -5,6 +5,7 @@ bad configs and bad signals refused with the named key, and the demo."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rwkv_swarm.swarm import load_trace, read_events
+from rwkv_swarm.swarm import load_trace, read_events, runinfo
 from rwkv_swarm.swarm.commands.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +63,44 @@ def test_run_then_status_and_inject_from_another_process_then_trace(ray_session,
     assert "best_fitness" in capsys.readouterr().out
     assert main(["trace", "plot", str(run_dir), "--out", str(tmp_path / "t.png")]) == 0
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((run_dir / "run.json").read_text())["run_id"] == run_id
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["run_id"] == run_id and info["embedded"] is False
+    assert (info["ended"]["generation"], info["ended"]["reason"]) == (40, "finished")
+    assert read_events(run_dir)[-1]["kind"] == "end"
+
+
+def test_a_finished_run_is_told_from_its_files_alone(tmp_path, capsys):
+    """status and inject after the run: its run.json says it ended (no Ray is joined)."""
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text((ROOT / "configs" / "signal.toml").read_text())
+    (run_dir / "run.json").write_text(json.dumps({
+        "run_id": "r1", "address": "127.0.0.1:1", "namespace": "n", "coordinator": "c",
+        "embedded": True, "auth": "token", "pid": 1, "host": "elsewhere",
+        "ended": {"time": 0.0, "generation": 7, "reason": "finished"}}))
+    told = f"run r1 ended at generation 7 (see {run_dir / 'events.jsonl'})"
+    assert main(["status", "r1", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert told in capsys.readouterr().out
+    assert main(["inject", "r1", "amplitude", "scale=2", "--runs-dir",
+                 str(tmp_path / "runs")]) == 2
+    assert told in capsys.readouterr().err
+
+
+def test_a_launcher_whose_pid_names_another_process_now_is_dead(tmp_path, capsys):
+    """pid reuse: this process's pid, recorded with another start time, is another launcher."""
+    run_dir = tmp_path / "r2"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text((ROOT / "configs" / "signal.toml").read_text())
+    me = runinfo.launcher()
+    assert runinfo.launcher_alive(me) is True
+    info = {"run_id": "r2", "address": "127.0.0.1:1", "namespace": "n", "coordinator": "c",
+            "embedded": True, "auth": "token", **me, "pid_start": me["pid_start"] - 1,
+            "ended": None}
+    (run_dir / "run.json").write_text(json.dumps(info))
+    assert main(["status", "r2", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"run r2's launcher died (pid {os.getpid()} on {me['host']} is gone)" in err
+    assert "`rwkv-swarm resume r2`" in err
 
 
 @pytest.mark.parametrize("text, message", [

@@ -6,14 +6,13 @@
         swarm.wait()
     table = load_trace(swarm.run_dir)
 
-`Swarm.attach(run_id)` reaches a running swarm from another process (through the run's
-`run.json`: the Ray address and namespace its coordinator is named in).
+`Swarm.attach(run_id)` reaches a running swarm from another process, through the run's
+`run.json` (see `runinfo`): the Ray address, namespace and auth mode its coordinator lives
+under, and who launched it, so that an ended run or a dead launcher is told without Ray.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import time
 from pathlib import Path
@@ -23,10 +22,13 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..cluster import connect, gcs_address, namespace, release, spawn_nodes
+from ..cluster.runtime import auth_mode, embedded, token_fingerprint
 from ..node import node_name
+from . import runinfo
 from .actor import CoordinatorActor
 from .config import SwarmConfig
 from .signals import Signal, validate
+from .trace import EventLog
 
 START_TIMEOUT_S = 600.0
 
@@ -49,6 +51,7 @@ class Swarm:
         self._owns_ray = owns_ray
         self._running: Any = None
         self._namespace: str | None = None
+        self._info: dict[str, Any] | None = None  # an attached swarm's run.json
 
     # -- starting and reaching ---------------------------------------------------------------------
 
@@ -83,29 +86,36 @@ class Swarm:
             if owns:
                 ray.shutdown()
             raise
-        (run_dir / "run.json").write_text(json.dumps({
-            "run_id": run_id, "address": gcs_address(), "namespace": namespace(),
-            "coordinator": coordinator_name(run_id), "pid": os.getpid(),
-            "started": time.time()}))
+        runinfo.record_launch(
+            run_dir, run_id, coordinator=coordinator_name(run_id), address=gcs_address(),
+            namespace=namespace(), embedded=embedded(), auth=auth_mode(),
+            token_sha256=token_fingerprint())
         return cls(config, run_id, run_dir, coordinator, actors, group, owns)
 
     @classmethod
     def attach(cls, run_id: str, runs_dir: str | Path = "runs") -> Swarm:
-        """The swarm of run `run_id`, launched by another process (which keeps owning it)."""
-        run_dir = Path(runs_dir) / run_id
-        try:
-            info = json.loads((run_dir / "run.json").read_text())
-        except FileNotFoundError:
-            raise ValueError(f"no run {run_id!r} in {runs_dir}: no {run_dir / 'run.json'}") \
-                from None
-        connect(info["address"])
+        """The swarm of run `run_id`, launched by another process (which keeps owning it).
+        ValueError, before any connection is tried, for a run that has ended
+        (`runinfo.RunEnded`) or whose launcher on this host is dead (`runinfo.RunGone`)."""
+        run_dir, info = runinfo.read(run_id, runs_dir)
+        runinfo.check_running(run_dir, info)
+        config = SwarmConfig.from_toml(run_dir / "config.toml")
+        address = info["address"]
+        if ray.is_initialized():
+            if gcs_address() != address:
+                raise ValueError(f"this process is joined to the Ray at {gcs_address()}; run "
+                                 f"{run_id} lives in the one at {address}")
+        else:
+            runinfo.prepare_join(info)
+            connect(address, namespace=info["namespace"],
+                    advice=f"run {run_id} cannot be reached (see its {runinfo.RUN_FILE})")
         try:
             coordinator = ray.get_actor(info["coordinator"], namespace=info["namespace"])
         except ValueError:
-            raise ValueError(f"run {run_id!r} is not running (its coordinator is gone)") from None
-        config = SwarmConfig.from_toml(run_dir / "config.toml")
+            raise runinfo.gone(run_dir, info, "its coordinator is gone") from None
         swarm = cls(config, run_id, run_dir, coordinator)
         swarm._namespace = info["namespace"]
+        swarm._info = info
         return swarm
 
     # -- running ---------------------------------------------------------------------------------
@@ -140,10 +150,19 @@ class Swarm:
         fits the environment's signal schema. Returns the acknowledgement: which generation
         each target applied it from."""
         validate(signal, self.config.env, self.config.nodes)
-        return ray.get(self.coordinator.inject.remote(signal))
+        return self._get(self.coordinator.inject.remote(signal))
 
     def status(self) -> dict[str, Any]:
-        return ray.get(self.coordinator.status.remote())
+        return self._get(self.coordinator.status.remote())
+
+    def _get(self, ref: Any) -> Any:
+        """ray.get; for an attached swarm whose coordinator went away meanwhile, why."""
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError:
+            if self._info is None:
+                raise
+            raise runinfo.gone(self.run_dir, self._info, "its coordinator died") from None
 
     def lineage(self) -> list[dict[str, Any]]:
         return ray.get(self.coordinator.lineage.remote())
@@ -161,24 +180,36 @@ class Swarm:
         """New neighbours for every node, from the next generation boundary on."""
         return ray.get(self.coordinator.set_topology.remote(kind, k, rewire))
 
-    def shutdown(self) -> None:
-        """Stop the run and end the actors (an attached swarm only lets go of it)."""
+    def shutdown(self, reason: str = "finished") -> None:
+        """Stop the run, record its end (`reason`) in events.jsonl and run.json, and end the
+        actors (an attached swarm only lets go of it)."""
         if self._actors is None:
             return
+        generation = None
         try:
             ray.get(self.coordinator.stop.remote(), timeout=30)
             if self._running is not None:
                 ray.wait([self._running], timeout=60)
+            generation = ray.get(self.coordinator.status.remote(), timeout=30)["generation"]
         except Exception:  # noqa: BLE001 - tearing down whatever is left
             pass
-        release(self._actors, self._group)
-        ray.kill(self.coordinator)
-        self._actors = None
-        if self._owns_ray:
-            ray.shutdown()
+        try:  # the coordinator has stopped: its event log takes one more line
+            EventLog(self.run_dir).write("end", generation=generation, reason=reason)
+            runinfo.record_end(self.run_dir, generation, reason)
+        finally:
+            release(self._actors, self._group)
+            ray.kill(self.coordinator)
+            self._actors = None
+            if self._owns_ray:
+                ray.shutdown()
 
     def __enter__(self) -> Swarm:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is None:
+            self.shutdown()
+        elif issubclass(kind, (KeyboardInterrupt, SystemExit)):
+            self.shutdown("interrupted")  # Ctrl-C, or SIGTERM (Ray's handler exits)
+        else:
+            self.shutdown(f"failed: {kind.__name__}")

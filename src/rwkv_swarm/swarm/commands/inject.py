@@ -1,13 +1,16 @@
 """`rwkv-swarm inject RUN_ID NAME k=v ...`: change the world of a running swarm, from any
-process. The signal is checked against the environment's schema before anything is sent."""
+shell. Before any connection is tried, the run's run.json says whether it still runs and the
+signal is checked against the run's config.toml (its environment's schema)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from .. import runinfo
 from ..api import Swarm
-from ..signals import Signal, parse_params
+from ..config import SwarmConfig
+from ..signals import Signal, parse_params, validate
 
 
 def inject_command_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -24,11 +27,22 @@ def inject_command_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def inject_command(args: argparse.Namespace) -> int:
-    targets = "all" if not args.targets else [int(t) for t in args.targets.split(",")]
+    targets = "all" if not args.targets else [_node_id(t) for t in args.targets.split(",")]
     signal = Signal(args.name, parse_params(args.params), targets, not args.unannounced)
-    swarm = Swarm.attach(args.run_id, args.runs_dir)
-    ack = swarm.inject(signal)
+    run_dir, info = runinfo.read(args.run_id, args.runs_dir)
+    runinfo.check_running(run_dir, info)
+    config = SwarmConfig.from_toml(run_dir / "config.toml")
+    validate(signal, config.env, config.nodes)
+    ack = Swarm.attach(args.run_id, args.runs_dir).inject(signal)
     applied = ", ".join(f"node {n}: generation {g}" for n, g in sorted(ack["applied"].items()))
     print(f"signal {ack['id']} {ack['name']} applied from the next generation of each target "
           f"({applied})")
     return 0
+
+
+def _node_id(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--targets takes node ids (integers, comma separated), got "
+                         f"{text!r}") from None

@@ -1,5 +1,6 @@
 """`rwkv-swarm run CONFIG`: launch a swarm from a TOML config, run it with a live progress bar,
-leave runs/<run-id>/ (config.toml, trace.parquet, events.jsonl)."""
+leave runs/<run-id>/ (config.toml, trace.parquet, events.jsonl, and run.json: how other shells
+reach the run, and, once it is over, how it ended)."""
 
 from __future__ import annotations
 
@@ -48,12 +49,19 @@ def shown(path: Path) -> str:
         return str(path)
 
 
+def runs_dir_option(swarm: Swarm) -> str:
+    """What another shell adds to find the run: nothing for ./runs."""
+    parent = swarm.run_dir.parent
+    return "" if parent == (Path.cwd() / "runs").resolve() else f" --runs-dir {shown(parent)}"
+
+
 def run_command(args: argparse.Namespace) -> int:
     config = SwarmConfig.from_toml(args.config)
     config = SwarmConfig.from_dict({**config.to_dict(), **overrides(args)})
     with Swarm.launch(config, address=args.address) as swarm:
         print(f"run {swarm.run_id}: {config.nodes} nodes, {config.mode}, "
-              f"{'sync' if config.sync else 'async'}; trace in {shown(swarm.run_dir)}",
+              f"{'sync' if config.sync else 'async'}; trace in {shown(swarm.run_dir)}; from "
+              f"another shell: rwkv-swarm status {swarm.run_id}{runs_dir_option(swarm)}",
               flush=True)
         watch(swarm, config.generations, quiet=args.quiet)
     print(format_table(summary(swarm.run_dir)))

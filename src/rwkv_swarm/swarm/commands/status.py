@@ -1,15 +1,19 @@
 """`rwkv-swarm status RUN_ID`: a running swarm's generation, per-node fitness and belief,
-peers, messages and drops."""
+peers, messages and drops; from any shell (see `Swarm.attach`). A run that has ended is told
+from its run.json, with its final summary from the trace (exit 0); a run whose launcher died
+is told too, with exit 2, as is any run that cannot be reached."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import sys
 from typing import Any
 
+from .. import runinfo
 from ..api import Swarm
-from ..report import format_table
+from ..report import format_table, summary
 
 
 def status_command_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -22,7 +26,10 @@ def status_command_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    status = Swarm.attach(args.run_id, args.runs_dir).status()
+    try:
+        status = Swarm.attach(args.run_id, args.runs_dir).status()
+    except runinfo.RunEnded as e:
+        return ended(args, str(e))
     if args.json:
         print(json.dumps(status, default=str))
         return 0
@@ -37,4 +44,18 @@ def status_command(args: argparse.Namespace) -> int:
                      "p_best": n["p_best"], "peers": ",".join(map(str, n["neighbours"])),
                      "received": n["received"], "dropped": n["dropped"]})
     print(format_table(rows))
+    return 0
+
+
+def ended(args: argparse.Namespace, message: str) -> int:
+    """An ended run: the message and the trace's summary (--json: run.json's end record)."""
+    run_dir, info = runinfo.read(args.run_id, args.runs_dir)
+    if args.json:
+        print(json.dumps({"run_id": info["run_id"], "ended": info["ended"]}))
+        return 0
+    print(message)
+    try:
+        print(format_table(summary(run_dir)))
+    except FileNotFoundError:
+        print("(no trace rows)", file=sys.stderr)
     return 0
