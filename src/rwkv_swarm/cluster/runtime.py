@@ -42,8 +42,5 @@ def namespace() -> str:
 
 
 def bind_host(local: bool) -> str:
-    """Where a node binds: the loopback in local mode; on a cluster, the address of the Ray node
-    this process runs on (`ray start --node-ip-address`), which is how the other hosts reach
-    it. (`ray.util.get_node_ip_address()` guesses from the default route in a worker, wrong on
-    a host without one or with several interfaces.)"""
-    return LOCAL_HOST if local else ray._private.worker.global_worker.node_ip_address
+    """Where a node binds: the loopback in local mode, this Ray node's IP on a cluster."""
+    return LOCAL_HOST if local else ray.util.get_node_ip_address()
