@@ -1,0 +1,165 @@
+"""The swarm across hosts with their own addresses: three network namespaces on this machine
+(scripts/testbed.py), each running Ray with token auth, linked through a bridge. The driver
+(`rwkv-swarm run --address`) runs inside one host, `rwkv-swarm inject` inside another, and the
+nodes, spread over the hosts, talk ZeroMQ + CURVE over the links. Needs root and `ip`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from rwkv_swarm.swarm import load_trace, read_events
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTBED = ROOT / "scripts" / "testbed.py"
+HOSTS = {"198.51.100.1", "198.51.100.2", "198.51.100.3"}
+NODES, GENERATIONS = 4, 80  # long enough for the inject's start
+WAIT_S = 180.0
+
+CONFIG = f"""
+nodes = {NODES}
+mode = "gossip"
+generations = {GENERATIONS}
+secure = true
+[env]
+kind = "signal"
+lags = 3
+[es]
+population = 16
+[resources]
+cpus = 0.5
+placement = "spread"
+"""
+
+# run inside a host: each node's bound endpoint, asked of its actor
+ENDPOINTS = """
+import json, sys, ray
+from rwkv_swarm.node import node_name
+info = json.load(open(sys.argv[1]))
+ray.init(address=info["address"], log_to_driver=False)
+actors = [ray.get_actor(f"{info['run_id']}/{node_name(i)}", namespace=info["namespace"])
+          for i in range(int(sys.argv[2]))]
+print(json.dumps([e["endpoint"] for e in ray.get([a.endpoint.remote() for a in actors])]))
+"""
+
+
+def unavailable() -> str | None:
+    """Why this machine cannot make the testbed, or None."""
+    if not sys.platform.startswith("linux"):
+        return "network namespaces are Linux only"
+    if os.geteuid() != 0:
+        return "making network namespaces needs root"
+    if shutil.which("ip") is None:
+        return "needs iproute2's `ip`"
+    probe = f"rwkvtb-probe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot create a network namespace here: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def script(state: Path, *args: str) -> list[str]:
+    return [sys.executable, str(TESTBED), "--state", str(state), *args]
+
+
+def in_host(state: Path, host: str, *cmd: str) -> list[str]:
+    return script(state, "exec", host, "--", *cmd)
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rwkv_swarm.swarm.commands.cli", *args]
+
+
+def our_namespaces(prefix: str) -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(prefix + "-")]
+
+
+@pytest.fixture
+def cluster():
+    """Three hosts up (Ray on each, token auth); everything torn down after, whatever happens,
+    and checked gone: no namespace, no process inside one."""
+    why = unavailable()
+    if why:
+        pytest.skip(why)
+    state = Path(tempfile.mkdtemp(prefix="rwkvtb-", dir="/tmp"))  # Ray's sockets: short paths
+    prefix = f"rwkvtb{os.getpid()}"
+    try:
+        up = subprocess.run(script(state, "up", "--prefix", prefix, "--cpus", "1"),
+                            capture_output=True, text=True, timeout=WAIT_S)
+        assert up.returncode == 0, up.stderr[-3000:]
+        yield state, "198.51.100.1:6380"
+    finally:
+        for log in sorted(state.glob("h*.log")):  # shown by pytest when the test failed
+            print(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}")
+        down = subprocess.run(script(state, "down"), capture_output=True, text=True,
+                              timeout=WAIT_S)
+        assert down.returncode == 0, down.stderr
+        assert our_namespaces(prefix) == []
+        assert not state.exists()
+
+
+def wait_for_run(runs: Path, driver: subprocess.Popen) -> Path:
+    deadline = time.monotonic() + WAIT_S
+    while not (runs.exists() and any((p / "run.json").exists() for p in runs.iterdir())):
+        if driver.poll() is not None:
+            pytest.fail(f"the driver exited with {driver.returncode} before the run started: "
+                        f"{driver.communicate()[1][-3000:]}")
+        assert time.monotonic() < deadline, "timed out waiting for the run to start"
+        time.sleep(0.2)
+    (run_dir,) = [p for p in runs.iterdir() if (p / "run.json").exists()]
+    return run_dir
+
+
+def test_a_swarm_across_three_hosts_with_token_auth_and_an_inject_from_another_host(
+        cluster, tmp_path):
+    state, address = cluster
+    config, runs = tmp_path / "swarm.toml", tmp_path / "runs"
+    config.write_text(CONFIG)
+    driver = subprocess.Popen(
+        in_host(state, "h1", *cli("run", str(config), "--address", address, "--run-dir",
+                                  str(runs), "--quiet")),
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = wait_for_run(runs, driver)
+    # a second shell on another host: the inject; a third asks the nodes where they bound
+    inject = subprocess.Popen(
+        in_host(state, "h3", *cli("inject", run_dir.name, "amplitude", "scale=2",
+                                  "--runs-dir", str(runs))),
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    probe = subprocess.run(
+        in_host(state, "h2", sys.executable, "-c", ENDPOINTS, str(run_dir / "run.json"),
+                str(NODES)), capture_output=True, text=True, timeout=WAIT_S)
+    injected = inject.communicate(timeout=WAIT_S)
+    ran = driver.communicate(timeout=WAIT_S)
+
+    assert driver.returncode == 0, ran[1][-3000:]
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    assert inject.returncode == 0, injected[1][-3000:]
+    assert "applied from the next generation" in injected[0]
+
+    endpoints = json.loads(probe.stdout.strip().splitlines()[-1])
+    ips = {e.removeprefix("tcp://").rsplit(":", 1)[0] for e in endpoints}
+    assert ips <= HOSTS, endpoints  # each node bound to its own host's address ...
+    assert len(ips) >= 2, endpoints  # ... and the nodes ran on more than one host
+
+    trace = load_trace(run_dir).to_pylist()
+    assert {(r["generation"], r["node"]) for r in trace} == \
+        {(g, n) for g in range(GENERATIONS) for n in range(NODES)}
+    last = [r for r in trace if r["generation"] == GENERATIONS - 1]
+    assert all(r["received"] > 0 for r in last), last  # peers' messages arrived ...
+    assert all(r["dropped"] == 0 for r in trace)  # ... and none was refused (CURVE, checks)
+    (signal,) = [e for e in read_events(run_dir) if e["kind"] == "signal"]
+    assert signal["name"] == "amplitude"
+    # every node applied it, from the generation it acknowledged
+    assert {(r["generation"], r["node"]) for r in trace if "amplitude" in r["signals"]} == \
+        {(g, int(n)) for n, g in signal["applied"].items()}
+    assert len(signal["applied"]) == NODES
