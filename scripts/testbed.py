@@ -260,7 +260,7 @@ def up(state_dir: Path, prefix: str, hosts: int, port: int, cpus: float) -> dict
             start_ray(state, h, cpus, head=i == 0, state_dir=state_dir)
         wait_for_nodes(state)
     except BaseException:
-        down(state_dir, keep=True)
+        down(state_dir, keep=True)  # the logs stay for the error; `down` removes them
         raise
     return state
 
@@ -294,7 +294,9 @@ def down(state_dir: Path, keep: bool = False) -> None:
     """Stop what `up` started, delete its namespaces (their links and bridge go with them);
     with `keep`, the state directory (logs) stays. Safe to repeat."""
     state = load_state(state_dir)
-    if state is None:
+    if state is None:  # nothing up; what is left is the logs of a failed `up`, or nothing
+        if not keep and (state_dir / "state.down.json").exists():
+            shutil.rmtree(state_dir, ignore_errors=True)
         return
     stop_processes(state)
     existing = netns_list()
