@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from rwkv_swarm.swarm import load_trace, read_events
 ROOT = Path(__file__).resolve().parents[1]
 TESTBED = ROOT / "scripts" / "testbed.py"
 HOSTS = {"198.51.100.1", "198.51.100.2", "198.51.100.3"}
-NODES, GENERATIONS = 4, 80  # long enough for the inject's start
+NODES, GENERATIONS = 4, 16
 WAIT_S = 180.0
 
 CONFIG = f"""
@@ -39,15 +38,48 @@ cpus = 0.5
 placement = "spread"
 """
 
-# run inside a host: each node's bound endpoint, asked of its actor
-ENDPOINTS = """
-import json, sys, ray
+# the other shells: started (torch and Ray imported) before the run, they act once its
+# run.json is there, so that a short run is still running when they do
+WHEN_STARTED = """
+import json, sys, time
+from pathlib import Path
+def started(runs, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for p in Path(runs).glob("*/run.json"):
+            try:
+                return json.loads(p.read_text())
+            except ValueError:  # being written
+                pass
+        time.sleep(0.05)
+    sys.exit("no run started")
+"""
+# `rwkv-swarm inject RUN_ID ARGS...`, as the CLI's entry point runs it
+INJECT = WHEN_STARTED + """
+from rwkv_swarm.swarm.commands.cli import main
+info = started(sys.argv[1], float(sys.argv[2]))
+sys.exit(main(["inject", info["run_id"], *sys.argv[3:], "--runs-dir", sys.argv[1]]))
+"""
+# each node's bound endpoint, asked of its actor
+ENDPOINTS = WHEN_STARTED + """
+import ray
 from rwkv_swarm.node import node_name
-info = json.load(open(sys.argv[1]))
+info = started(sys.argv[1], float(sys.argv[2]))
 ray.init(address=info["address"], log_to_driver=False)
 actors = [ray.get_actor(f"{info['run_id']}/{node_name(i)}", namespace=info["namespace"])
-          for i in range(int(sys.argv[2]))]
+          for i in range(int(sys.argv[3]))]
 print(json.dumps([e["endpoint"] for e in ray.get([a.endpoint.remote() for a in actors])]))
+"""
+
+# run inside a host: does the GCS answer this process (its auth from the environment)?
+GCS = """
+import sys
+from ray._raylet import GcsClient
+from ray.exceptions import AuthenticationError
+try:
+    print(len(GcsClient(address=sys.argv[1]).get_all_node_info(timeout=30)), "nodes")
+except AuthenticationError:
+    print("refused")
 """
 
 
@@ -84,10 +116,10 @@ def our_namespaces(prefix: str) -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.startswith(prefix + "-")]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster():
-    """Three hosts up (Ray on each, token auth); everything torn down after, whatever happens,
-    and checked gone: no namespace, no process inside one."""
+    """Three hosts up (Ray on each, token auth), for this module's tests; everything torn down
+    after, whatever happens, and checked gone: no namespace, no process inside one."""
     why = unavailable()
     if why:
         pytest.skip(why)
@@ -108,16 +140,21 @@ def cluster():
         assert not state.exists()
 
 
-def wait_for_run(runs: Path, driver: subprocess.Popen) -> Path:
-    deadline = time.monotonic() + WAIT_S
-    while not (runs.exists() and any((p / "run.json").exists() for p in runs.iterdir())):
-        if driver.poll() is not None:
-            pytest.fail(f"the driver exited with {driver.returncode} before the run started: "
-                        f"{driver.communicate()[1][-3000:]}")
-        assert time.monotonic() < deadline, "timed out waiting for the run to start"
-        time.sleep(0.2)
-    (run_dir,) = [p for p in runs.iterdir() if (p / "run.json").exists()]
-    return run_dir
+def gcs_answers(state: Path, address: str, **env: str) -> str:
+    """What the GCS says to a process in h2 with `env` over the testbed's auth environment."""
+    sets = [f"{k}={v}" for k, v in env.items()]
+    got = subprocess.run(in_host(state, "h2", "env", *sets, sys.executable, "-c", GCS, address),
+                         capture_output=True, text=True, timeout=WAIT_S)
+    assert got.returncode == 0, got.stderr[-2000:]
+    return got.stdout.strip()
+
+
+def test_the_testbed_refuses_a_process_without_its_token(cluster, tmp_path):
+    state, address = cluster
+    (tmp_path / "wrong").write_text("0" * 64)
+    assert gcs_answers(state, address) == "3 nodes"
+    assert gcs_answers(state, address, RAY_AUTH_MODE="disabled") == "refused"
+    assert gcs_answers(state, address, RAY_AUTH_TOKEN_PATH=str(tmp_path / "wrong")) == "refused"
 
 
 def test_a_swarm_across_three_hosts_with_token_auth_and_an_inject_from_another_host(
@@ -125,32 +162,31 @@ def test_a_swarm_across_three_hosts_with_token_auth_and_an_inject_from_another_h
     state, address = cluster
     config, runs = tmp_path / "swarm.toml", tmp_path / "runs"
     config.write_text(CONFIG)
+    pipes = {"cwd": tmp_path, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE,
+             "text": True}
+    # a second shell on another host injects a signal; a third asks the nodes where they bound
+    inject = subprocess.Popen(in_host(state, "h3", sys.executable, "-c", INJECT, str(runs),
+                                      str(WAIT_S), "amplitude", "scale=2"), **pipes)
+    probe = subprocess.Popen(in_host(state, "h2", sys.executable, "-c", ENDPOINTS, str(runs),
+                                     str(WAIT_S), str(NODES)), **pipes)
     driver = subprocess.Popen(
         in_host(state, "h1", *cli("run", str(config), "--address", address, "--run-dir",
-                                  str(runs), "--quiet")),
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run_dir = wait_for_run(runs, driver)
-    # a second shell on another host: the inject; a third asks the nodes where they bound
-    inject = subprocess.Popen(
-        in_host(state, "h3", *cli("inject", run_dir.name, "amplitude", "scale=2",
-                                  "--runs-dir", str(runs))),
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    probe = subprocess.run(
-        in_host(state, "h2", sys.executable, "-c", ENDPOINTS, str(run_dir / "run.json"),
-                str(NODES)), capture_output=True, text=True, timeout=WAIT_S)
-    injected = inject.communicate(timeout=WAIT_S)
+                                  str(runs), "--quiet")), **pipes)
     ran = driver.communicate(timeout=WAIT_S)
+    assert driver.returncode == 0, ran[1][-3000:]  # (the others are stopped by `down`)
+    injected = inject.communicate(timeout=WAIT_S)
+    probed = probe.communicate(timeout=WAIT_S)
 
-    assert driver.returncode == 0, ran[1][-3000:]
-    assert probe.returncode == 0, probe.stderr[-3000:]
+    assert probe.returncode == 0, probed[1][-3000:]
     assert inject.returncode == 0, injected[1][-3000:]
     assert "applied from the next generation" in injected[0]
 
-    endpoints = json.loads(probe.stdout.strip().splitlines()[-1])
+    endpoints = json.loads(probed[0].strip().splitlines()[-1])
     ips = {e.removeprefix("tcp://").rsplit(":", 1)[0] for e in endpoints}
     assert ips <= HOSTS, endpoints  # each node bound to its own host's address ...
     assert len(ips) >= 2, endpoints  # ... and the nodes ran on more than one host
 
+    (run_dir,) = [p.parent for p in runs.glob("*/run.json")]
     trace = load_trace(run_dir).to_pylist()
     assert {(r["generation"], r["node"]) for r in trace} == \
         {(g, n) for g in range(GENERATIONS) for n in range(NODES)}
