@@ -16,7 +16,9 @@ no namespace has a default route, so nothing leaves the testbed. Every host runs
 
 Nothing may connect to the testbed's addresses from outside the namespaces (they are not
 routed there): run every command that talks to Ray through `exec`, which also sets the auth
-environment (RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH). `down` stops the processes `up` started (by
+environment (RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH). While the testbed is up, do not use
+`--address auto` outside it: Ray picks "auto" out of this machine's process table, where
+the testbed's head is too. `down` stops the processes `up` started (by
 the pids recorded in the state directory, then whatever is left inside the namespaces) and
 deletes the namespaces, which takes the links and the bridge with them; it also cleans up
 after an `up` that failed halfway.
@@ -115,9 +117,14 @@ def find_host(state: dict[str, Any], name: str) -> dict[str, Any]:
 # -- the network ----------------------------------------------------------------------------------
 
 
-def plan(prefix: str, hosts: int, port: int, state_dir: Path) -> dict[str, Any]:
+def plan(prefix: str, hosts: int, port: int, cpus: float, state_dir: Path) -> dict[str, Any]:
+    """What `up` will make; every argument checked before anything is."""
     if not 2 <= hosts <= 16:
         raise TestbedError(f"--hosts must be between 2 and 16, got {hosts}")
+    if not 1024 <= port <= 65535:
+        raise TestbedError(f"--port must be between 1024 and 65535, got {port}")
+    if not cpus > 0:
+        raise TestbedError(f"--cpus must be > 0, got {cpus:g}")
     if not prefix.replace("-", "").isalnum() or len(prefix) > 20:
         raise TestbedError(f"--prefix must be letters, digits and '-', at most 20, got {prefix!r}")
     addrs = [str(NETWORK.network_address + i) for i in range(1, hosts + 1)]
@@ -248,8 +255,8 @@ def up(state_dir: Path, prefix: str, hosts: int, port: int, cpus: float) -> dict
                            "characters (Ray's socket paths below it would be too long)")
     if load_state(state_dir) is not None:
         raise TestbedError(f"a testbed is recorded in {state_dir} already: `down` it first")
+    state = plan(prefix, hosts, port, cpus, state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    state = plan(prefix, hosts, port, state_dir)
     try:
         make_network_recorded(state, state_dir)
         check_routes(state)

@@ -95,7 +95,15 @@ def unavailable() -> str | None:
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if made.returncode != 0:
         return f"cannot create a network namespace here: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    try:  # the links: a veth pair and a bridge, made inside the probe namespace
+        for what in (["type", "bridge"], ["type", "veth", "peer", "name", "probe1"]):
+            link = subprocess.run(["ip", "-n", probe, "link", "add", "probe0", *what],
+                                  capture_output=True, text=True)
+            if link.returncode != 0:
+                return f"cannot make a {what[1]} link here: {link.stderr.strip()}"
+            subprocess.run(["ip", "-n", probe, "link", "del", "probe0"], capture_output=True)
+    finally:
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return None
 
 
