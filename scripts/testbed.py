@@ -139,10 +139,6 @@ def make_network(state: dict[str, Any]) -> None:
     """Namespaces, links and addresses. The veth pairs are made inside the switch namespace
     with their other end put straight into the host's: nothing appears in the root namespace."""
     sw = state["switch"]
-    taken = netns_list() & {sw, *(h["ns"] for h in state["hosts"])}
-    if taken:
-        raise TestbedError(f"namespaces {sorted(taken)} exist already: `down` the testbed that "
-                           "made them, or pick another --prefix")
     sh("ip", "netns", "add", sw)
     sh("ip", "-n", sw, "link", "set", "lo", "up")
     sh("ip", "-n", sw, "link", "add", BRIDGE, "type", "bridge")
@@ -256,6 +252,10 @@ def up(state_dir: Path, prefix: str, hosts: int, port: int, cpus: float) -> dict
     if load_state(state_dir) is not None:
         raise TestbedError(f"a testbed is recorded in {state_dir} already: `down` it first")
     state = plan(prefix, hosts, port, cpus, state_dir)
+    taken = netns_list() & {state["switch"], *(h["ns"] for h in state["hosts"])}
+    if taken:  # another testbed's: checked before anything is recorded, so ours never stops it
+        raise TestbedError(f"namespaces {sorted(taken)} exist already: `down` the testbed that "
+                           "made them, or pick another --prefix")
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
         make_network_recorded(state, state_dir)
