@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from rwkv_swarm.swarm import load_trace, read_events
+from rwkv_swarm.node import node_name
+from rwkv_swarm.swarm import SwarmConfig, load_trace, read_events
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTBED = ROOT / "scripts" / "testbed.py"
 HOSTS = {"198.51.100.1", "198.51.100.2", "198.51.100.3"}
-NODES, GENERATIONS = 4, 16
+NODES, GENERATIONS = 4, 24
 WAIT_S = 180.0
 
 CONFIG = f"""
@@ -60,15 +61,15 @@ from rwkv_swarm.swarm.commands.cli import main
 info = started(sys.argv[1], float(sys.argv[2]))
 sys.exit(main(["inject", info["run_id"], *sys.argv[3:], "--runs-dir", sys.argv[1]]))
 """
-# each node's bound endpoint, asked of its actor
-ENDPOINTS = WHEN_STARTED + """
-import ray
-from rwkv_swarm.node import node_name
-info = started(sys.argv[1], float(sys.argv[2]))
+# after the run: where each of its node actors ran (the address of its Ray node), from the
+# GCS's actor table (which keeps ended actors)
+HOSTS_OF = """
+import json, sys, ray
+info = json.load(open(sys.argv[1]))
 ray.init(address=info["address"], log_to_driver=False)
-actors = [ray.get_actor(f"{info['run_id']}/{node_name(i)}", namespace=info["namespace"])
-          for i in range(int(sys.argv[3]))]
-print(json.dumps([e["endpoint"] for e in ray.get([a.endpoint.remote() for a in actors])]))
+print(json.dumps({a["Name"].split("/")[-1]: a["Address"]["IPAddress"]
+                  for a in ray._private.state.actors().values()
+                  if a["Name"].startswith(info["run_id"] + "/")}))
 """
 
 # run inside a host: does the GCS answer this process (its auth from the environment)?
@@ -172,35 +173,40 @@ def test_a_swarm_across_three_hosts_with_token_auth_and_an_inject_from_another_h
     config.write_text(CONFIG)
     pipes = {"cwd": tmp_path, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE,
              "text": True}
-    # a second shell on another host injects a signal; a third asks the nodes where they bound
+    # a second shell, on another host, injects a signal while the run runs
     inject = subprocess.Popen(in_host(state, "h3", sys.executable, "-c", INJECT, str(runs),
                                       str(WAIT_S), "amplitude", "scale=2"), **pipes)
-    probe = subprocess.Popen(in_host(state, "h2", sys.executable, "-c", ENDPOINTS, str(runs),
-                                     str(WAIT_S), str(NODES)), **pipes)
     driver = subprocess.Popen(
         in_host(state, "h1", *cli("run", str(config), "--address", address, "--run-dir",
                                   str(runs), "--quiet")), **pipes)
     ran = driver.communicate(timeout=WAIT_S)
-    assert driver.returncode == 0, ran[1][-3000:]  # (the others are stopped by `down`)
+    assert driver.returncode == 0, ran[1][-3000:]  # (the inject is stopped by `down`)
     injected = inject.communicate(timeout=WAIT_S)
-    probed = probe.communicate(timeout=WAIT_S)
-
-    assert probe.returncode == 0, probed[1][-3000:]
     assert inject.returncode == 0, injected[1][-3000:]
     assert "applied from the next generation" in injected[0]
 
-    endpoints = json.loads(probed[0].strip().splitlines()[-1])
-    ips = {e.removeprefix("tcp://").rsplit(":", 1)[0] for e in endpoints}
-    assert ips <= HOSTS, endpoints  # each node bound to its own host's address ...
-    assert len(ips) >= 2, endpoints  # ... and the nodes ran on more than one host
-
     (run_dir,) = [p.parent for p in runs.glob("*/run.json")]
+    hosts_of = subprocess.run(in_host(state, "h2", sys.executable, "-c", HOSTS_OF,
+                                      str(run_dir / "run.json")),
+                              capture_output=True, text=True, timeout=WAIT_S)
+    assert hosts_of.returncode == 0, hosts_of.stderr[-3000:]
+    names = {node_name(i): i for i in range(NODES)}
+    host = {names[k]: ip for k, ip in json.loads(hosts_of.stdout.splitlines()[-1]).items()
+            if k in names}
+    assert sorted(host) == list(range(NODES)) and set(host.values()) <= HOSTS, host
+    assert len(set(host.values())) >= 2, host  # the nodes ran on more than one host
+
     trace = load_trace(run_dir).to_pylist()
     assert {(r["generation"], r["node"]) for r in trace} == \
         {(g, n) for g in range(GENERATIONS) for n in range(NODES)}
-    last = [r for r in trace if r["generation"] == GENERATIONS - 1]
-    assert all(r["received"] > 0 for r in last), last  # peers' messages arrived ...
-    assert all(r["dropped"] == 0 for r in trace)  # ... and none was refused (CURVE, checks)
+    # every node absorbed the reports of both its ring neighbours in every generation, and
+    # some of those neighbours ran on another host: messages crossed the links
+    ring = SwarmConfig.from_toml(config).neighbours()
+    assert any(host[m] != host[n] for n in range(NODES) for m in ring[n])
+    assert all(r["absorbed_from"] == len(ring[r["node"]]) and r["missing"] == 0
+               for r in trace), [(r["generation"], r["node"]) for r in trace if r["missing"]]
+    assert all(r["received"] > 0 for r in trace if r["generation"] == GENERATIONS - 1)
+    assert all(r["dropped"] == 0 for r in trace)  # none refused (CURVE, checks), none lost
     (signal,) = [e for e in read_events(run_dir) if e["kind"] == "signal"]
     assert signal["name"] == "amplitude"
     # every node applied it, from the generation it acknowledged
