@@ -188,7 +188,8 @@ def ray_command(state: dict[str, Any], h: dict[str, Any], cpus: float, head: boo
            "--temp-dir", str(state_dir / h["name"]), "--include-log-monitor=false",
            "--disable-usage-stats", "--object-store-memory", str(100 * 1024 * 1024)]
     if head:
-        cmd += ["--head", "--port", str(state["port"]), "--include-dashboard=false"]
+        # no autoscaler monitor: the testbed has a fixed set of hosts
+        cmd += ["--head", "--port", str(state["port"]), "--include-dashboard=false", "--no-monitor"]
     else:
         cmd += ["--address", f"{state['hosts'][0]['ip']}:{state['port']}"]
     return cmd
