@@ -18,10 +18,11 @@ Nothing may connect to the testbed's addresses from outside the namespaces (they
 routed there): run every command that talks to Ray through `exec`, which also sets the auth
 environment (RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH). While the testbed is up, do not use
 `--address auto` outside it: Ray picks "auto" out of this machine's process table, where
-the testbed's head is too. `down` stops the processes `up` started (by
-the pids recorded in the state directory, then whatever is left inside the namespaces) and
-deletes the namespaces, which takes the links and the bridge with them; it also cleans up
-after an `up` that failed halfway.
+the testbed's head is too.
+
+`down` stops the processes `up` started (by the pids recorded in the state directory, then
+whatever is left inside the namespaces) and deletes the namespaces, which takes the links and
+the bridge with them; it also cleans up after an `up` that failed halfway.
 """
 
 from __future__ import annotations
@@ -353,10 +354,11 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("down", help="stop everything up started, delete the namespaces")
     d.add_argument("--keep", action="store_true", help="keep the state directory (logs)")
     e = sub.add_parser("exec", help="run a command inside a host: exec HOST -- CMD ...")
-    e.add_argument("host")
-    e.add_argument("cmd", nargs=argparse.REMAINDER)
-    for verb, what in (("cut", "take a host's link down"), ("restore", "bring it back up")):
-        sub.add_parser(verb, help=what).add_argument("host")
+    e.add_argument("host", help="h1, h2, ... (or its namespace or address)")
+    e.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    for verb, what in (("cut", "take a host's link down (a partition)"),
+                       ("restore", "bring a host's link back up")):
+        sub.add_parser(verb, help=what).add_argument("host", help="h1, h2, ...")
     sub.add_parser("address", help="print the head's host:port")
     sub.add_parser("status", help="hosts, links and Ray processes")
     return p
