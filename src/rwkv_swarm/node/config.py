@@ -61,8 +61,9 @@ class NodeConfig(ConfigFile):
     # the world, as `envs.make_env` takes it; a node builds its own environment from it
     env: dict[str, Any] = field(default_factory=lambda: {"kind": "gym", "id": "CartPole-v1"})
     strategy: str = "kalman"  # "kalman" (KalmanES) or "lowrank" (LowRankES)
-    es: ESConfig = field(default_factory=KalmanESConfig)
-    exchange: ExchangeConfig = field(default_factory=ExchangeConfig)
+    es: ESConfig = field(default_factory=KalmanESConfig)  # KalmanESConfig or ESConfig, as
+    # `strategy` says
+    exchange: ExchangeConfig = field(default_factory=ExchangeConfig)  # learning from others
     episodes: int = 1  # episodes per mutant per generation (fitness = their mean)
     paired_episodes: bool = True  # the two members of an antithetic pair meet the same
     # episodes (starts and noise): their fitness difference then measures the mutation alone

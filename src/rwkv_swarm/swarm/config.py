@@ -76,7 +76,7 @@ class Scheduled:
     generation: int  # applied at the start of this generation (>= 0)
     name: str  # a signal the environment takes (docs/config.md lists each kind's)
     params: dict[str, Any] = field(default_factory=dict)  # the signal's parameters
-    targets: tuple[int, ...] = ()  # () : every node
+    targets: tuple[int, ...] = ()  # the node ids it goes to; empty: every node
     announce: bool = True  # False: the world changes, the nodes are not told
 
     def signal(self) -> Signal:
@@ -98,19 +98,21 @@ class SwarmConfig(ConfigFile):
     generations: int = 50  # what `run()` runs when not told otherwise
     seed: int = 0  # swarm seed: the nodes' weights, noise and topology derive from it
     group_size: int = 0  # consensus: nodes per lineage group (0: all in one group)
-    topology: Topology = field(default_factory=Topology)
+    topology: Topology = field(default_factory=Topology)  # gossip: who hears whom
     model: dict[str, Any] = field(default_factory=lambda: dict(TINY_MODEL))  # RWKV7Config
     # fields; input_dim and output_dim come from the environment
     strategy: str = "kalman"  # "kalman" (KalmanES) or "lowrank" (LowRankES)
-    es: ESConfig = field(default_factory=lambda: KalmanESConfig(population=32))
+    es: ESConfig = field(default_factory=lambda: KalmanESConfig(population=32))  # the
+    # strategy's settings: a KalmanESConfig ("kalman") or an ESConfig ("lowrank")
+    # the world: a table whose `kind` is "gym", "signal" or "python"
     env: dict[str, Any] = field(default_factory=lambda: {"kind": "gym", "id": "CartPole-v1"})
     episodes: int = 1  # episodes per mutant per generation
-    max_steps: int = 500
+    max_steps: int = 500  # cap on steps per episode / segment
     init: str = "live"  # initial weights: "live" (every block path active) or "trainer"
-    variations: tuple[Variation, ...] = ()
-    signals: tuple[Scheduled, ...] = ()
-    migration: Migration = field(default_factory=Migration)
-    resources: Resources = field(default_factory=Resources)
+    variations: tuple[Variation, ...] = ()  # other env / es options for some nodes
+    signals: tuple[Scheduled, ...] = ()  # signals applied at given generations
+    migration: Migration = field(default_factory=Migration)  # moving weights between nodes
+    resources: Resources = field(default_factory=Resources)  # what each node actor gets
     wait_s: float = 60.0  # sync: longest a node waits for its peers' reports
     checkpoint_every: int = 5  # generations between node snapshots in runs/<id>/checkpoints/
     # (0: none; a dead node then restarts from scratch and a run cannot be resumed)
