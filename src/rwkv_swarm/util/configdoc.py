@@ -110,7 +110,7 @@ def field_docs(cls: type) -> dict[str, str]:
     for f in dataclasses.fields(cls):
         text = f.metadata.get("doc", "")
         for owner in type.mro(cls):
-            if text or f.name not in owner.__dict__.get("__annotations__", {}):
+            if text or f.name not in inspect.get_annotations(owner):
                 continue
             text = _comment_docs(owner).get(f.name) or _docstring_docs(owner).get(f.name, "")
         out[f.name] = text
