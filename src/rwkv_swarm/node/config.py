@@ -1,5 +1,5 @@
 """`NodeConfig`: everything one node is made of, as one frozen dataclass that round-trips
-through dicts and TOML (`util.configio`)."""
+through dicts and TOML (`util.configio`); docs/config.md lists every key."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..kernels import RWKV7Config
+from ..util import configio
 from ..util.configio import ConfigFile
-from .envs import env_config
+from .envs import env_config, env_table
 from .kalman_es import KalmanES, KalmanESConfig
 from .strategy import ESConfig, LowRankES
 
@@ -51,14 +52,18 @@ class ExchangeConfig:
 
 @dataclass(frozen=True)
 class NodeConfig(ConfigFile):
-    """One node: its model, its world, its strategy and how it evaluates and exchanges."""
+    """One node: its model, its world, its strategy and how it evaluates and exchanges.
+
+    Nested tables (model, es, exchange) may be given as dicts, as `from_dict` and
+    `from_toml_text` take them."""
 
     model: RWKV7Config  # control mode: input_dim / output_dim match the environment
     # the world, as `envs.make_env` takes it; a node builds its own environment from it
     env: dict[str, Any] = field(default_factory=lambda: {"kind": "gym", "id": "CartPole-v1"})
     strategy: str = "kalman"  # "kalman" (KalmanES) or "lowrank" (LowRankES)
-    es: ESConfig = field(default_factory=KalmanESConfig)
-    exchange: ExchangeConfig = field(default_factory=ExchangeConfig)
+    es: ESConfig = field(default_factory=KalmanESConfig)  # KalmanESConfig or ESConfig, as
+    # `strategy` says
+    exchange: ExchangeConfig = field(default_factory=ExchangeConfig)  # learning from others
     episodes: int = 1  # episodes per mutant per generation (fitness = their mean)
     paired_episodes: bool = True  # the two members of an antithetic pair meet the same
     # episodes (starts and noise): their fitness difference then measures the mutation alone
@@ -68,6 +73,8 @@ class NodeConfig(ConfigFile):
     seed: int = 0  # swarm seed
 
     def __post_init__(self) -> None:
+        configio.take_tables(self)
+        object.__setattr__(self, "env", env_table(self.env))
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got "
                              f"{self.strategy!r}")

@@ -1,9 +1,16 @@
 """`SwarmConfig`: a whole swarm as one frozen dataclass, from TOML or from Python.
 
+    SwarmConfig.from_toml("swarm.toml")                  a file; from_toml_text(text) for text
+    SwarmConfig.from_dict({"nodes": 8, "es": {...}})     nested dicts, as TOML gives them
+    SwarmConfig(nodes=8, resources={"cpus": 0.5})        keywords; nested tables as dicts or
+                                                         as their dataclasses
+
 Every key and value is checked when the config is made, before any actor starts: an error
-names the dotted key, the bad value and what is accepted (`util.configio.ConfigError`).
-`node_configs()` resolves it into one `NodeConfig` per node (the model's input and output sizes
-come from the environment).
+names the dotted key, the bad value and what is accepted (`util.configio.ConfigError`); a world
+the nodes could not build (a module they cannot import, an id only this process registered) is
+refused here too. `node_configs()` resolves it into one `NodeConfig` per node (the model's input
+and output sizes come from the environment). Every key is listed in docs/config.md, generated
+from these classes by `python -m rwkv_swarm.swarm.configdoc`.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ from typing import Any
 from ..cluster.placement import PLACEMENTS
 from ..kernels import RWKV7Config
 from ..node import MODES, STRATEGY_CONFIGS, ESConfig, ExchangeConfig, KalmanESConfig, NodeConfig
-from ..node.config import es_field_type
-from ..node.envs import env_config, make_env
+from ..node.config import INITS, es_field_type
+from ..node.environment import Environment
+from ..node.envs import env_config, env_modules, env_table, make_env
 from ..util import configio
 from ..util.configio import ConfigError, ConfigFile
 from .signals import Signal, validate
@@ -43,7 +51,7 @@ class Resources:
 
 @dataclass(frozen=True)
 class Migration:
-    enabled: bool = True
+    enabled: bool = True  # move weights (and states) from better nodes to worse ones
     # the source must be best with P >= gate, and better than the migrant too: at 0.99, four or
     # eight nodes of equal fitness never moved in 2000 decisions (at 0.9 four did, 3.9%)
     gate: float = 0.99
@@ -56,19 +64,19 @@ class Migration:
 class Variation:
     """Options for some nodes only: their env and es tables are merged over the swarm's."""
 
-    nodes: tuple[int, ...] = ()
-    env: dict[str, Any] = field(default_factory=dict)
-    es: dict[str, Any] = field(default_factory=dict)
+    nodes: tuple[int, ...] = ()  # the node ids it applies to (at least one)
+    env: dict[str, Any] = field(default_factory=dict)  # keys merged over the swarm's [env]
+    es: dict[str, Any] = field(default_factory=dict)  # keys merged over the swarm's [es]
 
 
 @dataclass(frozen=True)
 class Scheduled:
     """A signal the swarm applies at the start of `generation`."""
 
-    generation: int
-    name: str
-    params: dict[str, Any] = field(default_factory=dict)
-    targets: tuple[int, ...] = ()  # () : every node
+    generation: int  # applied at the start of this generation (>= 0)
+    name: str  # a signal the environment takes (docs/config.md lists each kind's)
+    params: dict[str, Any] = field(default_factory=dict)  # the signal's parameters
+    targets: tuple[int, ...] = ()  # the node ids it goes to; empty: every node
     announce: bool = True  # False: the world changes, the nodes are not told
 
     def signal(self) -> Signal:
@@ -78,27 +86,33 @@ class Scheduled:
 
 @dataclass(frozen=True)
 class SwarmConfig(ConfigFile):
-    """A swarm: how many nodes, how they learn from each other, their model and world."""
+    """A swarm: how many nodes, how they learn from each other, their model and world.
 
-    nodes: int = 4
+    Build one with `from_toml(path)`, `from_toml_text(text)`, `from_dict(data)` or keywords;
+    nested tables (topology, es, migration, resources, variations, signals) may be given as
+    dicts there too. `to_toml()` / `to_dict()` give it back."""
+
+    nodes: int = 4  # node actors, each one RWKV-7 population (>= 1)
     mode: str = "gossip"  # "isolated", "consensus" or "gossip" (docs/swarm.md)
     sync: bool = True  # a generation barrier; False: every node runs at its own pace
     generations: int = 50  # what `run()` runs when not told otherwise
-    seed: int = 0
+    seed: int = 0  # swarm seed: the nodes' weights, noise and topology derive from it
     group_size: int = 0  # consensus: nodes per lineage group (0: all in one group)
-    topology: Topology = field(default_factory=Topology)
+    topology: Topology = field(default_factory=Topology)  # gossip: who hears whom
     model: dict[str, Any] = field(default_factory=lambda: dict(TINY_MODEL))  # RWKV7Config
     # fields; input_dim and output_dim come from the environment
     strategy: str = "kalman"  # "kalman" (KalmanES) or "lowrank" (LowRankES)
-    es: ESConfig = field(default_factory=lambda: KalmanESConfig(population=32))
+    es: ESConfig = field(default_factory=lambda: KalmanESConfig(population=32))  # the
+    # strategy's settings: a KalmanESConfig ("kalman") or an ESConfig ("lowrank")
+    # the world: a table whose `kind` is "gym", "signal" or "python"
     env: dict[str, Any] = field(default_factory=lambda: {"kind": "gym", "id": "CartPole-v1"})
     episodes: int = 1  # episodes per mutant per generation
-    max_steps: int = 500
-    init: str = "live"
-    variations: tuple[Variation, ...] = ()
-    signals: tuple[Scheduled, ...] = ()
-    migration: Migration = field(default_factory=Migration)
-    resources: Resources = field(default_factory=Resources)
+    max_steps: int = 500  # cap on steps per episode / segment
+    init: str = "live"  # initial weights: "live" (every block path active) or "trainer"
+    variations: tuple[Variation, ...] = ()  # other env / es options for some nodes
+    signals: tuple[Scheduled, ...] = ()  # signals applied at given generations
+    migration: Migration = field(default_factory=Migration)  # moving weights between nodes
+    resources: Resources = field(default_factory=Resources)  # what each node actor gets
     wait_s: float = 60.0  # sync: longest a node waits for its peers' reports
     checkpoint_every: int = 5  # generations between node snapshots in runs/<id>/checkpoints/
     # (0: none; a dead node then restarts from scratch and a run cannot be resumed)
@@ -107,9 +121,14 @@ class SwarmConfig(ConfigFile):
     tensorboard: bool = False  # also log scalars under runs/<run-id>/tb (needs tensorboard)
 
     def __post_init__(self) -> None:
+        configio.take_tables(self)
+        object.__setattr__(self, "env", env_table(self.env))
+        object.__setattr__(self, "variations", tuple(
+            dataclasses.replace(v, env=env_table(v.env)) for v in self.variations))
         _positive_ints(self, ("nodes", "generations", "episodes", "max_steps"))
         _choice("mode", self.mode, MODES)
         _choice("strategy", self.strategy, tuple(STRATEGY_CONFIGS))
+        _choice("init", self.init, INITS)
         if not isinstance(self.es, STRATEGY_CONFIGS[self.strategy]):
             raise ConfigError("es", f"strategy {self.strategy!r} needs a "
                                     f"{STRATEGY_CONFIGS[self.strategy].__name__}")
@@ -184,7 +203,8 @@ class SwarmConfig(ConfigFile):
             env = self.node_env(i)
             key = repr(sorted(env.items()))
             if key not in dims:
-                world = make_env(env)
+                where = [j for j, v in enumerate(self.variations) if i in v.nodes and v.env]
+                world = _build(f"variations[{where[-1]}].env" if where else "env", env)
                 dims[key] = (world.observation_dim, world.action_dim)
             model = RWKV7Config(**{**self.model, "input_dim": dims[key][0],
                                    "output_dim": dims[key][1]})
@@ -219,10 +239,22 @@ def _choice(key: str, value: Any, accepted: tuple[str, ...]) -> None:
 
 
 def _env_ok(key: str, env: dict[str, Any]) -> None:
+    """Refuse a world that is bad, or that the nodes (other processes) could not build."""
     try:
         env_config(env)
+        env_modules(env)
     except ValueError as e:
         raise ConfigError(key, str(e)) from None
+
+
+def _build(key: str, env: dict[str, Any]) -> Environment:
+    """The world `env`, built here to learn its sizes: any failure is one line naming `key`."""
+    try:
+        return make_env(env)
+    except Exception as e:  # noqa: BLE001 - whatever the world's own code raises
+        text = " ".join(str(e).split())
+        detail = text if isinstance(e, ValueError) else f"{type(e).__name__}: {text}"
+        raise ConfigError(key, f"cannot build the world: {detail}") from None
 
 
 def _check_resources(r: Resources) -> None:

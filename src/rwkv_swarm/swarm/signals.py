@@ -9,8 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..node.envs import GYM_SIGNALS, SIGNALS, env_config, make_env
-from ..node.envs.gym import GymConfig
+from ..node.envs import env_signals, make_env
 
 
 @dataclass(frozen=True)
@@ -32,8 +31,9 @@ class Signal:
 
 
 def schema(env: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """The signals the environment `env` (a spec) accepts: {name: {param: meaning}}."""
-    return GYM_SIGNALS if isinstance(env_config(env), GymConfig) else SIGNALS
+    """The signals the environment `env` (a spec) accepts: {name: {param: meaning}} (gym:
+`GYM_SIGNALS`, signal: `SIGNALS`, python: the class's own `SIGNALS` attribute)."""
+    return env_signals(env)
 
 
 def validate(signal: Signal, env: dict[str, Any], nodes: int) -> Signal:

@@ -4,6 +4,8 @@
     from_dict(Cls, data)       Cls, each nested dataclass built from its own table
     to_toml(config)            TOML text (None values are left out: TOML has no null)
     from_toml(Cls, text)       Cls from TOML text
+    take_tables(config)        in a dataclass's __post_init__: its nested tables given as dicts
+                               (as Python callers write them) built like from_dict would
     ConfigFile                 a mixin giving a config class these as methods: to_dict,
                                from_dict, to_toml, from_toml(path) for a file and
                                from_toml_text(text)
@@ -156,6 +158,38 @@ def from_dict(cls: type[T], data: Any, *, key: str = "") -> T:
         raise ConfigError(key, str(e)) from None
 
 
+def take_tables(obj: Any) -> None:
+    """Build, in place, the nested tables of dataclass `obj` that were given as plain dicts.
+
+    For `__post_init__`: a field annotated as a dataclass (or a union holding one) that holds a
+    mapping is built with `from_dict`, and a tuple-annotated field given as a list becomes a
+    tuple whose mapping items are built likewise; errors name the dotted key, as from TOML.
+    Other values are left to the dataclass's own checks."""
+    cls = type(obj)
+    hints = get_type_hints(cls)
+    resolve = getattr(cls, "_field_type", None)
+    data = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    for name, value in data.items():
+        tp = (resolve(name, data) if resolve else None) or hints[name]
+        built = _tables(tp, value, name)
+        if built is not value:
+            object.__setattr__(obj, name, built)
+
+
+def _tables(tp: Any, value: Any, key: str) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key=key) if isinstance(value, Mapping) else value
+    if origin in (Union, types.UnionType) and isinstance(value, Mapping):
+        tables = [a for a in args if dataclasses.is_dataclass(a)]
+        return from_dict(tables[0], value, key=key) if len(tables) == 1 else value
+    if origin is tuple and args[-1:] == (Ellipsis,) and isinstance(value, (list, tuple)):
+        items = tuple(_tables(args[0], v, _join(key, i)) for i, v in enumerate(value))
+        same = isinstance(value, tuple) and all(a is b for a, b in zip(items, value, strict=True))
+        return value if same else items
+    return value
+
+
 def to_dict(obj: Any) -> Any:
     """A dataclass (or container of them) as plain dicts, lists and scalars."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -197,17 +231,22 @@ class ConfigFile:
     file and from_toml_text(text); every error a ConfigError naming the key (and the file)."""
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as nested plain dicts (what from_dict takes back)."""
         return to_dict(self)
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        """Build the config from a (nested) dict, as TOML gives it: unknown keys and bad values
+        raise ConfigError naming the dotted key."""
         return from_dict(cls, data)
 
     def to_toml(self) -> str:
+        """The config as TOML text (what from_toml_text takes back)."""
         return to_toml(self)
 
     @classmethod
     def from_toml_text(cls: type[T], text: str) -> T:
+        """Build the config from TOML text."""
         return from_toml(cls, text)
 
     @classmethod

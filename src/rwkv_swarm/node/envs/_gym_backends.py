@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from ._imports import import_user_module
 from ._util import copy_int_seed, copy_seed
 
 # Vector entry points whose copies we can seed one by one (gymnasium seeds a vector env with
@@ -20,25 +20,35 @@ _CARTPOLE_VECTOR = "gymnasium.envs.classic_control.cartpole:CartPoleVectorEnv"
 NOISE_BLOCK = 64  # steps of noise drawn per copy at a time (amortises per-copy generator calls)
 
 
-def resolve_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
-    """The registered spec for `env_id` ("module:Id" imports module first), or a ValueError
-    naming close matches and how to list ids."""
+GYMNASIUM_ENTRY = "gymnasium."  # entry points of the ids gymnasium registers on import
+
+
+def resolve_env_id(env_id: str, module: str | None = None) -> gym.envs.registration.EnvSpec:
+    """The registered spec for `env_id` after importing `module` (and, for "module:Id", that
+    module) from the Python path or the working directory, or a one-line ValueError naming
+    close matches and how to register an id of one's own."""
     if not isinstance(env_id, str) or not env_id:
         raise ValueError(f"env_id must be a non-empty gymnasium id string, got {env_id!r}")
     name = env_id
+    modules = [module] if module is not None else []
     if ":" in env_id:
-        module, name = env_id.split(":", 1)
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise ValueError(f"cannot import module {module!r} named in env id {env_id!r}: "
-                             f"{e}") from e
+        prefix, name = env_id.split(":", 1)
+        modules.append(prefix)
+    for m in modules:
+        import_user_module(m)
     if name not in gym.registry:
         close = difflib.get_close_matches(name, list(gym.registry), n=5, cutoff=0.5)
         hint = f"close matches: {close}; " if close else ""
-        raise ValueError(f"unknown gymnasium env id {name!r}; {hint}list all registered ids "
-                         "with sorted(gymnasium.registry) or gymnasium.pprint_registry()")
+        raise ValueError(f"unknown gymnasium env id {name!r}; {hint}an id of your own needs the "
+                         "module that registers it (gymnasium.register) named: "
+                         f"module = \"mytasks\" or id = \"mytasks:{name}\"; "
+                         "sorted(gymnasium.registry) lists the ids")
     return gym.registry[name]
+
+
+def registered_by_gymnasium(spec: gym.envs.registration.EnvSpec) -> bool:
+    """Whether importing gymnasium registers `spec` (any other process then knows its id)."""
+    return isinstance(spec.entry_point, str) and spec.entry_point.startswith(GYMNASIUM_ENTRY)
 
 
 class ObsMap:

@@ -49,8 +49,11 @@ _STATE_KEYS = ("kind", "env_id", "observation_dim", "norm", "obs_noise", "action
 class GymConfig:
     """A gymnasium task as the swarm sees it."""
 
-    # registered gymnasium id; "module:Id" imports `module` first (for third-party envs)
+    # registered gymnasium id; "module:Id" imports `module` first (an id of your own)
     env_id: str = "CartPole-v1"
+    # a module to import first, from the Python path or the working directory: the one that
+    # registers env_id with gymnasium.register (every node imports it too)
+    module: str | None = None
     # episode step limit (passed to gymnasium as max_episode_steps); None: the id's own limit
     max_steps: int | None = None
     # normalise observations with running mean/var, frozen within a generation
@@ -84,6 +87,8 @@ class GymConfig:
         if self.vectorize not in VECTORIZE_MODES:
             raise ValueError(f"vectorize must be one of {VECTORIZE_MODES}, "
                              f"got {self.vectorize!r}")
+        if self.module is not None and not isinstance(self.module, str):
+            raise ValueError(f"module must be a module name, got {self.module!r}")
         if not isinstance(self.env_kwargs, dict):
             raise ValueError(f"env_kwargs must be a dict, got {self.env_kwargs!r}")
         if self.obs_mask is not None:
@@ -130,7 +135,7 @@ class GymEnv:
             overrides = {"env_id": config, **overrides}
             config = None
         self.config = cfg = config_with(GymConfig, config, overrides)
-        self._spec = resolve_env_id(cfg.env_id)
+        self._spec = resolve_env_id(cfg.env_id, cfg.module)
         self._kwargs = dict(cfg.env_kwargs)
         if cfg.max_steps is not None:
             self._kwargs["max_episode_steps"] = cfg.max_steps
