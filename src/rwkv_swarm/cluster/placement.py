@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import ray
@@ -11,6 +12,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ..node import NodeConfig, SwarmKeyring, TransportConfig, node_name
 from .actor import NodeActor
+from .worlds import runtime_env_for
 
 PLACEMENTS = ("none", "pack", "spread")
 START_TIMEOUT_S = 300.0  # actors that cannot be placed (too few CPUs/GPUs) fail after this
@@ -29,6 +31,7 @@ def spawn_nodes(configs: list[NodeConfig], swarm: str, *, local: bool, cpus: flo
     keyring, keys = SwarmKeyring.generate(names) if secure else (None, {})
     group = None
     options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus,
+                               "runtime_env": runtime_env_for(configs, os.getcwd()),
                                "max_restarts": max_restarts}
     if placement != "none":
         group = placement_group([{"CPU": cpus, **({"GPU": gpus} if gpus else {})}] * len(configs),

@@ -23,6 +23,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..cluster import connect, gcs_address, namespace, release, spawn_nodes
 from ..cluster.runtime import auth_mode, embedded, token_fingerprint
+from ..cluster.worlds import runtime_env_for
 from ..node import node_name
 from . import runinfo
 from .actor import CoordinatorActor
@@ -78,8 +79,9 @@ class Swarm:
             names = [node_name(c.node_id) for c in node_configs]
             here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
                                                   soft=False)  # it writes the run directory
-            coordinator = CoordinatorActor.options(name=coordinator_name(run_id),
-                                                   scheduling_strategy=here).remote(
+            coordinator = CoordinatorActor.options(
+                name=coordinator_name(run_id), scheduling_strategy=here,
+                runtime_env=runtime_env_for(config, Path.cwd())).remote(
                 config, run_id, str(run_dir), actors, names)
             ray.get(coordinator.status.remote(), timeout=START_TIMEOUT_S)
         except BaseException:
