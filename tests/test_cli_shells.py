@@ -106,7 +106,8 @@ def signal_events(run_dir: Path) -> list[str]:
 def test_an_embedded_run_is_reached_from_other_shells_until_its_launcher_is_killed(tmp_path,
                                                                                    capsys):
     log = tmp_path / "launcher.log"
-    with started(run_cmd(), tmp_path, log) as proc:
+    # a RAY_ADDRESS left in the shell names no Ray: the embedded one is still our own
+    with started(run_cmd(), tmp_path, log, RAY_ADDRESS=f"127.0.0.1:{free_port()}") as proc:
         run_id, info = wait_for_run(tmp_path / "runs", proc, log)
         run_dir = tmp_path / "runs" / run_id
         assert (info["embedded"], info["auth"], info["pid"]) == (True, "token", proc.pid)

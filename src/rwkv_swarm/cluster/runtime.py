@@ -25,7 +25,9 @@ def connect(address: str | None, cpus_needed: float = 1.0, namespace: str | None
         return False
     if address is None:
         cpus = max(os.cpu_count() or 1, math.ceil(cpus_needed))
-        ray.init(num_cpus=cpus, include_dashboard=False, namespace=namespace,
+        # "local": always a new instance of our own, never a cluster that RAY_ADDRESS or a
+        # record left by `ray start` points to (which would also refuse num_cpus)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, namespace=namespace,
                  log_to_driver=False, configure_logging=False)
     else:
         if "RAY_AUTH_MODE" not in os.environ and token_fingerprint() is not None:
