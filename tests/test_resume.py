@@ -28,7 +28,7 @@ from rwkv_swarm.swarm.trace import TraceWriter, truncate_trace
 SIGNAL_ENV = {"kind": "signal", "lags": 3}
 TIME_DEPENDENT = {"evaluate_s", "update_s", "communicate_s", "generation_s", "time", "received",
                   "bytes_sent", "bytes_received"}
-COUNTERS = {"sent", "dropped", "dropped_by"}  # a resumed node's sockets count from zero
+COUNTERS = {"sent"}  # a resumed node's sockets count from zero
 WAIT_S = 180.0
 
 
@@ -144,21 +144,31 @@ def session_pids(leader: int) -> set[int]:
         except (OSError, ValueError):
             continue
         if p.name.isdigit() and fields[0] not in ("Z", "X"):
-            stats[int(p.name)] = (int(fields[1]), int(fields[4]))  # ppid, session
+            stats[int(p.name)] = (int(fields[1]), int(fields[3]))  # ppid, session
     found = {pid for pid, (_, sid) in stats.items() if sid == leader} | {leader}
     while more := {pid for pid, (ppid, _) in stats.items() if ppid in found} - found:
         found |= more
     return found & set(stats)
 
 
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def kill_all(proc: subprocess.Popen) -> None:
-    """SIGKILL the launcher's process group, then every process left of its session, by pid,
-    until none is left."""
-    deadline = time.monotonic() + WAIT_S
+    """SIGKILL the launcher's process group, then by pid every process of its session or below
+    it (found before the kill: an orphan's parent is no longer the launcher), until none is
+    left."""
+    tree = session_pids(proc.pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=WAIT_S)
-    while left := session_pids(proc.pid):
+    deadline = time.monotonic() + WAIT_S
+    while left := {p for p in tree if alive(p)} | session_pids(proc.pid) - {proc.pid}:
         assert time.monotonic() < deadline, f"still alive: {sorted(left)}"
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
@@ -167,10 +177,12 @@ def kill_all(proc: subprocess.Popen) -> None:
 
 
 def cli(*args: str, out: Path) -> subprocess.Popen:
-    """`rwkv-swarm *args` in a process of its own session, its output into `out`."""
+    """`rwkv-swarm *args` in a process of its own session, its output into `out`; its embedded
+    Ray on the loopback interface (Ray's own switch for a machine that is no cluster)."""
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     with out.open("w") as f:
         return subprocess.Popen([sys.executable, "-m", "rwkv_swarm.swarm.commands.cli", *args],
-                                cwd=out.parent, stdout=f, stderr=subprocess.STDOUT,
+                                cwd=out.parent, stdout=f, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
 
 
@@ -183,18 +195,18 @@ def reached(runs: Path, generation: int) -> bool:
 def test_a_run_killed_with_its_ray_is_resumed_from_another_process(tmp_path):
     runs = tmp_path / "runs"
     path = tmp_path / "swarm.toml"
-    path.write_text(config(runs, mode="consensus", generations=12, checkpoint_every=5).to_toml())
+    path.write_text(config(runs, mode="consensus", generations=10, checkpoint_every=4).to_toml())
     launcher = cli("run", str(path), "--quiet", out=tmp_path / "run.log")
     try:
         deadline = time.monotonic() + WAIT_S
-        while not reached(runs, 5):
+        while not reached(runs, 4):
             assert launcher.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint at generation 5"
+            assert time.monotonic() < deadline, "no checkpoint at generation 4"
             time.sleep(0.05)
     finally:
         kill_all(launcher)  # its Ray and every node with it
     (run_dir,) = runs.iterdir()
-    assert CheckpointStore(run_dir).latest_complete(2) == 5 and last_generation(run_dir) < 10
+    assert CheckpointStore(run_dir).latest_complete(2) == 4 and last_generation(run_dir) < 8
     resumer = cli("resume", run_dir.name, "--runs-dir", str(runs), "--quiet",
                   out=tmp_path / "resume.log")
     try:
@@ -203,9 +215,9 @@ def test_a_run_killed_with_its_ray_is_resumed_from_another_process(tmp_path):
         kill_all(resumer)
     t = load_trace(run_dir).to_pydict()
     assert list(zip(t["generation"], t["node"], strict=True)) == \
-        [(g, n) for g in range(12) for n in range(2)]  # every one once, none lost, none twice
+        [(g, n) for g in range(10) for n in range(2)]  # every one once, none lost, none twice
     (event,) = [e for e in read_events(run_dir) if e["kind"] == "resume"]
-    assert event["from_generation"] == 5 and event["rows_dropped"] >= 2
-    assert "resumed from generation 5" in (tmp_path / "resume.log").read_text()
+    assert event["from_generation"] == 4 and event["rows_dropped"] >= 2
+    assert "resumed from generation 4" in (tmp_path / "resume.log").read_text()
     info = json.loads((run_dir / "run.json").read_text())
-    assert info["pid"] == resumer.pid and info["resumed"][0]["from_generation"] == 5
+    assert info["pid"] == resumer.pid and info["resumed"][0]["from_generation"] == 4
