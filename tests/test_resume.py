@@ -71,6 +71,8 @@ def test_a_resumed_sync_run_repeats_the_run_that_never_stopped_bitwise(ray_sessi
     swarm = Swarm.launch(c)
     swarm.run()  # uninterrupted; its newest checkpoint is at 3: generations 3 and 4 come after
     whole = comparable(swarm.run_dir)
+    with pytest.raises(ValueError, match="is still running: its coordinator is alive"):
+        Swarm.resume(swarm.run_id, tmp_path, generations=6)  # its launcher: this process
     die(swarm)
     with Swarm.resume(swarm.run_id, tmp_path, generations=6) as resumed:
         assert resumed.config.generations == 3  # 3 and 4 again, then one more
