@@ -68,7 +68,7 @@ class TraceWriter:
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir) / "trace.parquet"
         self.dir.mkdir(parents=True, exist_ok=True)
-        # after the next of the parts there: a truncation may have removed some in between
+        # after the last part there: a truncation may have removed some before it
         self.parts = 1 + max((int(p.stem[5:]) for p in self.dir.glob("part-*.parquet")
                               if p.stem[5:].isdigit()), default=-1)
         self.rows = 0
