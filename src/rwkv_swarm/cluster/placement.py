@@ -21,12 +21,19 @@ START_TIMEOUT_S = 300.0  # actors that cannot be placed (too few CPUs/GPUs) fail
 def spawn_nodes(configs: list[NodeConfig], swarm: str, *, local: bool, cpus: float = 1.0,
                 gpus: float = 0.0, placement: str = "none", secure: bool = True,
                 prefix: str = "", max_restarts: int = 0,
-                transport: TransportConfig | None = None) -> tuple[list[Any], Any]:
+                transport: TransportConfig | None = None,
+                snapshots: list[bytes | None] | None = None) -> tuple[list[Any], Any]:
     """One actor per config, each with `cpus` CPUs and `gpus` GPUs (fractions allowed), its
     transport bound and connected to every other. CURVE keys are made here and handed out, so
-    a peer without the swarm's keys is refused. Returns (actors, placement group or None)."""
+    a peer without the swarm's keys is refused. `snapshots` (one per config, None for a fresh
+    node): each node continues from its `NodeHost.snapshot()`. Returns (actors, placement
+    group or None)."""
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    if snapshots is not None and len(snapshots) != len(configs):
+        raise ValueError(f"snapshots must give one per node ({len(configs)}), got "
+                         f"{len(snapshots)}")
+    snapshots = snapshots or [None] * len(configs)
     names = [node_name(c.node_id) for c in configs]
     keyring, keys = SwarmKeyring.generate(names) if secure else (None, {})
     group = None
@@ -44,7 +51,7 @@ def spawn_nodes(configs: list[NodeConfig], swarm: str, *, local: bool, cpus: flo
             opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 placement_group=group, placement_group_bundle_index=i)
         actors.append(NodeActor.options(**opts).remote(config, swarm, local, keys.get(name),
-                                                       keyring, transport))
+                                                       keyring, transport, snapshots[i]))
     endpoints = ray.get([a.endpoint.remote() for a in actors], timeout=START_TIMEOUT_S)
     ray.get([a.connect.remote(endpoints) for a in actors])
     return actors, group

@@ -31,6 +31,9 @@ class CoordinatorActor:
         me = ray.get_runtime_context().current_actor
         return c.run_async(lambda n: self.nodes.start_async(n, me), generations)
 
+    def resume(self, state: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+        return self.coordinator.resume(state, **record)
+
     def inject(self, signal: Signal) -> dict[str, Any]:
         return self.coordinator.inject(signal)
 

@@ -9,6 +9,7 @@
 `Swarm.attach(run_id)` reaches a running swarm from another process, through the run's
 `run.json` (see `runinfo`): the Ray address, namespace and auth mode its coordinator lives
 under, and who launched it, so that an ended run or a dead launcher is told without Ray.
+`Swarm.resume(run_id)` continues a run whose launcher died, from its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..node import node_name
 from . import runinfo
 from .actor import CoordinatorActor
 from .config import SwarmConfig
+from .resume import cut_back, plan_resume
 from .signals import Signal, validate
 from .trace import EventLog
 
@@ -40,6 +42,35 @@ def new_run_id() -> str:
 
 def coordinator_name(run_id: str) -> str:
     return f"rwkv-swarm/{run_id}"
+
+
+def _refuse_if_coordinated(run_id: str, info: dict[str, Any]) -> None:
+    """ValueError when run `run_id`'s coordinator is still alive in the Ray joined (a launcher
+    in this process or on another machine, which `launcher_alive` cannot see)."""
+    try:
+        ray.get_actor(coordinator_name(run_id), namespace=info.get("namespace"))
+    except ValueError:
+        return
+    raise ValueError(f"run {run_id!r} is still running: its coordinator is alive; "
+                     f"`rwkv-swarm status {run_id}` reaches it")
+
+
+def _record_launch(run_dir: Path, run_id: str, **more: Any) -> None:
+    """run.json for the run this process has just brought up (launched or resumed)."""
+    runinfo.record_launch(
+        run_dir, run_id, coordinator=coordinator_name(run_id), address=gcs_address(),
+        namespace=namespace(), embedded=embedded(), auth=auth_mode(),
+        token_sha256=token_fingerprint(), **more)
+
+
+def _coordinator(config: SwarmConfig, run_id: str, run_dir: Path, actors: list[Any]) -> Any:
+    """The run's coordinator actor, on this machine (it writes the run directory)."""
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    names = [node_name(c.node_id) for c in config.node_configs()]
+    return CoordinatorActor.options(
+        name=coordinator_name(run_id), scheduling_strategy=here,
+        runtime_env=runtime_env_for(config, Path.cwd())).remote(config, run_id, str(run_dir),
+                                                                actors, names)
 
 
 class Swarm:
@@ -76,22 +107,13 @@ class Swarm:
                                         cpus=config.resources.cpus, gpus=config.resources.gpus,
                                         placement=config.resources.placement,
                                         secure=config.secure, prefix=f"{run_id}/")
-            names = [node_name(c.node_id) for c in node_configs]
-            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
-                                                  soft=False)  # it writes the run directory
-            coordinator = CoordinatorActor.options(
-                name=coordinator_name(run_id), scheduling_strategy=here,
-                runtime_env=runtime_env_for(config, Path.cwd())).remote(
-                config, run_id, str(run_dir), actors, names)
+            coordinator = _coordinator(config, run_id, run_dir, actors)
             ray.get(coordinator.status.remote(), timeout=START_TIMEOUT_S)
         except BaseException:
             if owns:
                 ray.shutdown()
             raise
-        runinfo.record_launch(
-            run_dir, run_id, coordinator=coordinator_name(run_id), address=gcs_address(),
-            namespace=namespace(), embedded=embedded(), auth=auth_mode(),
-            token_sha256=token_fingerprint())
+        _record_launch(run_dir, run_id)
         return cls(config, run_id, run_dir, coordinator, actors, group, owns)
 
     @classmethod
@@ -119,6 +141,42 @@ class Swarm:
         swarm._namespace = info["namespace"]
         swarm._info = info
         return swarm
+
+    @classmethod
+    def resume(cls, run_id: str, runs_dir: str | Path = "runs", address: str | None = None,
+               generations: int | None = None) -> Swarm:
+        """Continue run `run_id`, whose launching process died, from its newest complete
+        checkpoint: its nodes from their snapshots, its coordinator from its state, its trace
+        and events cut back to it (those generations run again). `address` as in `launch`;
+        `generations`: the run's total (default its config's). The returned swarm's
+        `config.generations` is what is left, so `run()` ends the run. ValueError when the run
+        is still running, has ended or has no complete checkpoint."""
+        plan = plan_resume(run_id, runs_dir, generations)
+        config = plan.config
+        owns = connect(address, cpus_needed=config.nodes * config.resources.cpus)
+        actors, group, coordinator = [], None, None
+        try:
+            _refuse_if_coordinated(run_id, plan.info)
+            actors, group = spawn_nodes(
+                config.node_configs(), run_id, local=address is None, cpus=config.resources.cpus,
+                gpus=config.resources.gpus, placement=config.resources.placement,
+                secure=config.secure, prefix=f"{run_id}/", snapshots=plan.snapshots)
+            record = cut_back(plan.run_dir, plan.generation)
+            left = config.replace(generations=plan.left)
+            coordinator = _coordinator(left, run_id, plan.run_dir, actors)
+            event = ray.get(coordinator.resume.remote(plan.state, record),
+                            timeout=START_TIMEOUT_S)
+        except BaseException:
+            if coordinator is not None:
+                ray.kill(coordinator)
+            release(actors, group)
+            if owns:
+                ray.shutdown()
+            raise
+        resumes = [*plan.info.get("resumed", []),
+                   {k: event[k] for k in ("time", "from_generation", "rows_dropped")}]
+        _record_launch(plan.run_dir, run_id, generations=plan.total, resumed=resumes)
+        return cls(left, run_id, plan.run_dir, coordinator, actors, group, owns)
 
     # -- running ---------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 KEEP = 3  # snapshots kept per node: the newest complete set survives a crash while writing one
-_NAME = re.compile(r"gen-(\d{8})\.(snap|json)$")
+CHECKPOINT_NAME = re.compile(r"gen-(\d{8})\.(snap|json)$")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -46,18 +46,19 @@ class CheckpointStore:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def _generations(self, who: str) -> list[int]:
+    def generations(self, who: str) -> list[int]:
+        """The generations `who` ("node-<i>" or "coordinator") has a checkpoint of, sorted."""
         d = self.dir / who
         if not d.is_dir():
             return []
-        return sorted(int(m.group(1)) for p in d.iterdir() if (m := _NAME.match(p.name)))
+        return sorted(int(m.group(1)) for p in d.iterdir() if (m := CHECKPOINT_NAME.match(p.name)))
 
     def _save(self, who: str, generation: int, data: bytes, ext: str) -> Path:
         if type(generation) is not int or generation < 0:
             raise ValueError(f"generation must be an int >= 0, got {generation!r}")
         path = self._folder(who) / f"gen-{generation:08d}.{ext}"
         _atomic_write(path, data)
-        for old in self._generations(who)[:-self.keep]:
+        for old in self.generations(who)[:-self.keep]:
             (self.dir / who / f"gen-{old:08d}.{ext}").unlink(missing_ok=True)
         return path
 
@@ -68,7 +69,7 @@ class CheckpointStore:
         return self._save(f"node-{node}", generation, bytes(blob), "snap")
 
     def node_generations(self, node: int) -> list[int]:
-        return self._generations(f"node-{node}")
+        return self.generations(f"node-{node}")
 
     def load_node(self, node: int, generation: int | None = None) -> tuple[int, bytes] | None:
         """(generation, snapshot) of node `node`: the newest, or the one before `generation`;
@@ -89,7 +90,7 @@ class CheckpointStore:
                           json.dumps(state, default=_plain).encode(), "json")
 
     def load_coordinator(self, generation: int | None = None) -> tuple[int, dict[str, Any]] | None:
-        gens = self._generations("coordinator")
+        gens = self.generations("coordinator")
         if generation is not None:
             gens = [g for g in gens if g == generation]
         if not gens:
@@ -101,7 +102,7 @@ class CheckpointStore:
     def latest_complete(self, nodes: int) -> int | None:
         """The newest generation at which the coordinator and all `nodes` nodes have a snapshot
         (what a run is resumed from), or None."""
-        common = set(self._generations("coordinator"))
+        common = set(self.generations("coordinator"))
         for i in range(nodes):
             common &= set(self.node_generations(i))
         return max(common) if common else None

@@ -233,6 +233,40 @@ class Coordinator:
                 "decided": self._decided, "rows": self.trace.rows,
                 "last": {str(i): r for i, r in self.last.items()}}
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go on from a `state_dict()`: the next generation, the live nodes, the neighbour lists
+        (the nodes rewired to them), lineage, decisions, each node's last row, the trace's row
+        count. Refused (ValueError) when it is not one of this swarm's."""
+        try:
+            lists = [[int(j) for j in g] for g in state["neighbours"]]
+            alive = {int(i) for i in state["alive"]}
+            last = {int(i): dict(r) for i, r in state["last"].items()}
+            generation, decided, rows = (int(state[k]) for k in ("generation", "decided", "rows"))
+            lineage = [dict(r) for r in state["lineage"]]
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"not a coordinator state: {type(e).__name__}: {e}") from None
+        n = self.config.nodes
+        if len(lists) != n or not alive <= set(range(n)) or not set(last) <= set(range(n)):
+            raise ValueError(f"a coordinator state of another swarm: {len(lists)} neighbour "
+                             f"lists, alive {sorted(alive)}, for {n} nodes")
+        with self._lock:
+            self.generation, self._decided, self.trace.rows = generation, decided, rows
+            self.alive, self.last, self.lineage = alive, last, lineage
+        if lists != self.neighbour_lists:
+            self.neighbour_lists = lists
+            self._wire(lists)
+
+    def resume(self, state: dict[str, Any], **record: Any) -> dict[str, Any]:
+        """Continue a run whose coordinator died, from its checkpoint's `state` (the trace and
+        events already cut back to it); writes and returns the `resume` event (with
+        `record`'s fields)."""
+        self.load_state_dict(state)
+        if self._board is not None:  # TensorBoard drops what it holds from here on
+            self._board.close()
+            self._board = type(self._board)(str(self.run_dir / "tb"), purge_step=self.generation)
+        return self.events.write("resume", from_generation=self.generation,
+                                 alive=sorted(self.alive), **record)
+
     # -- beliefs and migration -------------------------------------------------------------------
 
     def summaries(self) -> list[Summary]:

@@ -60,13 +60,14 @@ def launcher() -> dict[str, Any]:
 
 
 def record_launch(run_dir: Path, run_id: str, *, coordinator: str, address: str,
-                  namespace: str, embedded: bool, auth: str, token_sha256: str | None
-                  ) -> dict[str, Any]:
-    """Write run.json for a run that is up; returns what was written."""
+                  namespace: str, embedded: bool, auth: str, token_sha256: str | None,
+                  **more: Any) -> dict[str, Any]:
+    """Write run.json for a run that is up (`more`: a resumed run's total `generations` and
+    its `resumed` records); returns what was written."""
     info = {"run_id": run_id, "address": address, "namespace": namespace,
             "coordinator": coordinator, "embedded": embedded, "auth": auth,
             "token_sha256": token_sha256, "token_path": os.environ.get("RAY_AUTH_TOKEN_PATH"),
-            **launcher(), "started": time.time(), "ended": None}
+            **launcher(), "started": time.time(), "ended": None, **more}
     write(run_dir, info)
     return info
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 TRACE_VERSION = 1
@@ -67,7 +68,9 @@ class TraceWriter:
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir) / "trace.parquet"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.parts = len(list(self.dir.glob("part-*.parquet")))
+        # after the last part there: a truncation may have removed some before it
+        self.parts = 1 + max((int(p.stem[5:]) for p in self.dir.glob("part-*.parquet")
+                              if p.stem[5:].isdigit()), default=-1)
         self.rows = 0
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
@@ -94,6 +97,34 @@ def load_trace(run_dir: str | Path) -> pa.Table:
     return table.sort_by([("generation", "ascending"), ("node", "ascending")])
 
 
+def truncate_trace(run_dir: str | Path, generation: int) -> int:
+    """Remove every row of `generation` or later from runs/<id>/trace.parquet/ (a resumed run
+    runs them again) and return how many went. Each part that holds such rows is rewritten
+    to a temporary name and renamed over the old one (or removed when nothing of it is left):
+    every step leaves whole parts and every earlier row in place, so a crash during it loses
+    nothing else, and running it again finishes it."""
+    path = Path(run_dir) / "trace.parquet"
+    dropped = 0
+    for part in sorted(path.glob("part-*.parquet")):
+        table = pq.read_table(part, schema=SCHEMA)
+        kept = table.filter(pc.less(table["generation"], generation))
+        if kept.num_rows == table.num_rows:
+            continue
+        dropped += table.num_rows - kept.num_rows
+        if kept.num_rows:
+            tmp = part.with_name(f".{part.name}.tmp")
+            with tmp.open("wb") as f:
+                pq.write_table(kept, f)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before it replaces the rows it keeps
+            os.replace(tmp, part)
+        else:
+            part.unlink()
+    for tmp in path.glob(".part-*.tmp"):  # a part being written when its writer died
+        tmp.unlink()
+    return dropped
+
+
 class EventLog:
     """runs/<id>/events.jsonl: one JSON object per line (signals, migrations, faults, topology
     changes), flushed as each is written."""
@@ -108,6 +139,37 @@ class EventLog:
             f.write(json.dumps(event, default=_plain) + "\n")
             f.flush()
         return event
+
+
+def truncate_events(run_dir: str | Path, generation: int) -> int:
+    """Remove the events of `generation` or later from runs/<id>/events.jsonl (faults,
+    migrations, topology changes at those generations; signals that every target applied from
+    one of them) and return how many went. The file is rewritten to a temporary name and
+    renamed over the old one."""
+    path = Path(run_dir) / "events.jsonl"
+    if not path.exists():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if not _past(line, generation)]
+    if len(kept) < len(lines):
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w") as f:
+            f.write("".join(line + "\n" for line in kept))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
+def _past(line: str, generation: int) -> bool:
+    try:
+        event = json.loads(line)
+    except ValueError:  # the line being written when its writer died
+        return True
+    if isinstance(event.get("generation"), int):
+        return event["generation"] >= generation
+    applied = event.get("applied") if event.get("kind") == "signal" else None
+    return bool(applied) and min(applied.values()) >= generation
 
 
 def read_events(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ import sys
 from ...util.configio import ConfigError
 from .demo import demo_command_parser
 from .inject import inject_command_parser
+from .resume import resume_command_parser
 from .run import run_command_parser
 from .status import status_command_parser
 from .trace import trace_command_parser
@@ -18,7 +19,7 @@ def parser() -> argparse.ArgumentParser:
                                                           "Ray: run, inject, status, trace.")
     sub = p.add_subparsers(dest="command", required=True)
     for make in (run_command_parser, demo_command_parser, inject_command_parser,
-                 status_command_parser, trace_command_parser):
+                 status_command_parser, trace_command_parser, resume_command_parser):
         make(sub)
     return p
 
