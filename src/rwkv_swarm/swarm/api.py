@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -68,7 +69,7 @@ class Swarm:
         owns = connect(address, cpus_needed=cpus)
         local = address is None
         try:
-            actors, group = spawn_nodes(node_configs, run_id, local=local,
+            actors, group, respawn = spawn_nodes(node_configs, run_id, local=local,
                                         cpus=config.resources.cpus, gpus=config.resources.gpus,
                                         placement=config.resources.placement,
                                         secure=config.secure, prefix=f"{run_id}/")
@@ -77,7 +78,7 @@ class Swarm:
                                                   soft=False)  # it writes the run directory
             coordinator = CoordinatorActor.options(name=coordinator_name(run_id),
                                                    scheduling_strategy=here).remote(
-                config, run_id, str(run_dir), actors, names)
+                config, run_id, str(run_dir), actors, names, respawn)
             ray.get(coordinator.status.remote(), timeout=START_TIMEOUT_S)
         except BaseException:
             if owns:
@@ -151,10 +152,7 @@ class Swarm:
     def evaluate(self, episodes: int = 20, seed: int = 0) -> list[float]:
         """Each node's current weights, scored over `episodes` fresh episodes (not training
         episodes; the node's world is not disturbed). Between generations only."""
-        actors = self._actors
-        if actors is None:
-            actors = [ray.get_actor(f"{self.run_id}/{node_name(i)}", namespace=self._namespace)
-                      for i in range(self.config.nodes)]
+        actors = ray.get(self.coordinator.actors.remote())  # restarted nodes have new ones
         return ray.get([a.evaluate_centre.remote(episodes, seed) for a in actors])
 
     def set_topology(self, kind: str, k: int = 2, rewire: float = 0.1) -> list[list[int]]:
@@ -171,6 +169,8 @@ class Swarm:
                 ray.wait([self._running], timeout=60)
         except Exception:  # noqa: BLE001 - tearing down whatever is left
             pass
+        with contextlib.suppress(Exception):  # restarted nodes run in new actors
+            self._actors = ray.get(self.coordinator.actors.remote(), timeout=30)
         release(self._actors, self._group)
         ray.kill(self.coordinator)
         self._actors = None
