@@ -5,14 +5,30 @@ actors killed with SIGKILL."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import ray
+import torch
+from test_exchange import CARTPOLE, TINY
+from test_member import members_of
 
 from rwkv_swarm.cluster.host import NodeHost
 from rwkv_swarm.cluster.nodes import LocalNodes
-from rwkv_swarm.node import KalmanESConfig, SwarmKeyring
-from rwkv_swarm.swarm import Coordinator, Resources, SwarmConfig, load_trace, read_events
+from rwkv_swarm.node import (
+    ExchangeConfig,
+    KalmanESConfig,
+    Node,
+    NodeConfig,
+    SwarmKeyring,
+    TransportConfig,
+)
+from rwkv_swarm.node.member import Member
+from rwkv_swarm.swarm import Coordinator, Resources, Swarm, SwarmConfig, load_trace, read_events
 
 SIGNAL_ENV = {"kind": "signal", "lags": 3}
 WAIT_S = 60.0  # the peers' longest wait: a test that met it once would take a minute
@@ -107,3 +123,153 @@ def test_a_restarted_consensus_member_takes_its_groups_weights(tmp_path, closing
     host = nodes.hosts[1]
     assert (host.node.config.node_id, host.node.config.members) == \
         (1, config(tmp_path).replace(mode="consensus").node_configs()[1].members)
+
+
+def test_a_consensus_member_whose_weights_left_its_group_takes_the_majoritys(tmp_path, closing):
+    coordinator, nodes = local_swarm(config(tmp_path, mode="consensus"), tmp_path / "run")
+    closing.append(nodes)
+
+    def nudge(status):  # as if member 3 alone had folded a dead member's report in
+        if status["generation"] == 3:
+            with torch.no_grad():
+                next(nodes.hosts[3].node.model.parameters()).add_(0.01)
+
+    coordinator.run(5, on_generation=nudge)
+    rows = rows_by_node(coordinator.run_dir)
+    assert len({rows[n][3]["fingerprint"] for n in range(3)}) == 1
+    assert rows[3][3]["fingerprint"] != rows[0][3]["fingerprint"]  # split in generation 3
+    assert len({rows[n][4]["fingerprint"] for n in range(4)}) == 1  # one node again
+    (resync,) = [e for e in read_events(coordinator.run_dir) if e["kind"] == "resync"]
+    assert (resync["node"], resync["generation"], resync["source"]) == (3, 4, "node-0")
+
+
+# -- members: whom a member stops waiting for -----------------------------------------------
+
+QUICK = TransportConfig(heartbeat_interval=0.1, heartbeat_liveness=3)  # dead after 0.3 s
+
+
+def three(mode: str) -> list[Node]:
+    def exchange(k: int) -> ExchangeConfig:
+        return ExchangeConfig(mode=mode) if mode == "gossip" else \
+            ExchangeConfig(mode="consensus", group_size=3, member=k)
+
+    return [Node(NodeConfig(model=TINY, env=CARTPOLE, es=KalmanESConfig(population=4),
+                            node_id=k, exchange=exchange(k))) for k in range(3)]
+
+
+@pytest.fixture
+def trio(request):
+    members = members_of(three(request.param), QUICK)
+    names = [m.name for m in members]
+    for m in members:
+        m.set_peers(neighbours=names, group=names)
+    members[2].close()  # dead without a word: no heartbeats, no report
+    yield members
+    for m in members:
+        m.close()
+
+
+def one_generation(a: Member, b: Member, wait_s: float) -> dict:
+    a.share()
+    b.share()
+    row = a.absorb(wait_s)
+    b.absorb(0.0)
+    return row
+
+
+@pytest.mark.parametrize("trio", ["gossip"], indirect=True)
+def test_a_gossip_member_stops_waiting_for_a_neighbour_its_heartbeats_call_dead(trio):
+    row = one_generation(trio[0], trio[1], WAIT_S)
+    assert row["absorbed_from"] == 1 and row["wait_s"] < WAIT_S / 2
+
+
+@pytest.mark.parametrize("trio", ["consensus"], indirect=True)
+def test_a_consensus_member_waits_for_a_silent_member_until_told_it_is_gone(trio):
+    a, b, dead = trio
+    row = one_generation(a, b, 1.0)  # heartbeats alone never drop a member from the union
+    assert row["wait_s"] >= 1.0 and row["missing"] == 1
+    told = threading.Timer(0.3, a.gone, args=(dead.name,))
+    told.start()
+    row = one_generation(a, b, WAIT_S)  # told mid-wait: it stops waiting at once
+    told.join()
+    assert row["missing"] == 1 and row["wait_s"] < WAIT_S / 2
+    assert dead.name not in a.reached() and b.name in a.reached()
+
+
+# -- real Ray actors, killed -9 ---------------------------------------------------------------
+
+BOUND_S = 120.0  # safety bound on any wait below: a run that waited WAIT_S per generation
+#                  after the kill would need 60 s for each
+
+
+def wait_until(what, bound_s: float = BOUND_S):
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        got = what()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"not within {bound_s} s: {what.__doc__ or what}")
+
+
+def kill_node_mid_run(swarm: Swarm, node: int, at: int, more: int) -> float:
+    """SIGKILL node's actor process once generation `at` runs, let the run go on until `more`
+    generations after its restart, stop it; returns the kill's time."""
+    swarm.start(10_000)
+    wait_until(lambda: swarm.status()["generation"] >= at)
+    actor = ray.get(swarm.coordinator.actors.remote())[node]
+    pid = ray.get(actor.pid.remote())
+    killed = time.time()
+    os.kill(pid, signal.SIGKILL)
+
+    def restarted():
+        """a restart event and `more` generations after it"""
+        r = [e for e in read_events(swarm.run_dir) if e["kind"] == "restart"]
+        return r and swarm.status()["generation"] >= r[0]["generation"] + more
+
+    wait_until(restarted)
+    ray.get(swarm.coordinator.stop.remote())
+    swarm.wait(BOUND_S)
+    return killed
+
+
+def fault_and_restart(run_dir: Path, killed: float, node: int) -> tuple[dict, dict]:
+    events = read_events(run_dir)
+    (fault,) = [e for e in events if e["kind"] == "fault"]
+    (restart,) = [e for e in events if e["kind"] == "restart"]
+    assert fault["node"] == restart["node"] == node and fault["restart"]
+    assert fault["time"] - killed < 5.0, "detected within 5 s"
+    assert restart["lost_at"] == fault["generation"] < restart["generation"]
+    return fault, restart
+
+
+def test_a_node_killed_mid_run_is_restarted_and_no_generation_waits_for_it(ray_session,
+                                                                           tmp_path):
+    with Swarm.launch(config(tmp_path)) as swarm:
+        killed = kill_node_mid_run(swarm, 2, at=3, more=2)
+        last = swarm.status()["generation"]
+    fault, restart = fault_and_restart(swarm.run_dir, killed, 2)
+    rows = rows_by_node(swarm.run_dir)
+    gap = list(range(fault["generation"], restart["generation"]))
+    assert {n: sorted(g) for n, g in rows.items()} == \
+        {n: [g for g in range(last) if n != 2 or g not in gap] for n in range(4)}
+    assert all(r["communicate_s"] < 10 for g in rows.values() for r in g.values())
+    snap = restart["snapshot_generation"]
+    assert snap >= 2 and restart["fingerprint"] == rows[2][snap - 1]["fingerprint"]
+    after = [g for g in rows[2] if g >= restart["generation"]]
+    assert len(after) >= 2 and all(rows[n][g]["absorbed_from"] == 2 for n in range(4)
+                                   for g in after[1:])
+
+
+def test_a_consensus_member_killed_mid_run_rejoins_its_group_bitwise(ray_session, tmp_path):
+    with Swarm.launch(config(tmp_path, mode="consensus")) as swarm:
+        killed = kill_node_mid_run(swarm, 1, at=3, more=2)
+        last = swarm.status()["generation"]
+    fault, restart = fault_and_restart(swarm.run_dir, killed, 1)
+    assert restart["source"] in {"node-0", "node-2", "node-3"}
+    rows = rows_by_node(swarm.run_dir)
+    for g in range(last):  # one node throughout: three members in the gap, four after
+        prints = {rows[n][g]["fingerprint"] for n in range(4) if g in rows[n]}
+        assert len(prints) == 1, (g, prints)
+    assert sorted(g for g in rows[1] if g >= restart["generation"]) == \
+        list(range(restart["generation"], last))

@@ -222,6 +222,7 @@ class Coordinator:
                        signals=",".join(self._applied_now.pop(i, [])))
             out.append(row)
         self._finish(gen, out)
+        self.recovery.heal(out)
 
     def _finish(self, gen: int, rows: list[dict[str, Any]]) -> None:
         for row in rows:
@@ -241,7 +242,7 @@ class Coordinator:
     def _on_fault(self, phase: str) -> Any:
         """The `on_fault` of a call in `phase` (the time a fault is seen is measured from
         the phase's start)."""
-        self.recovery.phase_started = time.monotonic()
+        self.recovery.phase = (phase, time.monotonic())
         return lambda i, e: self._fault(i, e, phase)
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -374,6 +375,7 @@ class Coordinator:
         for i in range(self.config.nodes):
             r = self.last.get(i, {})
             nodes[i] = {"alive": i in self.alive, "restarts": self.recovery.restarts[i],
+                        "restarting": i in self.recovery.restarting,
                         "generation": r.get("generation"),
                         "fitness_mean": r.get("fitness_mean"), "belief_mean": r.get("belief_mean"),
                         "belief_var": r.get("belief_var"), "p_best": r.get("p_best"),

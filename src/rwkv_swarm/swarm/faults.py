@@ -40,7 +40,7 @@ class Recovery:
         self.restarting: dict[int, _Restart] = {}
         self.restarts: Counter[int] = Counter()
         self.delivered: list[Signal] = []  # every signal sent: a restarted node gets them again
-        self.phase_started = time.monotonic()
+        self.phase: tuple[str, float] = ("", time.monotonic())  # the call running, its start
 
     def lost(self, i: int, error: BaseException, phase: str, restart: bool = True) -> None:
         """Node i failed (died, or raised in `phase`): out of the swarm, its peers stop waiting
@@ -52,8 +52,8 @@ class Recovery:
         c.alive.discard(i)
         c.nodes.tell("peer_gone", (c.nodes.names[i],), only=sorted(c.alive))
         gen = c.generation if c.in_flight is None else c.in_flight
-        c.events.write("fault", generation=gen, node=i, phase=phase,
-                       detected_s=round(now - self.phase_started, 4),
+        into = round(now - self.phase[1], 4) if self.phase[0] == phase else None
+        c.events.write("fault", generation=gen, node=i, phase=phase, detected_s=into,
                        error=f"{type(error).__name__}: {error}"[:500],
                        restart=restart and self._restart(i, gen, now))
 
@@ -114,6 +114,33 @@ class Recovery:
                        ("snapshot" if r.snapshot is not None else "fresh"),
                        fingerprint=out["fingerprint"], signals=reapplied,
                        restart_s=round(time.monotonic() - r.detected, 3))
+
+    def heal(self, rows: list[dict[str, Any]]) -> None:
+        """Consensus: a member whose weights left its group's in the generation just ended
+        (a dead member's report that reached some of the group and not others) takes the
+        majority's state, so that the group is one node again from the next generation."""
+        c = self.c
+        if c.config.mode != "consensus":
+            return
+        prints = {r["node"]: r["fingerprint"] for r in rows}
+        for group in c.config.groups():
+            have = [i for i in group if i in prints]
+            count = Counter(prints[i] for i in have)
+            if len(count) < 2:
+                continue
+            major = max(count, key=lambda f: (count[f], -min(i for i in have if prints[i] == f)))
+            src = min(i for i in have if prints[i] == major)
+            fault = lambda j, e: self.lost(j, e, "resync")  # noqa: E731
+            (snap,) = c.nodes.call("snapshot", only=[src], on_fault=fault)
+            if isinstance(snap, BaseException):
+                continue
+            for i in (i for i in have if prints[i] != major):
+                (out,) = c.nodes.call("rejoin", (c.generation, snap["snapshot"]), only=[i],
+                                      on_fault=fault)
+                if not isinstance(out, BaseException):
+                    c.events.write("resync", node=i, generation=c.generation,
+                                   source=c.nodes.names[src], was=prints[i],
+                                   fingerprint=out["fingerprint"])
 
     def _group_state(self, i: int) -> tuple[bytes | None, str | None]:
         """A live member of node i's consensus group, snapshot now: what i re-syncs to."""
