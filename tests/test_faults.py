@@ -6,6 +6,7 @@ actors killed with SIGKILL."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -141,6 +142,24 @@ def test_a_consensus_member_whose_weights_left_its_group_takes_the_majoritys(tmp
     assert len({rows[n][4]["fingerprint"] for n in range(4)}) == 1  # one node again
     (resync,) = [e for e in read_events(coordinator.run_dir) if e["kind"] == "resync"]
     assert (resync["node"], resync["generation"], resync["source"]) == (3, 4, "node-0")
+
+
+def test_a_member_re_syncs_only_from_its_own_consensus_group(tmp_path):
+    two_groups = config(tmp_path, mode="consensus", group_size=2).node_configs()
+    gossip = config(tmp_path).node_configs()
+    hosts = [NodeHost(two_groups[0], "run"), NodeHost(two_groups[2], "run"),
+             NodeHost(gossip[1], "run")]
+    try:
+        for other, what in ((hosts[1], "node 2 (consensus, group 1)"),
+                            (hosts[2], "node 1 (gossip, group 0)")):
+            with pytest.raises(ValueError, match=rf"node 0 re-syncs from a member of its "
+                                                 rf"consensus group only, got a snapshot of "
+                                                 rf"{re.escape(what)}"):
+                hosts[0].rejoin(4, other.snapshot()["snapshot"])
+        assert hosts[0].node.generation_count == 0  # nothing taken
+    finally:
+        for h in hosts:
+            h.close()
 
 
 # -- members: whom a member stops waiting for -----------------------------------------------

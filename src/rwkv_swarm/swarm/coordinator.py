@@ -207,6 +207,8 @@ class Coordinator:
 
     def _one_generation(self) -> None:
         gen, live = self.generation, sorted(self.alive)
+        if not live:  # every node dead, none rejoined: no generation to run
+            return
         with self._lock:
             self.in_flight = gen
         t0 = time.perf_counter()
