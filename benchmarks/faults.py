@@ -2,7 +2,9 @@
 wait_s = 60), node 2's actor process SIGKILLed at generation 15; the run goes on until 15
 generations after the node rejoined, then stops. Per run: how soon the fault was seen, how
 long the restart took, how many generations ran without the node, and the median generation
-time before the fault, during the gap and after the rejoin.
+time before the fault, during the gap and after the rejoin. Each fault run is paired with a
+control run without a kill over as many generations, whose medians are taken over the same
+generations: what a run's generation time drifts by without any fault.
 
     python benchmarks/faults.py [--runs 3] [--population 16]
 """
@@ -35,11 +37,14 @@ def wait_until(what, bound_s: float = 300.0):
     return got
 
 
-def one_run(tmp: str, population: int) -> dict:
-    config = SwarmConfig(nodes=4, env={"kind": "signal", "lags": 3}, run_dir=tmp,
-                         resources=Resources(cpus=0.5), wait_s=60.0, checkpoint_every=5,
-                         es=KalmanESConfig(population=population))
-    with Swarm.launch(config) as swarm:
+def config(tmp: str, population: int) -> SwarmConfig:
+    return SwarmConfig(nodes=4, env={"kind": "signal", "lags": 3}, run_dir=tmp,
+                       resources=Resources(cpus=0.5), wait_s=60.0, checkpoint_every=5,
+                       es=KalmanESConfig(population=population))
+
+
+def fault_run(tmp: str, population: int) -> tuple[dict, dict[str, range]]:
+    with Swarm.launch(config(tmp, population)) as swarm:
         swarm.start(100_000)
         wait_until(lambda: swarm.status()["generation"] >= KILL_AT)
         pid = ray.get(ray.get(swarm.coordinator.actors.remote())[NODE].pid.remote())
@@ -51,19 +56,30 @@ def one_run(tmp: str, population: int) -> dict:
         ray.get(swarm.coordinator.stop.remote())
         swarm.wait(300)
     fault = next(e for e in read_events(swarm.run_dir) if e["kind"] == "fault")
-    per_gen = {}
-    for r in load_trace(swarm.run_dir).to_pylist():
-        per_gen[r["generation"]] = r["generation_s"]
     lost, back = fault["generation"], restart["generation"]
-    phase = {"before": range(1, lost), "gap": range(lost + 1, back),
-             "after": range(back + 1, back + AFTER)}  # the fault's and rejoin's own excluded
+    windows = {"before": range(1, lost), "gap": range(lost + 1, back),
+               "after": range(back + 1, back + AFTER)}  # the fault's and rejoin's own excluded
+    per_gen = generation_s(swarm.run_dir)
     return {"detected_s": round(fault["time"] - killed, 3),
             "restart_s": restart["restart_s"], "gap_generations": back - lost,
             "snapshot_generation": restart["snapshot_generation"],
-            **{f"{k}_s": round(statistics.median(per_gen[g] for g in gens), 3)
-               for k, gens in phase.items()},
-            "fault_generation_s": round(per_gen[lost], 3),
-            "rejoin_generation_s": round(per_gen[back], 3)}
+            **medians(per_gen, windows), "fault_generation_s": round(per_gen[lost], 3),
+            "rejoin_generation_s": round(per_gen[back], 3)}, windows
+
+
+def control_run(tmp: str, population: int, windows: dict[str, range]) -> dict:
+    with Swarm.launch(config(tmp, population)) as swarm:
+        swarm.run(windows["after"].stop)
+    return {f"control_{k}": v for k, v in medians(generation_s(swarm.run_dir), windows).items()}
+
+
+def generation_s(run_dir) -> dict[int, float]:
+    return {r["generation"]: r["generation_s"] for r in load_trace(run_dir).to_pylist()}
+
+
+def medians(per_gen: dict[int, float], windows: dict[str, range]) -> dict[str, float]:
+    return {f"{k}_s": round(statistics.median(per_gen[g] for g in gens), 3)
+            for k, gens in windows.items()}
 
 
 def main() -> None:
@@ -76,7 +92,9 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     runs = []
     for k in range(args.runs):
-        runs.append(one_run(f"{args.tmp}/faults-{int(time.time())}-{k}", args.population))
+        tmp = f"{args.tmp}/faults-{int(time.time())}-{k}"
+        fault, windows = fault_run(tmp, args.population)
+        runs.append({**fault, **control_run(f"{tmp}-control", args.population, windows)})
         print(json.dumps(runs[-1]), flush=True)
     ray.shutdown()
     print(json.dumps({"faults": runs, "cpu": cpu_line()}))
