@@ -29,7 +29,15 @@ from rwkv_swarm.node import (
     TransportConfig,
 )
 from rwkv_swarm.node.member import Member
-from rwkv_swarm.swarm import Coordinator, Resources, Swarm, SwarmConfig, load_trace, read_events
+from rwkv_swarm.swarm import (
+    Coordinator,
+    Migration,
+    Resources,
+    Swarm,
+    SwarmConfig,
+    load_trace,
+    read_events,
+)
 
 SIGNAL_ENV = {"kind": "signal", "lags": 3}
 WAIT_S = 60.0  # the peers' longest wait: a test that met it once would take a minute
@@ -160,6 +168,21 @@ def test_a_member_re_syncs_only_from_its_own_consensus_group(tmp_path):
     finally:
         for h in hosts:
             h.close()
+
+
+def test_a_node_that_cannot_be_restarted_stays_out_of_the_run_and_of_migration(tmp_path,
+                                                                            closing):
+    cfg = config(tmp_path, migration=Migration(every=1, gate=0.5, fraction=0.5))
+    coordinator, nodes = local_swarm(cfg, tmp_path / "run")
+    nodes._factory = None  # no way to start it again
+    closing.append(nodes)
+    coordinator.run(5, on_generation=kill_at(nodes, 2, 2))
+    rows = rows_by_node(coordinator.run_dir)
+    assert sorted(rows[2]) == [0, 1] and all(sorted(rows[n]) == list(range(5)) for n in (0, 1, 3))
+    (fault,) = [e for e in read_events(coordinator.run_dir) if e["kind"] == "fault"]
+    assert fault["restart"] is False and not coordinator.status()["nodes"][2]["alive"]
+    late = [m for m in coordinator.lineage if m["generation"] >= 2]
+    assert late and all(2 not in (m["src"], m["dst"]) for m in late)
 
 
 # -- members: whom a member stops waiting for -----------------------------------------------
