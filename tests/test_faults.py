@@ -315,3 +315,19 @@ def test_a_consensus_member_killed_mid_run_rejoins_its_group_bitwise(ray_session
         assert len(prints) == 1, (g, prints)
     assert sorted(g for g in rows[1] if g >= restart["generation"]) == \
         list(range(restart["generation"], last))
+
+
+def test_an_async_run_with_a_node_killed_goes_on_without_it(ray_session, tmp_path):
+    with Swarm.launch(config(tmp_path, sync=False)) as swarm:
+        swarm.start(12)
+        wait_until(lambda: swarm.status()["generation"] >= 3)
+        actor = ray.get(swarm.coordinator.actors.remote())[2]
+        pid = ray.get(actor.pid.remote())
+        killed = time.time()
+        os.kill(pid, signal.SIGKILL)
+        status = swarm.wait(BOUND_S)
+    (fault,) = [e for e in read_events(swarm.run_dir) if e["kind"] == "fault"]
+    assert (fault["node"], fault["phase"], fault["restart"]) == (2, "run_async", False)
+    assert fault["time"] - killed < 5.0 and not status["nodes"][2]["alive"]
+    rows = rows_by_node(swarm.run_dir)
+    assert all(sorted(rows[n]) == list(range(12)) for n in (0, 1, 3)) and len(rows[2]) < 12
