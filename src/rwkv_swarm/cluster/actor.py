@@ -2,11 +2,13 @@
 
 Threaded (`max_concurrency`), so that in the async mode a control call (a signal, a status
 query, an adoption) reaches the host while `run_async` runs; the host applies it at the next
-generation boundary. Torch gets as many threads as the CPUs Ray assigned to the actor.
+generation boundary. `peer_gone` reaches it in the middle of a generation, too. Torch gets
+as many threads as the CPUs Ray assigned to the actor.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ray
@@ -37,6 +39,15 @@ class NodeActor:
 
     def set_peers(self, neighbours: list[str], group: list[str]) -> None:
         self.host.set_peers(neighbours, group)
+
+    def peer_gone(self, name: str) -> None:
+        self.host.peer_gone(name)
+
+    def rejoin(self, generation: int, source: bytes | None = None) -> dict[str, Any]:
+        return self.host.rejoin(generation, source)
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def share(self) -> dict[str, Any]:
         return self.host.share()

@@ -61,11 +61,25 @@ class NodeHost:
     # -- peers -----------------------------------------------------------------------------------
 
     def connect(self, peers: list[dict[str, Any]]) -> None:
-        """Open channels to every other node (whom it absorbs from is `set_peers`' business)."""
+        """Open channels to every other node (whom it absorbs from is `set_peers`' business).
+        A peer already known at another endpoint is a restarted one: its old channel is
+        closed and a new one opened. Every peer named is taken as there (not gone)."""
         t = self.member.transport
+        at = {name: v["endpoint"] for name, v in t.stats()["peers"].items()}
         for p in peers:
-            if p["name"] != self.name and p["name"] not in t.peers():
-                t.connect(p["name"], p["endpoint"], p["public_key"])
+            name = p["name"]
+            if name == self.name:
+                continue
+            if name in at and at[name] != p["endpoint"]:
+                t.disconnect(name)
+                self.peer_beliefs.pop(name, None)
+            if at.get(name) != p["endpoint"]:
+                t.connect(name, p["endpoint"], p["public_key"])
+            self.member.back(name)
+
+    def peer_gone(self, name: str) -> None:
+        """Peer `name` is dead: stop waiting for it now (safe while a generation runs)."""
+        self.member.gone(name)
 
     def set_peers(self, neighbours: list[str], group: list[str]) -> None:
         self._control(lambda: self.member.set_peers(neighbours, group))
@@ -105,7 +119,7 @@ class NodeHost:
             msgs.append(message("belief", swarm=m.swarm, node=self.name, gen=gen, name="fitness",
                                 arrays={"mean": np.array([belief.mean]),
                                         "var": np.array([belief.var])}))
-        peers = set(m.neighbours) | set(m.group)
+        peers = (set(m.neighbours) | set(m.group)) - m.absent
         for msg in msgs:
             t.broadcast(msg, peers)
 
@@ -217,6 +231,25 @@ class NodeHost:
 
         return self._control(op)
 
+    def rejoin(self, generation: int, source: bytes | None = None) -> dict[str, Any]:
+        """Rejoin a swarm that is at `generation` after a restart. A consensus member given
+        `source` (a live group member's snapshot) takes its weights, live state, strategy,
+        world and signals and keeps its own config (member index); any other node goes on
+        from its own snapshot with its generation counters moved on to `generation`, so that
+        its reports are not stale to its peers. Returns {"generation", "from", "fingerprint"}."""
+        def op() -> dict[str, Any]:
+            before = self.node.generation_count
+            if source is not None:
+                self.member.node, self.applied_signals = _resync(source, self.node.config)
+            node = self.node
+            if generation > node.generation_count:  # the mutants' seeds move on with it
+                node.generation_count = node.strategy.generation = generation
+            self.member.inbox.clear()
+            return {"generation": node.generation_count, "from": before,
+                    "fingerprint": fingerprint(node.model).hex()}
+
+        return self._control(op)
+
     def evaluate_centre(self, episodes: int, seed: int) -> float:
         """Mean return of the current weights over fresh episodes (`Node.score`)."""
         return self._control(lambda: self.node.score(episodes, seed))
@@ -271,24 +304,47 @@ class NodeHost:
 
 
 
-def _restore(snapshot: bytes, config: NodeConfig) -> tuple[Node, dict[str, int]]:
-    """The node and applied signals of a `NodeHost.snapshot()`, refused (ValueError) unless it
-    is one of node `config.node_id`."""
+def _unpack(snapshot: bytes) -> dict[str, Any]:
     try:
         d = msgpack.unpackb(snapshot, raw=False)
     except Exception as e:  # noqa: BLE001 - any failure here means malformed bytes
         raise ValueError(f"not a node snapshot: {type(e).__name__}: {e}") from None
     if not isinstance(d, dict) or d.get("version") != SNAPSHOT_VERSION:
         raise ValueError(f"not a node snapshot of version {SNAPSHOT_VERSION}")
-    node = Node.restore(d["node"])
-    if node.config.node_id != config.node_id:
-        raise ValueError(f"snapshot of node {node.config.node_id}, refused for node "
-                         f"{config.node_id}")
+    return d
+
+
+def _signals(d: dict[str, Any]) -> dict[str, int]:
     signals = d.get("signals")
     if not isinstance(signals, dict) or not all(isinstance(v, int) for v in signals.values()):
         raise ValueError(f"not a node snapshot: signals must map ids to generations, got "
                          f"{signals!r}")
-    return node, dict(signals)
+    return dict(signals)
+
+
+def _restore(snapshot: bytes, config: NodeConfig) -> tuple[Node, dict[str, int]]:
+    """The node and applied signals of a `NodeHost.snapshot()`, refused (ValueError) unless it
+    is one of node `config.node_id`."""
+    d = _unpack(snapshot)
+    node = Node.restore(d["node"])
+    if node.config.node_id != config.node_id:
+        raise ValueError(f"snapshot of node {node.config.node_id}, refused for node "
+                         f"{config.node_id}")
+    return node, _signals(d)
+
+
+def _resync(source: bytes, config: NodeConfig) -> tuple[Node, dict[str, int]]:
+    """A group member's snapshot as this member's: its node with `config` (this member's
+    index and id) in place of the source's; refused unless both are of one consensus group."""
+    d = _unpack(source)
+    node = Node.restore(d["node"])
+    theirs, ours = node.config.exchange, config.exchange
+    if ours.mode != "consensus" or (theirs.mode, theirs.group) != ("consensus", ours.group):
+        raise ValueError(f"node {config.node_id} re-syncs from a member of its consensus group "
+                         f"only, got a snapshot of node {node.config.node_id} "
+                         f"({theirs.mode}, group {theirs.group})")
+    node.config = config
+    return node, _signals(d)
 
 
 def _weights_for(own: dict[str, torch.Tensor], weights: dict[str, Any], source: str

@@ -1,33 +1,73 @@
-"""Starting a swarm's node actors: resources, placement, keys, and the peer-to-peer wiring."""
+"""Starting a swarm's node actors: resources, placement, keys, and the peer-to-peer wiring;
+starting one of them again after it died (`Respawn`)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
+import time
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from ..node import NodeConfig, SwarmKeyring, TransportConfig, node_name
+from ..node import NodeConfig, NodeKeys, SwarmKeyring, TransportConfig, node_name
 from .actor import NodeActor
 from .worlds import runtime_env_for
 
 PLACEMENTS = ("none", "pack", "spread")
 START_TIMEOUT_S = 300.0  # actors that cannot be placed (too few CPUs/GPUs) fail after this
+NAME_WAIT_S = 5.0  # longest a new actor waits for its dead predecessor's name to be released
+
+
+@dataclass(repr=False)
+class Respawn:
+    """What starting node i again takes: its config, its CURVE keys, the swarm's keyring and
+    the actor options (name, resources, placement bundle) it was first started with. Held in
+    memory only (the launcher's and the coordinator's): never written anywhere."""
+
+    configs: list[NodeConfig]
+    swarm: str
+    local: bool
+    keys: dict[str, NodeKeys]
+    keyring: SwarmKeyring | None
+    transport: TransportConfig | None
+    options: list[dict[str, Any]]
+
+    def start(self, i: int, snapshot: bytes | None = None) -> Any:
+        """A new actor for node i, continuing from `snapshot` (a fresh node when None). Its
+        peers know its keys already: only its endpoint is new."""
+        config = self.configs[i]
+        args = (config, self.swarm, self.local, self.keys.get(node_name(config.node_id)),
+                self.keyring, self.transport, snapshot)
+        deadline = time.monotonic() + NAME_WAIT_S
+        while True:
+            try:
+                return NodeActor.options(**self.options[i]).remote(*args)
+            except ValueError:  # the name is released once Ray has the old actor dead
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+
+
+class Spawned(NamedTuple):
+    actors: list[Any]
+    group: Any  # the placement group, or None
+    respawn: Respawn
 
 
 def spawn_nodes(configs: list[NodeConfig], swarm: str, *, local: bool, cpus: float = 1.0,
                 gpus: float = 0.0, placement: str = "none", secure: bool = True,
                 prefix: str = "", max_restarts: int = 0,
                 transport: TransportConfig | None = None,
-                snapshots: list[bytes | None] | None = None) -> tuple[list[Any], Any]:
+                snapshots: list[bytes | None] | None = None) -> Spawned:
     """One actor per config, each with `cpus` CPUs and `gpus` GPUs (fractions allowed), its
     transport bound and connected to every other. CURVE keys are made here and handed out, so
     a peer without the swarm's keys is refused. `snapshots` (one per config, None for a fresh
     node): each node continues from its `NodeHost.snapshot()`. Returns (actors, placement
-    group or None)."""
+    group or None, what a restart of one of them needs)."""
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     if snapshots is not None and len(snapshots) != len(configs):
@@ -44,17 +84,18 @@ def spawn_nodes(configs: list[NodeConfig], swarm: str, *, local: bool, cpus: flo
         group = placement_group([{"CPU": cpus, **({"GPU": gpus} if gpus else {})}] * len(configs),
                                 strategy=placement.upper())
         ray.get(group.ready(), timeout=START_TIMEOUT_S)
-    actors = []
-    for i, (config, name) in enumerate(zip(configs, names, strict=True)):
+    per_node = []
+    for i, name in enumerate(names):
         opts = dict(options, name=f"{prefix}{name}")
         if group is not None:
             opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 placement_group=group, placement_group_bundle_index=i)
-        actors.append(NodeActor.options(**opts).remote(config, swarm, local, keys.get(name),
-                                                       keyring, transport, snapshots[i]))
+        per_node.append(opts)
+    respawn = Respawn(list(configs), swarm, local, keys, keyring, transport, per_node)
+    actors = [respawn.start(i, snapshots[i]) for i in range(len(configs))]
     endpoints = ray.get([a.endpoint.remote() for a in actors], timeout=START_TIMEOUT_S)
     ray.get([a.connect.remote(endpoints) for a in actors])
-    return actors, group
+    return Spawned(actors, group, respawn)
 
 
 def release(actors: list[Any], group: Any = None) -> None:

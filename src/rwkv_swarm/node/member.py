@@ -9,6 +9,12 @@ can interleave them:
     absorb(wait)   wait up to `wait` seconds for the reports it expects (its consensus group's
                    or its neighbours'), then finish the generation with what arrived
 
+A peer the swarm reported gone (`gone`) is neither waited for nor sent to until it is `back`.
+A gossip member also stops waiting for a neighbour that its transport hears nothing from
+(heartbeats) for the dead-peer interval while it waits; a consensus member never does: a
+slow member dropped by some of its group and not others would split the group, so only the
+swarm's word (the same for the whole group) takes a member out of the union.
+
 Reports are filed by generation. One of an earlier generation is stale: counted and dropped,
 never applied; one already filed is a duplicate: counted and dropped; one of a later
 generation waits for its turn. A plain class: `cluster/` wraps it as a Ray actor.
@@ -44,6 +50,9 @@ class Member:
         self.inbox: dict[int, dict[str, Report]] = defaultdict(dict)
         self.other: list[Message] = []  # non-fitness messages, for the caller (signals, ...)
         self.dropped: Counter[str] = Counter()  # reports dropped by the member, by reason
+        # peers reported gone: not waited for, not sent to. Rebound, never changed in place: it
+        # is set from another thread while absorb() waits
+        self.absent: frozenset[str] = frozenset()
         self._last_service = 0.0
         self.send_s = 0.0  # the last share's report building and sending
 
@@ -59,6 +68,18 @@ class Member:
         """Peers whose reports this member waits for."""
         mode = self.node.config.exchange.mode
         return self.group if mode == "consensus" else self.neighbours if mode == "gossip" else []
+
+    def reached(self) -> list[str]:
+        """Expected peers that are not reported gone: whom the reports go to."""
+        return [p for p in self.expected() if p not in self.absent]
+
+    def gone(self, peer: str) -> None:
+        """`peer` is dead: stop waiting for its reports (at once, even in a running absorb)."""
+        self.absent = self.absent | {peer}
+
+    def back(self, peer: str) -> None:
+        """`peer` is there again (restarted)."""
+        self.absent = self.absent - {peer}
 
     def set_peers(self, neighbours: Iterable[str] = (), group: Iterable[str] = ()) -> None:
         """Whom to absorb from (and report to): neighbours (gossip), the group (consensus)."""
@@ -105,7 +126,7 @@ class Member:
         t0 = time.perf_counter()
         report = self.node.report()
         # the relation is symmetric in every topology used here
-        self.transport.broadcast(report.to_message(self.swarm), self.expected())
+        self.transport.broadcast(report.to_message(self.swarm), self.reached())
         self.send_s = time.perf_counter() - t0
         return report
 
@@ -113,9 +134,10 @@ class Member:
         """Wait up to `wait_s` for the expected peers' reports of this generation, finish it
         with those that came, and return the trace row (with exchange counters)."""
         gen, expected = self.generation, set(self.expected())
-        deadline = time.monotonic() + wait_s
+        start = time.monotonic()
+        deadline = start + wait_s
         t0 = time.perf_counter()
-        while not expected <= set(self.inbox.get(gen, {})):
+        while self._missing(gen, expected, start):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -132,6 +154,17 @@ class Member:
         for old in [g for g in self.inbox if g < self.generation]:
             self.dropped["stale"] += len(self.inbox.pop(old))
         return row
+
+    def _missing(self, gen: int, expected: set[str], since: float) -> set[str]:
+        """Expected peers whose report of `gen` has not come and that may still send it."""
+        missing = expected - set(self.inbox.get(gen, {})) - self.absent
+        if missing and self.node.config.exchange.mode == "gossip":
+            c = self.transport.config
+            # silent for the whole dead-peer interval while this member listened: not a peer
+            # that merely had no reason to speak before
+            if time.monotonic() - since >= c.heartbeat_interval * c.heartbeat_liveness:
+                missing -= set(self.transport.dead_peers())
+        return missing
 
     def close(self) -> None:
         self.transport.close()

@@ -12,6 +12,7 @@ from typing import Any
 import ray
 
 from ..cluster.nodes import RayNodes
+from ..cluster.placement import Respawn
 from .config import SwarmConfig
 from .coordinator import Coordinator
 from .signals import Signal
@@ -20,8 +21,8 @@ from .signals import Signal
 @ray.remote(num_cpus=0, max_concurrency=32)
 class CoordinatorActor:
     def __init__(self, config: SwarmConfig, run_id: str, run_dir: str, actors: list[Any],
-                 names: list[str]):
-        self.nodes = RayNodes(actors, names)
+                 names: list[str], respawn: Respawn | None = None):
+        self.nodes = RayNodes(actors, names, respawn=respawn)  # respawn: dead nodes restart
         self.coordinator = Coordinator(config, run_id, run_dir, self.nodes)
 
     def run(self, generations: int | None = None) -> dict[str, Any]:
@@ -29,7 +30,8 @@ class CoordinatorActor:
         if c.config.sync:
             return c.run(generations)
         me = ray.get_runtime_context().current_actor
-        return c.run_async(lambda n: self.nodes.start_async(n, me), generations)
+        return c.run_async(lambda n, on_fault: self.nodes.start_async(n, me, on_fault=on_fault),
+                           generations)
 
     def resume(self, state: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
         return self.coordinator.resume(state, **record)
@@ -45,6 +47,10 @@ class CoordinatorActor:
 
     def set_topology(self, kind: str, k: int = 2, rewire: float = 0.1) -> list[list[int]]:
         return self.coordinator.set_topology(kind, k, rewire)
+
+    def actors(self) -> list[Any]:
+        """The node actors now (a restarted node's is a new one)."""
+        return list(self.nodes.actors)
 
     def lineage(self) -> list[dict[str, Any]]:
         return list(self.coordinator.lineage)

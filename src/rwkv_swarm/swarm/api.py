@@ -14,6 +14,7 @@ under, and who launched it, so that an ended run or a dead launcher is told with
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from pathlib import Path
@@ -63,14 +64,16 @@ def _record_launch(run_dir: Path, run_id: str, **more: Any) -> None:
         token_sha256=token_fingerprint(), **more)
 
 
-def _coordinator(config: SwarmConfig, run_id: str, run_dir: Path, actors: list[Any]) -> Any:
-    """The run's coordinator actor, on this machine (it writes the run directory)."""
+def _coordinator(config: SwarmConfig, run_id: str, run_dir: Path, actors: list[Any],
+                 respawn: Any) -> Any:
+    """The run's coordinator actor, on this machine (it writes the run directory); `respawn`
+    restarts a node that dies."""
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     names = [node_name(c.node_id) for c in config.node_configs()]
     return CoordinatorActor.options(
         name=coordinator_name(run_id), scheduling_strategy=here,
         runtime_env=runtime_env_for(config, Path.cwd())).remote(config, run_id, str(run_dir),
-                                                                actors, names)
+                                                                actors, names, respawn)
 
 
 class Swarm:
@@ -103,11 +106,11 @@ class Swarm:
         owns = connect(address, cpus_needed=cpus)
         local = address is None
         try:
-            actors, group = spawn_nodes(node_configs, run_id, local=local,
-                                        cpus=config.resources.cpus, gpus=config.resources.gpus,
-                                        placement=config.resources.placement,
-                                        secure=config.secure, prefix=f"{run_id}/")
-            coordinator = _coordinator(config, run_id, run_dir, actors)
+            actors, group, respawn = spawn_nodes(
+                node_configs, run_id, local=local, cpus=config.resources.cpus,
+                gpus=config.resources.gpus, placement=config.resources.placement,
+                secure=config.secure, prefix=f"{run_id}/")
+            coordinator = _coordinator(config, run_id, run_dir, actors, respawn)
             ray.get(coordinator.status.remote(), timeout=START_TIMEOUT_S)
         except BaseException:
             if owns:
@@ -157,13 +160,13 @@ class Swarm:
         actors, group, coordinator = [], None, None
         try:
             _refuse_if_coordinated(run_id, plan.info)
-            actors, group = spawn_nodes(
+            actors, group, respawn = spawn_nodes(
                 config.node_configs(), run_id, local=address is None, cpus=config.resources.cpus,
                 gpus=config.resources.gpus, placement=config.resources.placement,
                 secure=config.secure, prefix=f"{run_id}/", snapshots=plan.snapshots)
             record = cut_back(plan.run_dir, plan.generation)
             left = config.replace(generations=plan.left)
-            coordinator = _coordinator(left, run_id, plan.run_dir, actors)
+            coordinator = _coordinator(left, run_id, plan.run_dir, actors, respawn)
             event = ray.get(coordinator.resume.remote(plan.state, record),
                             timeout=START_TIMEOUT_S)
         except BaseException:
@@ -230,10 +233,7 @@ class Swarm:
     def evaluate(self, episodes: int = 20, seed: int = 0) -> list[float]:
         """Each node's current weights, scored over `episodes` fresh episodes (not training
         episodes; the node's world is not disturbed). Between generations only."""
-        actors = self._actors
-        if actors is None:
-            actors = [ray.get_actor(f"{self.run_id}/{node_name(i)}", namespace=self._namespace)
-                      for i in range(self.config.nodes)]
+        actors = ray.get(self.coordinator.actors.remote())  # restarted nodes have new ones
         return ray.get([a.evaluate_centre.remote(episodes, seed) for a in actors])
 
     def set_topology(self, kind: str, k: int = 2, rewire: float = 0.1) -> list[list[int]]:
@@ -253,6 +253,8 @@ class Swarm:
             generation = ray.get(self.coordinator.status.remote(), timeout=30)["generation"]
         except Exception:  # noqa: BLE001 - tearing down whatever is left
             pass
+        with contextlib.suppress(Exception):  # restarted nodes run in new actors
+            self._actors = ray.get(self.coordinator.actors.remote(), timeout=30)
         try:  # the coordinator has stopped: its event log takes one more line
             EventLog(self.run_dir).write("end", generation=generation, reason=reason)
             runinfo.record_end(self.run_dir, generation, reason)

@@ -23,6 +23,7 @@ import numpy as np
 from .beliefs import Summary, fuse_lineages, lineage_p_best, migrations
 from .checkpoints import CheckpointStore
 from .config import SwarmConfig
+from .faults import Recovery
 from .signals import Signal, validate
 from .topology import neighbours as make_neighbours
 from .trace import EventLog, TraceWriter
@@ -37,10 +38,20 @@ class Nodes(Protocol):
 
     names: list[str]
 
-    def call(self, method: str, args: list[tuple] | tuple = (), only: list[int] | None = None
-             ) -> list[Any]:
+    def call(self, method: str, args: list[tuple] | tuple = (), only: list[int] | None = None,
+             on_fault: Any = None) -> list[Any]:
         """method(*args) on each node (args: one tuple for all, or one per node), results in
-        node order; a node that failed gives its exception instead of a result."""
+        node order; a node that failed gives its exception instead of a result, and
+        on_fault(node, exception) is called as soon as the failure is seen."""
+
+    def tell(self, method: str, args: tuple = (), only: list[int] | None = None) -> None:
+        """method(*args) on each node, reaching it even in the middle of a call."""
+
+    def respawn(self, i: int, snapshot: bytes | None) -> bool:
+        """Start node i again from `snapshot` in the background (False: cannot)."""
+
+    def started(self, i: int, timeout_s: float = 0.0) -> dict[str, Any] | None:
+        """The restarted node i's endpoint once it is up, else None."""
 
     def transfer(self, src: int, dst: int, belief: tuple[float, float], with_state: bool
                  ) -> dict[str, Any]:
@@ -79,15 +90,24 @@ class Coordinator:
         self._started = time.time()
         self._board = self._tensorboard() if config.tensorboard else None
         self._decided = -1  # the last generation migrations were decided at
-        self._wire(self.neighbour_lists)
+        self.recovery = Recovery(self)  # dead nodes: their peers told, restarted, rejoined
+        self._wire(self.neighbour_lists, strict=True)
 
     # -- peers -----------------------------------------------------------------------------------
 
-    def _wire(self, lists: list[list[int]]) -> None:
+    def peer_args(self, lists: list[list[int]]) -> list[tuple[list[str], list[str]]]:
+        """Each node's `set_peers` arguments: its neighbours' names, its group's names."""
         names = self.nodes.names
         groups = {i: [names[j] for j in g] for g in self.config.groups() for i in g}
-        args = [([names[j] for j in lists[i]], groups[i]) for i in range(self.config.nodes)]
-        self._check(self.nodes.call("set_peers", args), "set_peers")
+        return [([names[j] for j in lists[i]], groups[i]) for i in range(self.config.nodes)]
+
+    def _wire(self, lists: list[list[int]], strict: bool = False) -> None:
+        """Tell the live nodes their peers (a dead one is told when it rejoins)."""
+        if strict:  # at start: a node that cannot take its peers is an error, not a fault
+            self._check(self.nodes.call("set_peers", self.peer_args(lists)), "set_peers")
+            return
+        self.nodes.call("set_peers", self.peer_args(lists), only=sorted(self.alive),
+                        on_fault=self._on_fault("set_peers"))
 
     def set_topology(self, kind: str, k: int = 2, rewire: float = 0.1) -> list[list[int]]:
         """New neighbour lists, applied at the next generation boundary."""
@@ -141,20 +161,26 @@ class Coordinator:
             targets = [t for t in s.target_ids(self.config.nodes) if t in self.alive]
             results = self.nodes.call("apply_signal", (s.id, s.name, dict(s.params), s.announce),
                                       only=targets)
+            self.recovery.delivered.append(s)
             for t, r in zip(targets, results, strict=True):
                 if isinstance(r, BaseException):
                     p.error = f"node {t}: {r}"
                     continue
                 p.acks[t] = r["generation"]
                 if r["new"]:
-                    with self._lock:
-                        self._applied_now.setdefault(t, []).append(s.name)
+                    self.note_signal(t, s.name)
             self.events.write("signal", id=s.id, name=s.name, params=s.params,
                               targets=targets, announce=s.announce,
                               injected_during=p.injected_during, applied=p.acks)
             p.done.set()
 
+    def note_signal(self, node: int, name: str) -> None:
+        """Signal `name` applies to `node` from its next row on (the row's `signals`)."""
+        with self._lock:
+            self._applied_now.setdefault(node, []).append(name)
+
     def _boundary(self) -> None:
+        self.recovery.rejoin()  # restarted nodes first: this boundary's signals reach them
         with self._lock:
             self._scheduled()
         self._apply_signals()
@@ -170,7 +196,7 @@ class Coordinator:
         if self.generation == 0 and self.store.load_coordinator() is None:
             self._checkpoint()  # a dead node restarts from here until the first due one
         for _ in range(n):
-            if self._stop.is_set() or not self.alive:
+            if self._stop.is_set() or not (self.alive or self.recovery.restarting):
                 break
             self._boundary()
             self._one_generation()
@@ -181,12 +207,15 @@ class Coordinator:
 
     def _one_generation(self) -> None:
         gen, live = self.generation, sorted(self.alive)
+        if not live:  # every node dead, none rejoined: no generation to run
+            return
         with self._lock:
             self.in_flight = gen
         t0 = time.perf_counter()
-        shared = self.nodes.call("share", only=live)
+        shared = self.nodes.call("share", only=live, on_fault=self._on_fault("share"))
         ok = [i for i, r in zip(live, shared, strict=True) if not self._fault(i, r, "share")]
-        rows = self.nodes.call("absorb", (self.config.wait_s,), only=ok)
+        rows = self.nodes.call("absorb", (self.config.wait_s,), only=ok,
+                               on_fault=self._on_fault("absorb"))
         done = [(i, r) for i, r in zip(ok, rows, strict=True) if not self._fault(i, r, "absorb")]
         elapsed = time.perf_counter() - t0
         out = []
@@ -195,6 +224,7 @@ class Coordinator:
                        signals=",".join(self._applied_now.pop(i, [])))
             out.append(row)
         self._finish(gen, out)
+        self.recovery.heal(out)
 
     def _finish(self, gen: int, rows: list[dict[str, Any]]) -> None:
         for row in rows:
@@ -205,12 +235,17 @@ class Coordinator:
             self.generation, self.in_flight = gen + 1, None
 
     def _fault(self, i: int, result: Any, phase: str) -> bool:
+        """Whether `result` is node i's failure (then handled: see `Recovery.lost`)."""
         if not isinstance(result, BaseException):
             return False
-        self.alive.discard(i)
-        self.events.write("fault", generation=self.generation, node=i, phase=phase,
-                          error=f"{type(result).__name__}: {result}"[:500])
+        self.recovery.lost(i, result, phase, restart=self.config.sync)
         return True
+
+    def _on_fault(self, phase: str) -> Any:
+        """The `on_fault` of a call in `phase` (the time a fault is seen is measured from
+        the phase's start)."""
+        self.recovery.phase = (phase, time.monotonic())
+        return lambda i, e: self._fault(i, e, phase)
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -274,7 +309,7 @@ class Coordinator:
         groups = {i: g[0] for g in self.config.groups() for i in g}
         out = []
         for i, row in sorted(self.last.items()):
-            if i not in self.alive:
+            if i not in self.alive:  # a dead node's weights cannot be migrated from or to
                 continue
             lineage = f"group-{groups[i]}" if self.config.mode == "consensus" \
                 else row.get("fingerprint", str(i))
@@ -316,13 +351,14 @@ class Coordinator:
     # -- async generations -------------------------------------------------------------------------
 
     def run_async(self, start: Any, generations: int | None = None) -> dict[str, Any]:
-        """Async mode: `start(generations)` sets every node running at its own pace and returns
-        a function that tells whether all are done; rows come in through `ingest`."""
+        """Async mode: `start(generations, on_fault)` sets every node running at its own pace
+        and returns a function that tells whether all are done; rows come in through `ingest`.
+        A node that dies is reported and its peers stop waiting for it; it is not restarted."""
         n = self.config.generations if generations is None else generations
         with self._lock:
             self._scheduled()
             self.in_flight = self.generation
-        finished = start(n)
+        finished = start(n, self._on_fault("run_async"))
         while not finished(0.2):
             self._apply_signals()
             self._flush()
@@ -380,7 +416,9 @@ class Coordinator:
         nodes = {}
         for i in range(self.config.nodes):
             r = self.last.get(i, {})
-            nodes[i] = {"alive": i in self.alive, "generation": r.get("generation"),
+            nodes[i] = {"alive": i in self.alive, "restarts": self.recovery.restarts[i],
+                        "restarting": i in self.recovery.restarting,
+                        "generation": r.get("generation"),
                         "fitness_mean": r.get("fitness_mean"), "belief_mean": r.get("belief_mean"),
                         "belief_var": r.get("belief_var"), "p_best": r.get("p_best"),
                         "neighbours": self.neighbour_lists[i], "sent": r.get("sent"),
