@@ -298,8 +298,12 @@ class Coordinator:
         by_node = {r["node"]: r for r in rows}
         for mig in migrations(summaries, m.gate, m.fraction, fused):
             src_row = self.last[mig.src]
-            ack = self.nodes.transfer(mig.src, mig.dst, (src_row["belief_mean"],
-                                                         src_row["belief_var"]), m.with_state)
+            try:
+                ack = self.nodes.transfer(mig.src, mig.dst, (src_row["belief_mean"],
+                                                             src_row["belief_var"]), m.with_state)
+            except Exception as e:  # noqa: BLE001 - one of them died since its row came
+                self._failed_migration(gen, mig.src, mig.dst, e)
+                continue
             if mig.dst in by_node:
                 by_node[mig.dst]["migrated_from"] = mig.src
             record = {"generation": gen, "dst": mig.dst, "src": mig.src, "p_best": mig.p_best,
@@ -307,6 +311,13 @@ class Coordinator:
                       "state": ack.get("state"), "fingerprint": ack.get("fingerprint")}
             self.lineage.append(record)
             self.events.write("migration", **record)
+
+    def _failed_migration(self, gen: int, src: int, dst: int, error: BaseException) -> None:
+        """No migration: which of the two failed is found by asking both (a dead one is a
+        fault, handled as any other); the event log says why."""
+        self.nodes.call("ping", only=[src, dst], on_fault=self._on_fault("migration"))
+        self.events.write("warning", generation=gen, message=f"migration {src} -> {dst} failed: "
+                          f"{type(error).__name__}: {error}"[:500])
 
     # -- async generations -------------------------------------------------------------------------
 
