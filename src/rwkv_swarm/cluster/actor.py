@@ -49,6 +49,9 @@ class NodeActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def ping(self) -> str:
+        return self.host.ping()
+
     def share(self) -> dict[str, Any]:
         return self.host.share()
 

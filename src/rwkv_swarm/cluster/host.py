@@ -254,6 +254,12 @@ class NodeHost:
         """Mean return of the current weights over fresh episodes (`Node.score`)."""
         return self._control(lambda: self.node.score(episodes, seed))
 
+    def ping(self) -> str:
+        """The node's name, if it can still take part (its transport is open)."""
+        if self.member.transport.closed:
+            raise RuntimeError(f"{self.name} is closed")
+        return self.name
+
     def status(self) -> dict[str, Any]:
         b = self.node.strategy.fitness_belief
         stats = self.member.transport.stats()

@@ -337,8 +337,7 @@ class Coordinator:
                 ack = self.nodes.transfer(mig.src, mig.dst, (src_row["belief_mean"],
                                                              src_row["belief_var"]), m.with_state)
             except Exception as e:  # noqa: BLE001 - either end dead or refusing: the run goes on
-                self.events.write("fault", generation=gen, phase="transfer", src=mig.src,
-                                  dst=mig.dst, error=f"{type(e).__name__}: {e}"[:500])
+                self._failed_migration(gen, mig.src, mig.dst, e)
                 continue
             if mig.dst in by_node:
                 by_node[mig.dst]["migrated_from"] = mig.src
@@ -347,6 +346,13 @@ class Coordinator:
                       "state": ack.get("state"), "fingerprint": ack.get("fingerprint")}
             self.lineage.append(record)
             self.events.write("migration", **record)
+
+    def _failed_migration(self, gen: int, src: int, dst: int, error: BaseException) -> None:
+        """No migration: a `fault` event of phase "transfer" says why; which of the two died
+        (if one did) is found by asking both, and a dead one is handled as any other fault."""
+        self.events.write("fault", generation=gen, phase="transfer", src=src, dst=dst,
+                          error=f"{type(error).__name__}: {error}"[:500])
+        self.nodes.call("ping", only=[src, dst], on_fault=self._on_fault("migration"))
 
     # -- async generations -------------------------------------------------------------------------
 
