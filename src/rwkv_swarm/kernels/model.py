@@ -283,6 +283,7 @@ class RWKV7(nn.Module):
         self.use_native = True  # CPU steps may run csrc/rwkv7_step.c where measured faster
         self.step_path: str | None = None  # "torch" or "native:<threads>" forces a path
         self._native = None
+        self._rows = None  # RowStep (native_rows.py): packed weights of the row kernel
         self._step_paths: dict[int, str] = {}  # batch -> measured path (native.step_path)
         self._graph = None  # CudaGraphStep, after enable_cuda_graph_step
         self.requires_grad_(False)  # weights evolve; no autograd

@@ -30,7 +30,8 @@ from .state import RWKV7State
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("rwkv7_step.c", "rwkv7_seq.c")  # one library; the headers are part of its key
+# one library; the headers are part of its key
+SOURCES = ("rwkv7_step.c", "rwkv7_seq.c", "rwkv7_rows.c")
 CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-std=gnu11"]
 # OpenMP teams on PyTorch's own libgomp (csrc/team.h); without it, one thread per call
 OPENMP = (["-fopenmp"], ["-fopenmp-simd"])
@@ -93,7 +94,8 @@ def load() -> ctypes.CDLL | None:
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
     signatures = {"rwkv7_step": [i32, ptr, ptr, ptr] + [ptr] * 8 + [i32],
                   "rwkv7_wkv": [i32] * 4 + [ptr] * 9 + [i32],
-                  "rwkv7_low_rank": [i32] * 5 + [ptr] * 4 + [ctypes.c_float, i32]}
+                  "rwkv7_low_rank": [i32] * 5 + [ptr] * 4 + [ctypes.c_float, i32],
+                  "rwkv7_rows": [i32] + [ptr] * 6 + [ctypes.c_float] + [ptr] * 8 + [i32]}
     for name, argtypes in signatures.items():
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = ctypes.c_int, argtypes
