@@ -133,8 +133,9 @@ class Node:
         # batch, so compacting to the live copies leaves their returns as they were
         path = pop.row_path(P * E)
 
-        def policy(obs: torch.Tensor, state: RWKV7State, rows: np.ndarray):
-            return pop.step_rows(obs, state, member_of[rows], inplace=True, path=path)
+        def policy(obs: torch.Tensor, state: RWKV7State, rows: np.ndarray | None = None):
+            members = member_of if rows is None else member_of[rows]  # None: every copy
+            return pop.step_rows(obs, state, members, inplace=rows is not None, path=path)
 
         # keys: a copy's episode; paired, both members of an antithetic pair meet the same ones
         keys = [((lo + m) // (2 if c.paired_episodes else 1)) * E + e
