@@ -173,3 +173,10 @@ def member_table(pop: Population, name: str, base: torch.Tensor) -> torch.Tensor
     pairs = eps.shape[0]
     signed = eps.reshape(pairs, 1, -1) * torch.tensor([1.0, -1.0]).view(1, 2, 1)
     return (base + pop.sigma * signed.reshape(2 * pairs, -1)).contiguous()
+
+
+def row_step(model: torch.nn.Module) -> RowStep:
+    """The model's row step (its packed weights are kept with the model)."""
+    if getattr(model, "_rows", None) is None:
+        model._rows = RowStep(model)
+    return model._rows

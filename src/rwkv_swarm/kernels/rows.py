@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from . import native, native_ops
 from .config import GN_EPS, LN_EPS
 from .model import Ops, embed_input, readout, run_blocks
-from .native_rows import RowStep
+from .native_rows import row_step
 from .state import RWKV7State
 
 if TYPE_CHECKING:
@@ -102,13 +102,6 @@ def step_torch(pop: Population, x: torch.Tensor, state: RWKV7State, members: tor
         h, _ = run_blocks(ops, cfg, embed_input(ops, cfg, x.unsqueeze(1)), state,
                           (x.shape[0],), out)
         return readout(ops, h)[:, 0]
-
-
-def row_step(model: torch.nn.Module) -> RowStep:
-    """The model's native row step (packed weights kept with the model)."""
-    if getattr(model, "_rows", None) is None:
-        model._rows = RowStep(model)
-    return model._rows
 
 
 def step_native(pop: Population, x: torch.Tensor, state: RWKV7State, members: torch.Tensor,
