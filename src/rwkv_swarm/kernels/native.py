@@ -204,7 +204,10 @@ def step_path(model: torch.nn.Module, batch: int) -> str:
         cands[f"rows:{n}"] = lambda n=n: model.step_rows_native(x, state, n)
     sizes = {**cfg.to_dict(), "batch": bucket, "torch_threads": torch.get_num_threads(),
              "kernels": "step,rows"}  # a choice made before the row kernel is measured again
-    return paths.default_chooser().choose("step", sizes, cands)
+    choice = paths.default_chooser().choose("step", sizes, cands)
+    if not choice.startswith("rows"):
+        model._rows = None  # the row kernel's packed weights (a copy) only where it runs
+    return choice
 
 
 def embed(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

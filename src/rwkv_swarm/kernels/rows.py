@@ -133,6 +133,8 @@ def row_path(pop: Population, rows: int) -> str:
             sizes = {**model.config.to_dict(), "rank": pop.rank,
                      "include": ",".join(sorted(pop.include)), "batch": bucket}
             memo[key] = native_ops.memo_choose("pop_step", sizes, lambda: _forms(pop, bucket))
+            if memo[key] == "torch":
+                model._rows = None  # the packed weights (a copy) only where the kernel runs
     return memo[key]
 
 
