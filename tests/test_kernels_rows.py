@@ -178,3 +178,19 @@ def test_bad_members_are_refused_naming_what_is_accepted():
         pop.step_rows(x, state, [0.0, 1.0, 2.0])
     with pytest.raises(ValueError, match="state has 2 rows, the input has 3"):
         pop.step_rows(x, model.zero_state(2), [0, 1, 2])
+
+
+@needs_native
+def test_the_packed_weights_are_kept_only_where_the_row_kernel_runs(tmp_path):
+    model = nontrivial(SMALL)
+    x = inputs(SMALL, 2)
+    paths.set_default(paths.PathChooser(tmp_path / "a", measure=Timings(other=1.0, torch=0.5)))
+    model.step(x)  # every candidate measured, the row kernel among them; torch chosen
+    assert model._rows is None
+    pop = Population(model, seed=1, sigma=0.1, size=2)
+    assert pop.row_path(2) == "torch" and model._rows is None
+    paths.set_default(paths.PathChooser(tmp_path / "b", measure=Timings(other=1.0,
+                                                                        **{"rows:1": 0.5})))
+    model._step_paths.clear()
+    model.step(x)
+    assert model._rows is not None
