@@ -229,9 +229,9 @@ class Population:
         """
         return rows.step(self, x, state, members, inplace, path)
 
-    def row_path(self, rows_: int) -> str:
-        """The path `step_rows` takes for a batch of `rows_` rows (measured once per CPU)."""
-        return rows.row_path(self, rows_)
+    def row_path(self, batch: int) -> str:
+        """The path `step_rows` takes for a batch of `batch` rows (measured once per CPU)."""
+        return rows.row_path(self, batch)
 
     def _member_range(self, members: tuple[int, int] | None) -> tuple[int, int]:
         if members is None:
