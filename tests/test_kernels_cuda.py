@@ -57,3 +57,18 @@ def test_cuda_population_forward_matches_cpu():
     out_cpu, _ = Population(cpu, seed=4, sigma=0.05, size=8, include=GROUPS).forward(x)
     out_gpu, _ = Population(gpu, seed=4, sigma=0.05, size=8, include=GROUPS).forward(x.cuda())
     assert_close(out_gpu.cpu(), out_cpu, **TOL)
+
+
+@pytest.mark.parametrize("cfg", [CONTROL, TOKEN], ids=["control", "token"])
+def test_cuda_population_step_by_rows_matches_cpu(cfg):
+    cpu, gpu = nontrivial(cfg), nontrivial(cfg).cuda()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 40, (5,), generator=g) if cfg.token_mode \
+        else torch.randn(5, cfg.input_dim, generator=g)
+    members = [3, 0, 7, 7, 2]
+    out_cpu, st_cpu = Population(cpu, seed=4, sigma=0.05, size=8, include=GROUPS).step_rows(
+        x, cpu.zero_state(5), members)
+    out_gpu, st_gpu = Population(gpu, seed=4, sigma=0.05, size=8, include=GROUPS).step_rows(
+        x.cuda(), gpu.zero_state(5), members)
+    assert_close(out_gpu.cpu(), out_cpu, **TOL)
+    assert_close(st_gpu.wkv.cpu(), st_cpu.wkv, **TOL)

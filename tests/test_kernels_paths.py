@@ -177,10 +177,38 @@ def test_step_runs_the_path_measured_fastest_for_its_batch_bucket(kernel_paths, 
     assert ran == [("other", 1)]  # ties go to the first candidate: one thread
 
 
-def test_batches_beyond_the_native_limit_run_torch_unmeasured(kernel_paths):
+@needs_native
+def test_batches_beyond_the_step_kernels_limit_choose_between_torch_and_the_row_kernel(
+        kernel_paths):
     model = nontrivial(CONTROL)
-    kernel_paths.measure = Timings()  # any measurement would fail: no timings given
-    assert native.step_path(model, native.MAX_BATCH + 1) == "torch"
+    seen = []
+
+    def timings(candidates):
+        seen.append(sorted(candidates))
+        return {name: 0.5 if name == "rows:1" else 1.0 for name in candidates}
+
+    kernel_paths.measure = timings
+    assert native.step_path(model, native.MAX_BATCH + 1) == "rows:1"
+    assert "torch" in seen[0] and not any(name.startswith("native") for name in seen[0])
+
+
+@needs_native
+@pytest.mark.parametrize("cfg", [CONTROL, TOKEN], ids=["control", "token"])
+def test_the_row_kernel_path_gives_the_torch_outputs(cfg):
+    model = nontrivial(cfg)
+    g = torch.Generator().manual_seed(4)
+    state = model.zero_state(5)
+    for t in state.tensors():
+        t.normal_(generator=g)
+    x = torch.randint(0, cfg.vocab_size, (5,), generator=g) if cfg.token_mode \
+        else torch.randn(5, cfg.input_dim, generator=g)
+    expected, expected_state = model.step_torch(x, state)
+    for path in ("rows:1", "rows:2"):
+        model.step_path = path  # forced: the row kernel runs
+        out, new = model.step(x, state)
+        assert_close(out, expected, atol=2e-5, rtol=2e-5)
+        for a, b in zip(new.tensors(), expected_state.tensors(), strict=True):
+            assert_close(a, b, atol=2e-5, rtol=2e-5)
 
 
 def test_a_forced_path_is_not_measured(kernel_paths, monkeypatch):

@@ -23,6 +23,7 @@ from .config import DECAY_SCALE, GN_EPS, LN_EPS, ROW_BLOCK, RWKV7Config
 from .cuda_graph import CudaGraphStep
 from .init import init_weights
 from .native import NativeStep
+from .native_rows import row_step
 from .state import RWKV7State
 from .wkv import wkv_heads
 
@@ -281,8 +282,10 @@ class RWKV7(nn.Module):
         init_weights(self, torch.Generator().manual_seed(seed), init)
         self.n_params = sum(p.numel() for p in self.parameters())
         self.use_native = True  # CPU steps may run csrc/rwkv7_step.c where measured faster
-        self.step_path: str | None = None  # "torch" or "native:<threads>" forces a path
+        # "torch", "native:<threads>" or "rows:<threads>" forces a path (populations too)
+        self.step_path: str | None = None
         self._native = None
+        self._rows = None  # RowStep (native_rows.py): packed weights of the row kernel
         self._step_paths: dict[int, str] = {}  # batch -> measured path (native.step_path)
         self._graph = None  # CudaGraphStep, after enable_cuda_graph_step
         self.requires_grad_(False)  # weights evolve; no autograd
@@ -305,9 +308,10 @@ class RWKV7(nn.Module):
              ) -> tuple[torch.Tensor, RWKV7State]:
         """One token (B,) or observation (B, input_dim) per row -> (outputs (B, out), state).
 
-        A CPU batch runs PyTorch ops or the native kernel, whichever was measured faster for
-        this CPU, model and batch size (`native.step_path`); a CUDA batch for which
-        `enable_cuda_graph_step` was called replays a graph; anything else runs PyTorch ops.
+        A CPU batch runs PyTorch ops, the native step kernel or the row kernel, whichever was
+        measured fastest for this CPU, model and batch size (`native.step_path`); a CUDA batch
+        for which `enable_cuda_graph_step` was called replays a graph; anything else runs
+        PyTorch ops.
         numpy input is accepted (observations become float32, tokens int64).
         """
         x = self._as_tensor(x)
@@ -321,6 +325,8 @@ class RWKV7(nn.Module):
                 path = self.chosen_step_path(B)
                 if path != "torch":
                     self._check_input(x.unsqueeze(1))
+                    if path.startswith("rows"):
+                        return self.step_rows_native(x, state, native.threads_of(path))
                     return self.step_native(x, state, native.threads_of(path))
         return self.step_torch(x, state)
 
@@ -344,6 +350,14 @@ class RWKV7(nn.Module):
             if self._native is None:
                 self._native = NativeStep(self)
             return self._native(native.embed(self, x), state, threads)
+
+    def step_rows_native(self, x: torch.Tensor, state: RWKV7State, threads: int = 1
+                         ) -> tuple[torch.Tensor, RWKV7State]:
+        """`step` through the row kernel (csrc/rwkv7_rows.c) on `threads` threads."""
+        with torch.no_grad():
+            if self.config.token_mode:
+                x = F.embedding(x, self.emb.weight)
+            return row_step(self)(x, state, None, None, threads)
 
     def enable_cuda_graph_step(self, batch: int = 1) -> None:
         """Replay `step` at this batch size as a CUDA graph (model on a CUDA device)."""

@@ -30,11 +30,12 @@ from .state import RWKV7State
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("rwkv7_step.c", "rwkv7_seq.c")  # one library; the headers are part of its key
+# one library; the headers are part of its key
+SOURCES = ("rwkv7_step.c", "rwkv7_seq.c", "rwkv7_rows.c")
 CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-std=gnu11"]
 # OpenMP teams on PyTorch's own libgomp (csrc/team.h); without it, one thread per call
 OPENMP = (["-fopenmp"], ["-fopenmp-simd"])
-MAX_BATCH = 64  # rows: larger batches are GEMM-shaped and run in PyTorch, unmeasured
+MAX_BATCH = 64  # rows: the step kernel reads each weight row once per row group up to here
 MAX_THREADS = 16  # team sizes tried: 1, 2, 4, ... up to the usable CPUs and this
 LAYER_PTRS = 33  # keep in the order of the enum in rwkv7_step.c
 LAYER_NAMES = ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "att.x_r", "att.x_w",
@@ -93,7 +94,8 @@ def load() -> ctypes.CDLL | None:
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
     signatures = {"rwkv7_step": [i32, ptr, ptr, ptr] + [ptr] * 8 + [i32],
                   "rwkv7_wkv": [i32] * 4 + [ptr] * 9 + [i32],
-                  "rwkv7_low_rank": [i32] * 5 + [ptr] * 4 + [ctypes.c_float, i32]}
+                  "rwkv7_low_rank": [i32] * 5 + [ptr] * 4 + [ctypes.c_float, i32],
+                  "rwkv7_rows": [i32] + [ptr] * 6 + [ctypes.c_float] + [ptr] * 8 + [i32]}
     for name, argtypes in signatures.items():
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = ctypes.c_int, argtypes
@@ -180,20 +182,32 @@ def threads_of(path: str) -> int:
 
 
 def step_path(model: torch.nn.Module, batch: int) -> str:
-    """"torch" or "native:<threads>" for a CPU step of `batch` rows of `model`.
+    """"torch", "native:<threads>" (the step kernel) or "rows:<threads>" (the row kernel,
+    native_rows.py) for a CPU step of `batch` rows of `model`.
 
     Measured once per CPU, model shape and batch bucket (the next power of two, which is what
-    runs in the measurement) and cached on disk; batches over MAX_BATCH rows run in PyTorch.
+    runs in the measurement) and cached on disk; the step kernel is a candidate up to
+    MAX_BATCH rows, the row kernel at any batch.
     """
     bucket = 1 << (batch - 1).bit_length()
-    if bucket > MAX_BATCH or not NativeStep.available(model):
+    if not NativeStep.available(model):
         return "torch"
     cfg = model.config
     x = (torch.zeros(bucket, dtype=torch.long) if cfg.token_mode
          else torch.zeros(bucket, cfg.input_dim))
     state = model.zero_state(bucket)  # each candidate steps a zero state of the bucket's size
-    return choose("step", {**cfg.to_dict(), "batch": bucket},
-                  lambda: model.step_torch(x, state), lambda n: model.step_native(x, state, n))
+    cands: dict[str, Callable[[], object]] = {"torch": lambda: model.step_torch(x, state)}
+    for n in thread_counts():
+        if bucket <= MAX_BATCH:
+            cands[f"native:{n}"] = lambda n=n: model.step_native(x, state, n)
+    for n in thread_counts():
+        cands[f"rows:{n}"] = lambda n=n: model.step_rows_native(x, state, n)
+    sizes = {**cfg.to_dict(), "batch": bucket, "torch_threads": torch.get_num_threads(),
+             "kernels": "step,rows"}  # a choice made before the row kernel is measured again
+    choice = paths.default_chooser().choose("step", sizes, cands)
+    if not choice.startswith("rows"):
+        model._rows = None  # the row kernel's packed weights (a copy) only where it runs
+    return choice
 
 
 def embed(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import native_ops
+from . import native_ops, rows
 from .config import GN_EPS, LN_EPS, ROW_BLOCK
 from .model import (
     GROUPS,
@@ -191,9 +191,47 @@ class Population:
 
     def step(self, x: torch.Tensor, state: RWKV7State | None = None,
              members: tuple[int, int] | None = None) -> tuple[torch.Tensor, RWKV7State]:
-        """One token (M, B) / observation (M, B, input_dim) per member row -> (M, B, out)."""
-        out, state = self.forward(x.unsqueeze(2), state, members)
-        return out[:, :, 0], state
+        """One token (M, B) / observation (M, B, input_dim) per member row -> (M, B, out).
+
+        Runs as `step_rows` with row m * B + b being member lo + m."""
+        cfg = self.model.config
+        lo, hi = self._member_range(members)
+        M = hi - lo
+        per_member_dims = 2 if cfg.token_mode else 3
+        if x.dim() == per_member_dims - 1:
+            x = x.unsqueeze(0).expand(M, *x.shape)
+        if x.dim() != per_member_dims or x.shape[0] != M:
+            feat = "" if cfg.token_mode else ", input_dim"
+            raise ValueError(f"population step input must be (members={M}, B{feat}) or "
+                             f"shared, got {tuple(x.shape)}")
+        if not cfg.token_mode and x.shape[-1] != cfg.input_dim:
+            raise ValueError(f"observations must have {cfg.input_dim} features, got {x.shape[-1]}")
+        B = x.shape[1]
+        state = self.model.zero_state(M * B) if state is None else state
+        if state.batch != M * B:
+            raise ValueError(f"population state must have P*B = {M * B} rows (P = {M} members "
+                             f"run), got {state.batch}")
+        members_of = torch.arange(lo, hi).repeat_interleave(B)
+        out, state = self.step_rows(x.reshape(M * B, *x.shape[2:]), state, members_of)
+        return out.view(M, B, -1), state
+
+    def step_rows(self, x: torch.Tensor, state: RWKV7State, members: Sequence[int] | torch.Tensor,
+                  inplace: bool = False, path: str | None = None
+                  ) -> tuple[torch.Tensor, RWKV7State]:
+        """One token (R,) / observation (R, input_dim) per row, row b run as member
+        `members[b]` -> (outputs (R, out), new state of R rows).
+
+        The rows need not be whole pairs or in order: a rollout passes only its live rows.
+        `inplace` writes the new state into `state`. `path` ("torch" or "native:<threads>")
+        forces a path; by default it is `row_path(R)`. On the native path a row's result does
+        not depend on the other rows, so one path for a whole rollout keeps a compacted batch
+        bitwise equal to the full one.
+        """
+        return rows.step(self, x, state, members, inplace, path)
+
+    def row_path(self, batch: int) -> str:
+        """The path `step_rows` takes for a batch of `batch` rows (measured once per CPU)."""
+        return rows.row_path(self, batch)
 
     def _member_range(self, members: tuple[int, int] | None) -> tuple[int, int]:
         if members is None:

@@ -96,6 +96,14 @@ class RWKV7State:
         idx = torch.as_tensor(rows, dtype=torch.long, device=self.wkv.device)
         return RWKV7State(*(t.index_select(1, idx) for t in self.tensors()))
 
+    def assign(self, rows: Sequence[int] | torch.Tensor, other: RWKV7State) -> None:
+        """Write `other`'s rows into this state's batch rows `rows`, in place."""
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.wkv.device)
+        if idx.numel() != other.batch:
+            raise ValueError(f"{idx.numel()} rows to write, the other state has {other.batch}")
+        for mine, theirs in zip(self.tensors(), other.tensors(), strict=True):
+            mine.index_copy_(1, idx, theirs)
+
     @staticmethod
     def cat(states: Sequence[RWKV7State]) -> RWKV7State:
         """Stack states along the batch axis (hand one organism's rows to another batch)."""

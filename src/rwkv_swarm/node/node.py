@@ -33,7 +33,7 @@ from .config import STRATEGIES, NodeConfig
 from .environment import Environment
 from .envs import env_spec, make_env
 from .exchange import Report, WeightSketch, fingerprint, perturbation_key, replay, report_of
-from .rollout import Rollout, rollout
+from .rollout import COMPACT_BELOW, Rollout, rollout
 from .shaping import derive_seed
 from .strategy import Measurement, Mutants, StepInfo
 from .wire import ProtocolError
@@ -128,16 +128,20 @@ class Node:
         P, E = hi - lo, c.episodes
         start = self.live_state.repeat(P * E) if self.env.persistent \
             else self.model.zero_state(P * E)
+        member_of = torch.arange(lo, hi).repeat_interleave(E)  # copy m * E + e: member lo + m
+        # one path for the whole rollout: on the native path a row's bits never depend on the
+        # batch, so compacting to the live copies leaves their returns as they were
+        path = pop.row_path(P * E)
 
-        def policy(obs: torch.Tensor, state: RWKV7State):
-            out, state = pop.step(obs.view(P, E, -1), state, members=(lo, hi))
-            return out.reshape(P * E, -1), state
+        def policy(obs: torch.Tensor, state: RWKV7State, rows: np.ndarray | None = None):
+            members = member_of if rows is None else member_of[rows]  # None: every copy
+            return pop.step_rows(obs, state, members, inplace=rows is not None, path=path)
 
         # keys: a copy's episode; paired, both members of an antithetic pair meet the same ones
         keys = [((lo + m) // (2 if c.paired_episodes else 1)) * E + e
                 for m in range(P) for e in range(E)]
         self._evaluated = rollout(self.env, policy, P * E, self._eval_seed(), start,
-                                  c.max_steps, keys, on_step)
+                                  c.max_steps, keys, on_step, compact=COMPACT_BELOW)
         self._fitness = self._evaluated.returns.reshape(P, E).mean(axis=1)
         self._stage = "evaluated"
         self._times["evaluate_s"] = time.perf_counter() - t0

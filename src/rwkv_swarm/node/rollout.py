@@ -13,19 +13,23 @@ from .environment import Environment
 
 # (observations (n, obs_dim) float32 tensor, state) -> (outputs (n, action_dim), state)
 Policy = Callable[[torch.Tensor, RWKV7State], tuple[torch.Tensor, RWKV7State]]
+# the same for the batch's rows only: (observations, state, rows (R,) copy indices)
+RowPolicy = Callable[[torch.Tensor, RWKV7State, np.ndarray], tuple[torch.Tensor, RWKV7State]]
 
 
 @dataclass
 class Rollout:
     """returns (n,) summed rewards, NaN for a copy that went wrong: `diverged` (its policy's
     outputs turned non-finite) or `bad_obs` (the environment handed it a non-finite
-    observation); steps (n,) steps taken; the final recurrent state."""
+    observation); steps (n,) steps taken; the final recurrent state; rows_computed: policy
+    rows computed over the run (env_steps of them were of live copies)."""
 
     returns: np.ndarray
     steps: np.ndarray
     state: RWKV7State
     diverged: np.ndarray
     bad_obs: np.ndarray
+    rows_computed: int = 0
 
     @property
     def env_steps(self) -> int:
@@ -43,40 +47,104 @@ class Rollout:
         return "; ".join(parts)
 
 
-def rollout(env: Environment, policy: Policy, n: int, seed: int, state: RWKV7State,
+# A compacting rollout gathers its live rows once they fall below this share of the batch:
+# at least this share of the rows computed are then live, and each compaction costs about
+# one copy of the batch's state.
+COMPACT_BELOW = 0.9
+
+
+def rollout(env: Environment, policy: Policy | RowPolicy, n: int, seed: int, state: RWKV7State,
             max_steps: int, keys: list[int] | None = None,
-            on_step: Callable[[int], None] | None = None) -> Rollout:
-    """Step `policy` in `n` copies of `env` from `state` (n rows). Copies end independently:
-    a done copy's later rewards are ignored (the batch still computes its row: one batched
-    pass is cheaper than compacting it). A copy that goes wrong (non-finite observation or
-    output) acts on zeros from then on and returns NaN: it is ranked worst, and it never stops
-    the others. `on_step(t)` runs after every environment step (a node services its
-    transport there during a long evaluation)."""
+            on_step: Callable[[int], None] | None = None, compact: float = 0.0) -> Rollout:
+    """Step `policy` in `n` copies of `env` from `state` (n rows). Copies end independently,
+    and a done copy's later rewards are ignored. A copy that goes wrong (non-finite
+    observation or output) acts on zeros from then on and returns NaN: it is ranked worst, and
+    it never stops the others. `on_step(t)` runs after every environment step (a node services
+    its transport there during a long evaluation).
+
+    `compact` = 0: every row is computed until the last copy is done (`policy(obs, state)`).
+    `compact` in (0, 1]: once fewer than that share of the batch's rows are live, the batch is
+    compacted to its live rows, so finished copies stop costing compute; `policy(obs, state,
+    rows)` then gets the copies `rows` (indices into n) that its batch holds, and the state it
+    gets is the rollout's own (it may update it in place). Done copies act on zeros; a policy
+    whose rows never depend on each other gives the live copies the same returns and states.
+    The final state holds each copy's state as of its last step in the batch.
+    """
+    if not 0.0 <= compact <= 1.0:
+        raise ValueError(f"compact must be a share of rows in [0, 1], got {compact}")
     obs = env.reset(n, seed) if keys is None else env.reset(n, seed, keys)
-    returns = np.zeros(n)
-    steps = np.zeros(n, dtype=np.int64)
-    alive = np.ones(n, dtype=bool)
-    diverged = np.zeros(n, dtype=bool)
-    bad_obs = np.zeros(n, dtype=bool)
+    run = _Run(n, state.clone() if compact else state, compact)
     for t in range(max_steps):
-        obs = np.asarray(obs, dtype=np.float32)
-        bad = ~np.isfinite(obs).all(axis=1)
-        if bad.any():
-            bad_obs |= bad & alive
-            obs = np.where(bad[:, None], 0.0, obs).astype(np.float32)
-        out, state = policy(torch.from_numpy(np.ascontiguousarray(obs)), state)
-        actions = out.detach().cpu().numpy()
-        bad = ~np.isfinite(actions).all(axis=1)
-        if bad.any():
-            diverged |= bad & alive & ~bad_obs
-            actions = np.where(bad[:, None], 0.0, actions)
+        obs = run.clean(np.asarray(obs, dtype=np.float32))
+        actions = run.act(policy, obs)
         obs, reward, done = env.step(actions)
-        returns += np.where(alive, reward, 0.0)
-        steps += alive
-        alive &= ~np.asarray(done, dtype=bool)
+        run.record(reward, done)
         if on_step is not None:
             on_step(t)
-        if not alive.any():
+        if not run.alive.any():
             break
-    returns[diverged | bad_obs] = np.nan
-    return Rollout(returns, steps, state, diverged, bad_obs)
+    return run.result()
+
+
+class _Run:
+    """One rollout's bookkeeping: returns, the live copies, and (compacting) the batch's rows."""
+
+    def __init__(self, n: int, state: RWKV7State, compact: float):
+        self.n, self.compact = n, compact
+        self.returns = np.zeros(n)
+        self.steps = np.zeros(n, dtype=np.int64)
+        self.alive = np.ones(n, dtype=bool)
+        self.diverged = np.zeros(n, dtype=bool)
+        self.bad_obs = np.zeros(n, dtype=bool)
+        self.full = state  # n rows: where rows dropped from the batch leave their state
+        self.batch = state  # the rows computed
+        self.rows = np.arange(n)
+        self.computed = 0  # rows computed, over the whole run
+
+    def clean(self, obs: np.ndarray) -> np.ndarray:
+        bad = ~np.isfinite(obs).all(axis=1)
+        if bad.any():
+            self.bad_obs |= bad & self.alive
+            obs = np.where(bad[:, None], 0.0, obs).astype(np.float32)
+        return obs
+
+    def act(self, policy: Policy | RowPolicy, obs: np.ndarray) -> np.ndarray:
+        if not self.compact:
+            out, self.batch = policy(torch.from_numpy(np.ascontiguousarray(obs)), self.batch)
+            actions = out.detach().cpu().numpy()
+        else:
+            live = self.alive[self.rows]
+            if live.sum() < self.compact * len(self.rows):
+                self._keep(np.flatnonzero(live))
+            x = torch.from_numpy(np.ascontiguousarray(obs[self.rows]))
+            out, self.batch = policy(x, self.batch, self.rows)
+            actions = np.zeros((self.n, out.shape[1]), dtype=np.float32)
+            actions[self.rows] = out.detach().cpu().numpy()
+        self.computed += len(self.rows)
+        bad = ~np.isfinite(actions).all(axis=1)
+        if bad.any():
+            self.diverged |= bad & self.alive & ~self.bad_obs
+            actions = np.where(bad[:, None], 0.0, actions)
+        return actions
+
+    def _keep(self, keep: np.ndarray) -> None:
+        """Compact the batch to its rows `keep`; the others' states go back to `full`."""
+        drop = np.setdiff1d(np.arange(len(self.rows)), keep)
+        if self.batch is not self.full and len(drop):
+            self.full.assign(torch.from_numpy(self.rows[drop]), self.batch.select(drop))
+        self.batch = self.batch.select(keep)
+        self.rows = self.rows[keep]
+
+    def record(self, reward: np.ndarray, done: np.ndarray) -> None:
+        self.returns += np.where(self.alive, reward, 0.0)
+        self.steps += self.alive
+        self.alive &= ~np.asarray(done, dtype=bool)
+
+    def result(self) -> Rollout:
+        state = self.batch
+        if self.compact and self.batch is not self.full:
+            self.full.assign(torch.from_numpy(self.rows), self.batch)
+            state = self.full
+        self.returns[self.diverged | self.bad_obs] = np.nan
+        return Rollout(self.returns, self.steps, state, self.diverged, self.bad_obs,
+                       int(self.computed))
