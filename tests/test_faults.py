@@ -364,4 +364,5 @@ def test_an_async_run_with_a_node_killed_goes_on_without_it(ray_session, tmp_pat
     assert (fault["node"], fault["phase"], fault["restart"]) == (2, "run_async", False)
     assert fault["time"] - killed < 5.0 and not status["nodes"][2]["alive"]
     rows = rows_by_node(swarm.run_dir)
-    assert all(sorted(rows[n]) == list(range(30)) for n in (0, 1, 3)) and len(rows[2]) < 30
+    assert all(sorted(rows[n]) == list(range(30)) for n in (0, 1, 3))
+    assert len(rows.get(2, {})) < 30  # none at all when it died before its first generation
