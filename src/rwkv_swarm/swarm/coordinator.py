@@ -11,7 +11,6 @@ actor to the migrant's through Ray's object store. Tested with in-process nodes
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -22,9 +21,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from .beliefs import Summary, fuse_lineages, lineage_p_best, migrations
-from .checkpoints import CheckpointStore, _atomic_write
+from .checkpoints import CheckpointStore
 from .config import SwarmConfig
 from .faults import Recovery
+from .result import save_best
 from .signals import Signal, validate
 from .topology import neighbours as make_neighbours
 from .trace import EventLog, TraceWriter
@@ -283,27 +283,16 @@ class Coordinator:
         self.trace.compact()
 
     def _save_best(self, snaps: dict[int, dict[str, Any]]) -> None:
-        """runs/<id>/best/policy.pt (the best node's `Policy`, from its snapshot in `snaps`)
-        and best.json (node, generation, p_best, belief), each written atomically. A policy
-        that cannot be made is a `warning` event: the run goes on."""
+        """runs/<id>/best/ from the best node's snapshot in `snaps` (see `result.save_best`);
+        one that cannot be written is a `warning` event: the run goes on."""
         best = self.best()
         if best is None or best["node"] not in snaps:
             return
-        from ..node.policy import Policy  # torch and the world's code: only once there is one
-
-        r = snaps[best["node"]]
-        folder = self.run_dir / "best"
         try:
-            folder.mkdir(exist_ok=True)
-            Policy.from_snapshot(r["snapshot"]).save(folder / "policy.pt")
+            save_best(self.run_dir, best, snaps[best["node"]])
         except Exception as e:  # noqa: BLE001 - the run matters more than its export
             self.events.write("warning", message=f"best policy not written: "
                                                  f"{type(e).__name__}: {e}"[:500])
-            return
-        record = {"node": best["node"], "generation": r["generation"], "p_best": best["p_best"],
-                  "belief_mean": best["belief_mean"], "belief_var": best["belief_var"],
-                  "time": time.time()}
-        _atomic_write(folder / "best.json", json.dumps(record).encode())
 
     def _target_reached(self) -> bool:
         """Whether the best lineage's belief mean has reached `config.target` (then a `target`
