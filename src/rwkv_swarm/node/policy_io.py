@@ -249,7 +249,8 @@ class Pipeline:
         options = dict(env.get("env_kwargs") or {})
         if env.get("max_steps") is not None:
             options["max_episode_steps"] = env["max_steps"]
-        return gymnasium.make(resolve_env_id(env["id"]).id, **{**options, **kwargs})
+        spec = resolve_env_id(env["id"], env.get("module"))  # the module registers the id
+        return gymnasium.make(spec.id, **{**options, **kwargs})
 
     def summary(self) -> str:
         env = self._world["env"]

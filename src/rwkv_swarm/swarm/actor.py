@@ -52,6 +52,9 @@ class CoordinatorActor:
         """The node actors now (a restarted node's is a new one)."""
         return list(self.nodes.actors)
 
+    def best(self) -> dict[str, Any] | None:
+        return self.coordinator.best()
+
     def lineage(self) -> list[dict[str, Any]]:
         return list(self.coordinator.lineage)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from ..cluster import connect, gcs_address, namespace, release, spawn_nodes
 from ..cluster.runtime import auth_mode, embedded, token_fingerprint
 from ..cluster.worlds import runtime_env_for
 from ..node import node_name
+from ..node.policy import Policy
 from . import runinfo
 from .actor import CoordinatorActor
 from .config import SwarmConfig
@@ -35,6 +37,7 @@ from .signals import Signal, validate
 from .trace import EventLog
 
 START_TIMEOUT_S = 600.0
+POLL_S = 0.2  # how often run(on_generation=...) asks the coordinator for its status
 
 
 def new_run_id() -> str:
@@ -183,10 +186,26 @@ class Swarm:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def run(self, generations: int | None = None) -> dict[str, Any]:
-        """Run `generations` generations (default: the config's) and return the status."""
+    def run(self, generations: int | None = None,
+            on_generation: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+        """Run `generations` generations (default: the config's; fewer when the config's
+        `target` is reached) and return the status. `on_generation(status)` runs here, in this
+        process, each time a poll of the status (every POLL_S) finds a new generation
+        finished: a slow callback sees fewer of them, never holds the swarm up."""
         self.start(generations)
-        return self.wait()
+        if on_generation is None:
+            return self.wait()
+        seen = self.status()["generation"]
+        while not self.done():
+            status = self.status()
+            if status["generation"] != seen:
+                seen = status["generation"]
+                on_generation(status)
+            time.sleep(POLL_S)
+        status = self.wait()
+        if status["generation"] != seen:
+            on_generation(status)
+        return status
 
     def start(self, generations: int | None = None) -> None:
         """Start running in the background."""
@@ -226,6 +245,36 @@ class Swarm:
             if self._info is None:
                 raise
             raise runinfo.gone(self.run_dir, self._info, "its coordinator died") from None
+
+    # -- the result ------------------------------------------------------------------------------
+
+    def best(self) -> dict[str, Any] | None:
+        """The best lineage by belief: {"node", "p_best", "belief_mean", "belief_var",
+        "generation"} (node: its lowest live node; generation: that node's last row), from the
+        coordinator; None before the first generation has ended."""
+        return self._get(self.coordinator.best.remote())
+
+    def checkpoint(self, node: int) -> bytes:
+        """Node `node`'s snapshot now (`NodeHost.snapshot()` bytes; taken at its next
+        generation boundary), from its current actor (a restarted node's new one)."""
+        if type(node) is not int or not 0 <= node < self.config.nodes:
+            raise ValueError(f"node must be a node id in 0..{self.config.nodes - 1}, got "
+                             f"{node!r}")
+        actors = self._get(self.coordinator.actors.remote())
+        return ray.get(actors[node].snapshot.remote())["snapshot"]
+
+    def policy(self, node: int | str = "best") -> Policy:
+        """Node `node`'s (or, for "best", the best lineage's node's) current weights as a
+        `Policy`, usable without Ray: `.save(path)`, `.act(obs)`, `.play()`."""
+        if node == "best":
+            best = self.best()
+            if best is None:
+                raise ValueError(f"run {self.run_id} has no best node yet: no generation has "
+                                 "ended")
+            node = best["node"]
+        elif type(node) is not int:
+            raise ValueError(f"node must be a node id or 'best', got {node!r}")
+        return Policy.from_snapshot(self.checkpoint(node))
 
     def lineage(self) -> list[dict[str, Any]]:
         return ray.get(self.coordinator.lineage.remote())

@@ -16,6 +16,7 @@ from these classes by `python -m rwkv_swarm.swarm.configdoc`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,9 @@ class SwarmConfig(ConfigFile):
     mode: str = "gossip"  # "isolated", "consensus" or "gossip" (docs/swarm.md)
     sync: bool = True  # a generation barrier; False: every node runs at its own pace
     generations: int = 50  # what `run()` runs when not told otherwise
+    # end the run early once the best lineage's belief mean (its Kalman-filtered fitness, less
+    # fooled by one lucky generation than fitness_mean) reaches this; None: run them all
+    target: float | None = None
     seed: int = 0  # swarm seed: the nodes' weights, noise and topology derive from it
     group_size: int = 0  # consensus: nodes per lineage group (0: all in one group)
     topology: Topology = field(default_factory=Topology)  # gossip: who hears whom
@@ -166,6 +170,10 @@ class SwarmConfig(ConfigFile):
                 validate(s.signal(), self.env, self.nodes)
             except ValueError as e:
                 raise ConfigError(f"signals[{i}]", str(e)) from None
+        if self.target is not None and (type(self.target) not in (int, float)
+                                        or not math.isfinite(self.target)):
+            raise ConfigError("target", f"got {self.target!r}, expected a finite number (the "
+                                        "fitness that ends the run) or none")
         if type(self.checkpoint_every) is not int or self.checkpoint_every < 0:
             raise ConfigError("checkpoint_every", f"got {self.checkpoint_every!r}, expected an "
                                                   "integer >= 0 (0: no checkpoints)")

@@ -24,6 +24,7 @@ from .beliefs import Summary, fuse_lineages, lineage_p_best, migrations
 from .checkpoints import CheckpointStore
 from .config import SwarmConfig
 from .faults import Recovery
+from .result import save_best
 from .signals import Signal, validate
 from .topology import neighbours as make_neighbours
 from .trace import EventLog, TraceWriter
@@ -90,6 +91,7 @@ class Coordinator:
         self._started = time.time()
         self._board = self._tensorboard() if config.tensorboard else None
         self._decided = -1  # the last generation migrations were decided at
+        self._target_hit = False
         self.recovery = Recovery(self)  # dead nodes: their peers told, restarted, rejoined
         self._wire(self.neighbour_lists, strict=True)
 
@@ -203,6 +205,9 @@ class Coordinator:
             self._checkpoint()
             if on_generation is not None:
                 on_generation(self.status())
+            if self._target_reached():
+                break
+        self._wrap_up()
         return self.status()
 
     def _one_generation(self) -> None:
@@ -255,11 +260,52 @@ class Coordinator:
         every = self.config.checkpoint_every
         if not every or (self.generation % every and not force):
             return
-        live = sorted(self.alive)
+        live, snaps = sorted(self.alive), {}
         for i, r in zip(live, self.nodes.call("snapshot", only=live), strict=True):
             if not self._fault(i, r, "snapshot"):
                 self.store.save_node(i, r["generation"], r["snapshot"])
+                snaps[i] = r
         self.store.save_coordinator(self.generation, self.state_dict())
+        self._save_best(snaps)
+        self.trace.compact()
+
+    # -- the result --------------------------------------------------------------------------------
+
+    def _wrap_up(self) -> None:
+        """At the end of a run() call: the best node's policy from its current weights, and
+        the trace's small parts merged."""
+        best = self.best()
+        if best is not None and best["node"] in self.alive:
+            (r,) = self.nodes.call("snapshot", only=[best["node"]],
+                                   on_fault=self._on_fault("snapshot"))
+            if not isinstance(r, BaseException):
+                self._save_best({best["node"]: r})
+        self.trace.compact()
+
+    def _save_best(self, snaps: dict[int, dict[str, Any]]) -> None:
+        """runs/<id>/best/ from the best node's snapshot in `snaps` (see `result.save_best`);
+        one that cannot be written is a `warning` event: the run goes on."""
+        best = self.best()
+        if best is None or best["node"] not in snaps:
+            return
+        try:
+            save_best(self.run_dir, best, snaps[best["node"]])
+        except Exception as e:  # noqa: BLE001 - the run matters more than its export
+            self.events.write("warning", message=f"best policy not written: "
+                                                 f"{type(e).__name__}: {e}"[:500])
+
+    def _target_reached(self) -> bool:
+        """Whether the best lineage's belief mean has reached `config.target` (then a `target`
+        event, once)."""
+        target = self.config.target
+        if target is None or self._target_hit:
+            return self._target_hit
+        best = self.best()
+        if best is None or not best["belief_mean"] >= target:
+            return False
+        self._target_hit = True
+        self.events.write("target", target=target, **best)  # generation: the best node's row
+        return True
 
     def state_dict(self) -> dict[str, Any]:
         """What the coordinator knows that its nodes' snapshots do not (JSON-able)."""
@@ -316,6 +362,20 @@ class Coordinator:
             out.append(Summary(i, lineage, row["belief_mean"], row["belief_var"]))
         return out
 
+    def best(self) -> dict[str, Any] | None:
+        """The best live lineage by belief: {"node" (its lowest live node), "p_best",
+        "belief_mean", "belief_var" (its fused belief), "generation" (of that node's last row)};
+        None before any row."""
+        fused = fuse_lineages(self.summaries())
+        if not fused:
+            return None
+        keys, p = lineage_p_best(fused)
+        k = int(np.argmax(p))
+        mean, var, members = fused[keys[k]]
+        node = min(members)
+        return {"node": node, "p_best": float(p[k]), "belief_mean": float(mean),
+                "belief_var": float(var), "generation": self.last[node].get("generation")}
+
     def _decide(self, gen: int, rows: list[dict[str, Any]]) -> None:
         """P(best) into every row; at the due generations, the gated migrations."""
         summaries = self.summaries()
@@ -368,10 +428,13 @@ class Coordinator:
         while not finished(0.2):
             self._apply_signals()
             self._flush()
+            if not self._target_hit and self._target_reached():
+                self.nodes.tell("stop")  # each node ends at its next boundary
         self._apply_signals()
         with self._lock:
             self.in_flight = None
         self._flush(final=True)
+        self._wrap_up()
         return self.status()
 
     def ingest(self, row: dict[str, Any]) -> None:
@@ -433,7 +496,8 @@ class Coordinator:
         best = max((r.get("fitness_mean", -math.inf) for r in self.last.values()),
                    default=math.nan)
         return {"run_id": self.run_id, "generation": self.generation, "in_flight": self.in_flight,
-                "nodes": nodes, "best_fitness": best, "migrations": len(self.lineage),
+                "nodes": nodes, "best_fitness": best, "best": self.best(),
+                "target_reached": self._target_hit, "migrations": len(self.lineage),
                 "rows": self.trace.rows, "elapsed_s": time.time() - self._started,
                 "mean_fitness": float(np.mean([r["fitness_mean"] for r in self.last.values()]))
                 if self.last else math.nan}

@@ -2,8 +2,11 @@
 
 `trace.parquet` is a directory of Parquet parts, one written (to a temporary name, then renamed)
 per generation or batch of rows: a part on disk is always complete, so a crash loses at most
-the rows in flight, and any Parquet reader loads the directory as one table. The schema and
-its version are in docs/trace.md; `load_trace` returns a pyarrow Table sorted by
+the rows in flight. `TraceWriter.compact` (the coordinator calls it at every checkpoint and at
+the end of a run) merges the small parts into one named by the range of part numbers it covers,
+`part-<first>-<last>.parquet`, then removes the parts it covers: a crash in between leaves both,
+and `load_trace` reads a covered part's rows once, from the widest part that covers them. The
+schema and its version are in docs/trace.md; `load_trace` returns a pyarrow Table sorted by
 (generation, node).
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,6 +43,42 @@ COLUMNS: dict[str, pa.DataType] = {
 SCHEMA = pa.schema([pa.field(k, v) for k, v in COLUMNS.items()],
                    metadata={"rwkv_swarm.trace_version": str(TRACE_VERSION)})
 _MISSING = {F: math.nan, I: -1, B: False, S: ""}
+PART_NAME = re.compile(r"part-(\d{6,})(?:-(\d{6,}))?\.parquet$")
+COMPACT_ROWS = 100_000  # parts this big are left alone: a long run is not rewritten again and again
+_READ_TRIES = 5  # a reader racing a compaction lists the parts again
+
+
+def trace_parts(path: Path) -> list[tuple[int, int, Path]]:
+    """(first, last, file) of every part in the trace directory `path` that no wider part
+    covers, sorted: each row once, whatever a crash during a compaction left behind."""
+    found = []
+    for p in path.glob("part-*.parquet"):
+        if m := PART_NAME.match(p.name):
+            first = int(m.group(1))
+            found.append((first, int(m.group(2) or first), p))
+    found.sort(key=lambda e: (e[0], -e[1]))  # the widest first among those that start together
+    out: list[tuple[int, int, Path]] = []
+    for first, last, p in found:
+        if out and first <= out[-1][1]:  # inside the one before (merges never overlap partly)
+            continue
+        out.append((first, last, p))
+    return out
+
+
+def _covered(path: Path) -> list[Path]:
+    """Parts a wider part covers: left by a compaction that crashed before removing them."""
+    keep = {p for _, _, p in trace_parts(path)}
+    return [p for p in path.glob("part-*.parquet") if PART_NAME.match(p.name) and p not in keep]
+
+
+def _write_part(table: pa.Table, final: Path) -> None:
+    """`table` as `final`, through a temporary file synced before the rename."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    with tmp.open("wb") as f:
+        pq.write_table(table, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)  # atomic: a reader never sees half a part
 
 
 def trace_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -63,14 +103,16 @@ def trace_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class TraceWriter:
-    """Appends rows to runs/<id>/trace.parquet/ as complete Parquet parts."""
+    """Appends rows to runs/<id>/trace.parquet/ as complete Parquet parts; `compact` merges
+    them."""
 
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir) / "trace.parquet"
         self.dir.mkdir(parents=True, exist_ok=True)
+        for p in _covered(self.dir):  # finish a compaction a crash interrupted
+            p.unlink(missing_ok=True)
         # after the last part there: a truncation may have removed some before it
-        self.parts = 1 + max((int(p.stem[5:]) for p in self.dir.glob("part-*.parquet")
-                              if p.stem[5:].isdigit()), default=-1)
+        self.parts = 1 + max((last for _, last, _ in trace_parts(self.dir)), default=-1)
         self.rows = 0
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
@@ -85,15 +127,42 @@ class TraceWriter:
         self.parts += 1
         self.rows += len(rows)
 
+    def compact(self, max_rows: int = COMPACT_ROWS) -> Path | None:
+        """Merge the trailing parts smaller than `max_rows` rows into one part named by the
+        range they cover, then remove them; returns the merged part (None: nothing to merge).
+        The merged part is on disk before any part it covers goes, so a crash loses nothing,
+        and `trace_parts` never reads a row twice meanwhile."""
+        parts = trace_parts(self.dir)
+        small: list[tuple[int, int, Path]] = []
+        for entry in reversed(parts):
+            if pq.ParquetFile(entry[2]).metadata.num_rows >= max_rows:
+                break
+            small.insert(0, entry)
+        if len(small) < 2:
+            return None
+        table = pa.concat_tables([pq.read_table(p, schema=SCHEMA) for _, _, p in small])
+        merged = self.dir / f"part-{small[0][0]:06d}-{small[-1][1]:06d}.parquet"
+        _write_part(table, merged)
+        for _, _, p in small:  # oldest first: what a crash leaves is the newest rows' part
+            p.unlink(missing_ok=True)
+        return merged
+
 
 def load_trace(run_dir: str | Path) -> pa.Table:
     """The run's trace as a pyarrow Table (one row per generation x node), sorted; call
-    `.to_pandas()` or `polars.from_arrow(...)` for a data frame."""
+    `.to_pandas()` or `polars.from_arrow(...)` for a data frame. Safe while the run writes
+    and compacts it: each row is read once."""
     path = Path(run_dir) / "trace.parquet"
-    parts = sorted(path.glob("part-*.parquet"))
-    if not parts:
-        raise FileNotFoundError(f"no trace in {path} (is {run_dir} a run directory?)")
-    table = pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in parts])
+    for attempt in range(_READ_TRIES):
+        parts = trace_parts(path)
+        if not parts:
+            raise FileNotFoundError(f"no trace in {path} (is {run_dir} a run directory?)")
+        try:
+            table = pa.concat_tables([pq.read_table(p, schema=SCHEMA) for _, _, p in parts])
+            break
+        except FileNotFoundError:  # a compaction removed a part just listed: list again
+            if attempt == _READ_TRIES - 1:
+                raise
     return table.sort_by([("generation", "ascending"), ("node", "ascending")])
 
 
@@ -104,20 +173,17 @@ def truncate_trace(run_dir: str | Path, generation: int) -> int:
     every step leaves whole parts and every earlier row in place, so a crash during it loses
     nothing else, and running it again finishes it."""
     path = Path(run_dir) / "trace.parquet"
+    for p in _covered(path):  # a compaction's leftovers first: their rows are in a wider part
+        p.unlink(missing_ok=True)
     dropped = 0
-    for part in sorted(path.glob("part-*.parquet")):
+    for _, _, part in trace_parts(path):
         table = pq.read_table(part, schema=SCHEMA)
         kept = table.filter(pc.less(table["generation"], generation))
         if kept.num_rows == table.num_rows:
             continue
         dropped += table.num_rows - kept.num_rows
         if kept.num_rows:
-            tmp = part.with_name(f".{part.name}.tmp")
-            with tmp.open("wb") as f:
-                pq.write_table(kept, f)
-                f.flush()
-                os.fsync(f.fileno())  # on disk before it replaces the rows it keeps
-            os.replace(tmp, part)
+            _write_part(kept, part)  # on disk before it replaces the rows it keeps
         else:
             part.unlink()
     for tmp in path.glob(".part-*.tmp"):  # a part being written when its writer died
@@ -127,11 +193,13 @@ def truncate_trace(run_dir: str | Path, generation: int) -> int:
 
 class EventLog:
     """runs/<id>/events.jsonl: one JSON object per line (signals, migrations, faults, topology
-    changes), flushed as each is written."""
+    changes, ...), flushed as each is written. The file exists from the start (empty for an
+    uneventful run)."""
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / "events.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch()
 
     def write(self, kind: str, **fields: Any) -> dict[str, Any]:
         event = {"time": time.time(), "kind": kind, **fields}
@@ -172,11 +240,23 @@ def _past(line: str, generation: int) -> bool:
     return bool(applied) and min(applied.values()) >= generation
 
 
-def read_events(run_dir: str | Path) -> list[dict[str, Any]]:
+def read_events(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """The run's events (runs/<id>/events.jsonl), oldest first, as dicts with at least "time"
+    and "kind" (docs/trace.md lists every kind and its fields); only those of `kind` when
+    given. [] when the run has none. A last line cut short by a crash is skipped; safe to call
+    while the run writes."""
     path = Path(run_dir) / "events.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            event = json.loads(line) if line.strip() else None
+        except ValueError:  # the line being written when its writer died
+            continue
+        if event is not None and (kind is None or event.get("kind") == kind):
+            out.append(event)
+    return out
 
 
 def _plain(v: Any) -> Any:

@@ -7,7 +7,9 @@ import sys
 
 from ...util.configio import ConfigError
 from .demo import demo_command_parser
+from .export import export_command_parser
 from .inject import inject_command_parser
+from .play import play_command_parser
 from .resume import resume_command_parser
 from .run import run_command_parser
 from .status import status_command_parser
@@ -16,10 +18,11 @@ from .trace import trace_command_parser
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("rwkv-swarm", description="Evolve swarms of RWKV-7 models on "
-                                                          "Ray: run, inject, status, trace.")
+                                "Ray: run, inject, status, trace, export, play.")
     sub = p.add_subparsers(dest="command", required=True)
     for make in (run_command_parser, demo_command_parser, inject_command_parser,
-                 status_command_parser, trace_command_parser, resume_command_parser):
+                 status_command_parser, trace_command_parser, resume_command_parser,
+                 export_command_parser, play_command_parser):
         make(sub)
     return p
 
