@@ -213,3 +213,98 @@ def test_a_swarm_across_three_hosts_with_token_auth_and_an_inject_from_another_h
     assert {(r["generation"], r["node"]) for r in trace if "amplitude" in r["signals"]} == \
         {(g, int(n)) for n, g in signal["applied"].items()}
     assert len(signal["applied"]) == NODES
+
+
+# -- a partition: one host cut off for CUT_S ------------------------------------------------------
+
+CUT_S, CUT_AFTER_S, PARTITION_GENERATIONS = 20.0, 4.0, 90
+PARTITION_WAIT_S = 150.0  # the driver's bound: the cut, Ray declaring h3 dead, the restarts
+
+# after the run: for each node, the address of the Ray node of each of its actors (a restarted
+# node has two: the dead one and the one that finished the run) with its state
+ACTORS_OF = """
+import json, sys, ray
+info = json.load(open(sys.argv[1]))
+ray.init(address=info["address"], log_to_driver=False)
+out = {}
+for a in ray._private.state.actors().values():
+    if a["Name"].startswith(info["run_id"] + "/"):
+        out.setdefault(a["Name"].split("/")[-1], []).append(
+            [a["Address"]["IPAddress"], a["State"]])
+print(json.dumps(out))
+"""
+
+
+def cut_during(state: Path, runs: Path, host: str) -> subprocess.Popen:
+    """A shell that cuts `host` off CUT_AFTER_S after the run started, for CUT_S, then
+    restores it; prints when it did each, in seconds since the epoch."""
+    code = WHEN_STARTED + f"""
+import subprocess, time
+started(sys.argv[1], {WAIT_S})
+time.sleep({CUT_AFTER_S})
+for verb, then in (("cut", {CUT_S}), ("restore", 0)):
+    subprocess.run({script(state)!r} + [verb, "{host}"], check=True)
+    print(verb, time.time(), flush=True)
+    time.sleep(then)
+"""
+    return subprocess.Popen([sys.executable, "-c", code, str(runs)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_a_host_cut_off_for_20_s_its_nodes_restart_elsewhere_and_the_run_finishes(
+        cluster, tmp_path):
+    state, address = cluster
+    config, runs = tmp_path / "swarm.toml", tmp_path / "runs"
+    config.write_text(CONFIG.replace(f"generations = {GENERATIONS}",
+                                     f"generations = {PARTITION_GENERATIONS}"))
+    cutter = cut_during(state, runs, "h3")
+    driver = subprocess.Popen(
+        in_host(state, "h1", *cli("run", str(config), "--address", address, "--run-dir",
+                                  str(runs), "--quiet")),
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ran = driver.communicate(timeout=PARTITION_WAIT_S)
+    assert driver.returncode == 0, ran[1][-3000:]
+    cut = cutter.communicate(timeout=WAIT_S)
+    assert cutter.returncode == 0, cut[1][-3000:]
+    times = {verb: float(t) for verb, t in (line.split() for line in cut[0].splitlines())}
+    assert times["restore"] - times["cut"] >= CUT_S
+
+    (run_dir,) = [p.parent for p in runs.glob("*/run.json")]
+    got = subprocess.run(in_host(state, "h2", sys.executable, "-c", ACTORS_OF,
+                                 str(run_dir / "run.json")),
+                         capture_output=True, text=True, timeout=WAIT_S)
+    assert got.returncode == 0, got.stderr[-3000:]
+    names = {node_name(i): i for i in range(NODES)}
+    actors = {names[k]: v for k, v in json.loads(got.stdout.splitlines()[-1]).items()
+              if k in names}
+    cut_nodes = {n for n, acts in actors.items() if any(ip == "198.51.100.3" for ip, _ in acts)}
+    events = read_events(run_dir)
+    trace = load_trace(run_dir).to_pylist()
+    print("actors", actors)
+    print("times", times)
+    for e in events:
+        if e["kind"] in ("fault", "restart", "warning"):
+            print(e)
+    print({n: sorted(r["generation"] for r in trace if r["node"] == n) for n in range(NODES)})
+    assert cut_nodes and cut_nodes != set(range(NODES)), actors  # h3 ran some, not all
+
+    # the nodes on the other hosts lost no generation and repeated none
+    rows = {n: [r["generation"] for r in trace if r["node"] == n] for n in range(NODES)}
+    for n in set(range(NODES)) - cut_nodes:
+        assert rows[n] == list(range(PARTITION_GENERATIONS)), (n, rows[n])
+    faults = [e for e in events if e["kind"] == "fault"]
+    restarts = {e["node"]: e for e in events if e["kind"] == "restart"}
+    assert {e["node"] for e in faults} <= cut_nodes, faults  # no other node failed
+    for n in cut_nodes:
+        if n in restarts:  # restarted elsewhere: on a live host, and back in the trace
+            assert any(e["node"] == n and e["restart"] for e in faults), faults
+            assert [ip for ip, st in actors[n] if st == "ALIVE"] in (
+                [], ["198.51.100.1"], ["198.51.100.2"]), actors[n]
+            assert all(ip != "198.51.100.3" for ip, st in actors[n] if st == "ALIVE")
+            back = restarts[n]["generation"]
+        else:  # rejoined: rows again once the link was back
+            back = min(r["generation"] for r in trace
+                       if r["node"] == n and r["time"] > times["restore"])
+        assert rows[n] == sorted(set(rows[n])), (n, rows[n])  # none repeated
+        assert set(range(back, PARTITION_GENERATIONS)) <= set(rows[n]), (n, back, rows[n])
+    assert all(rows[n] and rows[n][-1] == PARTITION_GENERATIONS - 1 for n in range(NODES))
