@@ -213,3 +213,103 @@ def test_a_swarm_across_three_hosts_with_token_auth_and_an_inject_from_another_h
     assert {(r["generation"], r["node"]) for r in trace if "amplitude" in r["signals"]} == \
         {(g, int(n)) for n, g in signal["applied"].items()}
     assert len(signal["applied"]) == NODES
+
+
+# -- a partition: one host cut off for CUT_S ------------------------------------------------------
+
+# The testbed's raylet health checks declare a silent host dead in 3 to 5 s (scripts/testbed.py
+# HEALTH_CHECK), well within the cut: h3's nodes are lost and restarted on h1/h2, and h3 does
+# not come back. Enough generations that the restarts (7 to 18 s on a busy machine) rejoin
+# before the run ends.
+CUT_S, CUT_AFTER_S, PARTITION_GENERATIONS = 20.0, 4.0, 150
+PARTITION_WAIT_S = 150.0  # the driver's bound: the cut, Ray declaring h3 dead, the restarts
+CUT_HOST = "198.51.100.3"
+
+# after the run: for each node, the address of the Ray node of each of its actors (a restarted
+# node has two: the dead one and the one that finished the run); and the live Ray nodes
+ACTORS_OF = """
+import json, sys, ray
+info = json.load(open(sys.argv[1]))
+ray.init(address=info["address"], log_to_driver=False)
+out = {}
+for a in ray._private.state.actors().values():
+    if a["Name"].startswith(info["run_id"] + "/"):
+        out.setdefault(a["Name"].split("/")[-1], []).append(a["Address"]["IPAddress"])
+print(json.dumps([out, sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"])]))
+"""
+
+
+def cut_during(state: Path, runs: Path, host: str) -> subprocess.Popen:
+    """A shell that cuts `host` off CUT_AFTER_S after the run started, for CUT_S, then
+    restores it; prints when it did each (seconds since the epoch)."""
+    code = WHEN_STARTED + f"""
+import subprocess, time
+started(sys.argv[1], {WAIT_S})
+time.sleep({CUT_AFTER_S})
+for verb, then in (("cut", {CUT_S}), ("restore", 0)):
+    subprocess.run({script(state)!r} + [verb, "{host}"], check=True)
+    print(verb, time.time(), flush=True)
+    time.sleep(then)
+"""
+    return subprocess.Popen([sys.executable, "-c", code, str(runs)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def partitioned_run(state: Path, address: str, tmp_path: Path) -> tuple[Path, dict[str, float]]:
+    """The swarm run from h1 while h3 is cut off and restored; its run directory, and when the
+    cut and the restore were made. The driver must exit 0 within PARTITION_WAIT_S."""
+    config, runs = tmp_path / "swarm.toml", tmp_path / "runs"
+    config.write_text(CONFIG.replace(f"generations = {GENERATIONS}",
+                                     f"generations = {PARTITION_GENERATIONS}"))
+    cutter = cut_during(state, runs, "h3")
+    driver = subprocess.Popen(
+        in_host(state, "h1", *cli("run", str(config), "--address", address, "--run-dir",
+                                  str(runs), "--quiet")),
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ran = driver.communicate(timeout=PARTITION_WAIT_S)
+    assert driver.returncode == 0, ran[1][-3000:]
+    cut = cutter.communicate(timeout=WAIT_S)
+    assert cutter.returncode == 0, cut[1][-3000:]
+    times = {verb: float(t) for verb, t in (line.split() for line in cut[0].splitlines())}
+    assert times["restore"] - times["cut"] >= CUT_S
+    (run_dir,) = [p.parent for p in runs.glob("*/run.json")]
+    return run_dir, times
+
+
+def test_a_host_cut_off_for_20_s_its_nodes_restart_elsewhere_and_the_run_finishes(
+        cluster, tmp_path):
+    state, address = cluster
+    run_dir, times = partitioned_run(state, address, tmp_path)
+    got = subprocess.run(in_host(state, "h2", sys.executable, "-c", ACTORS_OF,
+                                 str(run_dir / "run.json")),
+                         capture_output=True, text=True, timeout=WAIT_S)
+    assert got.returncode == 0, got.stderr[-3000:]
+    placed, alive = json.loads(got.stdout.splitlines()[-1])
+    names = {node_name(i): i for i in range(NODES)}
+    actors = {names[k]: ips for k, ips in placed.items() if k in names}
+    events, trace = read_events(run_dir), load_trace(run_dir).to_pylist()
+    print(f"cut at {times['cut']:.1f}, restored at {times['restore']:.1f}; actors {actors}")
+    for e in (e for e in events if e["kind"] in ("fault", "restart", "warning", "resync")):
+        print({k: v for k, v in e.items() if k != "error"}, e.get("error", "")[:200])
+
+    cut_nodes = {n for n, ips in actors.items() if CUT_HOST in ips}
+    assert cut_nodes and cut_nodes != set(range(NODES)), actors  # h3 ran some nodes, not all
+    assert CUT_HOST not in alive and len(alive) == 2, alive  # declared dead; not come back
+    rows = {n: [r["generation"] for r in trace if r["node"] == n] for n in range(NODES)}
+    for n in set(range(NODES)) - cut_nodes:  # the others lost no generation, repeated none
+        assert rows[n] == list(range(PARTITION_GENERATIONS)), (n, rows[n])
+        assert len(actors[n]) == 1, actors  # and were never restarted
+    faults = [e for e in events if e["kind"] == "fault"]
+    restarts = {e["node"]: e for e in events if e["kind"] == "restart"}
+    assert sorted(e["node"] for e in faults) == sorted(cut_nodes), faults  # one each, no other
+    assert all(e["restart"] and e["phase"] in ("share", "absorb") for e in faults), faults
+    # seen once Ray declared h3 dead: after the cut, long before the restore
+    assert all(times["cut"] < e["time"] < times["restore"] for e in faults), (times, faults)
+    assert sorted(restarts) == sorted(cut_nodes), restarts
+    for n in cut_nodes:  # restarted on a live host from its snapshot, back in the trace
+        assert len(actors[n]) == 2 and actors[n].count(CUT_HOST) == 1, actors[n]
+        r = restarts[n]
+        assert r["source"] == "snapshot" and r["lost_at"] >= r["snapshot_generation"], r
+        lost = set(range(r["lost_at"], r["generation"]))
+        assert rows[n] == sorted(set(range(PARTITION_GENERATIONS)) - lost), (n, r, rows[n])
+    assert not [e for e in events if e["kind"] in ("warning", "resync")], events
