@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cluster.runtime import reachable, token_fingerprint, use_token_auth
+from .trace import last_generation
 
 RUN_FILE = "run.json"
 PROBE_S = 2.0  # how long a live GCS may take to accept a TCP connection
@@ -131,16 +132,6 @@ def gone(run_dir: Path, info: dict[str, Any], what: str) -> ValueError:
     run_id = info["run_id"]
     return RunGone(f"run {run_id} is not running: {what} (launched by pid {info.get('pid')} "
                    f"on {info.get('host')}); {resume_hint(run_id)}")
-
-
-def last_generation(run_dir: Path) -> int | None:
-    """The last generation in the run's trace (its newest part), None when it has none."""
-    parts = sorted((Path(run_dir) / "trace.parquet").glob("part-*.parquet"))
-    if not parts:
-        return None
-    import pyarrow.parquet as pq
-
-    return max(pq.read_table(parts[-1], columns=["generation"])["generation"].to_pylist())
 
 
 # -- the launcher, alive or not --------------------------------------------------------------------

@@ -166,6 +166,23 @@ def load_trace(run_dir: str | Path) -> pa.Table:
     return table.sort_by([("generation", "ascending"), ("node", "ascending")])
 
 
+def last_generation(run_dir: str | Path) -> int | None:
+    """The last generation in the run's trace (its newest part), None when it has none. Safe
+    while the run writes and compacts it."""
+    path = Path(run_dir) / "trace.parquet"
+    for attempt in range(_READ_TRIES):
+        parts = trace_parts(path)
+        if not parts:
+            return None
+        try:
+            gens = pq.read_table(parts[-1][2], columns=["generation"])["generation"]
+            return max(gens.to_pylist(), default=None)
+        except FileNotFoundError:  # a compaction removed it just after the listing
+            if attempt == _READ_TRIES - 1:
+                raise
+    return None
+
+
 def truncate_trace(run_dir: str | Path, generation: int) -> int:
     """Remove every row of `generation` or later from runs/<id>/trace.parquet/ (a resumed run
     runs them again) and return how many went. Each part that holds such rows is rewritten
