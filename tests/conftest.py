@@ -35,3 +35,15 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Every in-process host on one torch thread, as a node actor at half a CPU has: with the
+    default two, their threads spin against each other and any other job on the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

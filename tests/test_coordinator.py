@@ -7,7 +7,6 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-import torch
 
 from rwkv_swarm.cluster.host import NodeHost
 from rwkv_swarm.cluster.nodes import LocalNodes
@@ -25,14 +24,7 @@ from rwkv_swarm.swarm import (
 SIGNAL_ENV = {"kind": "signal", "lags": 3}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Every in-process host on one torch thread, as a node actor at half a CPU has: with the
-    default two, their threads spin against each other and any other job on the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def local_swarm(tmp_path: Path, **kw) -> tuple[Coordinator, list[NodeHost]]:

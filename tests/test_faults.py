@@ -43,14 +43,7 @@ SIGNAL_ENV = {"kind": "signal", "lags": 3}
 WAIT_S = 60.0  # the peers' longest wait: a test that met it once would take a minute
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Every in-process host on one torch thread, as a node actor at half a CPU has: with the
-    default two, their threads spin against each other and any other job on the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def config(tmp_path: Path, **kw) -> SwarmConfig:

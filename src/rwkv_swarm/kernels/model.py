@@ -80,6 +80,24 @@ class Ops:
         return y * self.vec(prefix + ".weight") + self.vec(prefix + ".bias")
 
 
+class PerturbedNorms:
+    """`norm` and `group_norm` for Ops whose `kinds` name the perturbed parameters: the base
+    Ops' path where a norm's own weights are perturbed, torch's fused norm where they are not.
+    Put it before `Ops` in the bases."""
+
+    def norm(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
+        if prefix + ".weight" in self.kinds or prefix + ".bias" in self.kinds:
+            return super().norm(prefix, x)
+        return F.layer_norm(x, x.shape[-1:], self.p[prefix + ".weight"],
+                            self.p[prefix + ".bias"], eps=LN_EPS)
+
+    def group_norm(self, prefix: str, y: torch.Tensor, n_head: int) -> torch.Tensor:
+        if prefix + ".weight" in self.kinds or prefix + ".bias" in self.kinds:
+            return super().group_norm(prefix, y, n_head)
+        shape = y.shape
+        return F.group_norm(y.reshape(-1, shape[-1]), n_head, self.p[prefix + ".weight"],
+                            self.p[prefix + ".bias"], eps=GN_EPS).view(shape)
+
 class BaseOps(Ops):
     """The model's own weights, unperturbed."""
 

@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from . import native_ops, rows
-from .config import GN_EPS, LN_EPS, ROW_BLOCK
+from .config import ROW_BLOCK
 from .model import (
     GROUPS,
     LORA_NAMES,
     RWKV7,
     Ops,
+    PerturbedNorms,
     embed_input,
     is_matrix,
     parameter_group,
@@ -336,7 +337,7 @@ def member_block(P: int, rows_per_member: int, device: torch.device) -> int:
     return min(P, max(2, ROW_BLOCK // max(rows_per_member, 1) // 2 * 2))
 
 
-class PopulationOps(Ops):
+class PopulationOps(PerturbedNorms, Ops):
     """Weights as seen by members [lo, hi) (an even range): shared base plus perturbation.
 
     Activations are (hi - lo, B, T, features); members 2p and 2p+1 share pair p's noise.
@@ -407,19 +408,6 @@ class PopulationOps(Ops):
         for i in range(r):
             out.addcmul_(rows[:, :, i:i + 1], Bn[:, None, :, i])
         return y
-
-    def norm(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
-        if prefix + ".weight" in self.kinds or prefix + ".bias" in self.kinds:
-            return super().norm(prefix, x)
-        return F.layer_norm(x, x.shape[-1:], self.p[prefix + ".weight"],
-                            self.p[prefix + ".bias"], eps=LN_EPS)
-
-    def group_norm(self, prefix: str, y: torch.Tensor, n_head: int) -> torch.Tensor:
-        if prefix + ".weight" in self.kinds or prefix + ".bias" in self.kinds:
-            return super().group_norm(prefix, y, n_head)
-        shape = y.shape
-        return F.group_norm(y.reshape(-1, shape[-1]), n_head, self.p[prefix + ".weight"],
-                            self.p[prefix + ".bias"], eps=GN_EPS).view(shape)
 
 
 def low_rank_torch(out: torch.Tensor, rows: torch.Tensor, left: torch.Tensor,

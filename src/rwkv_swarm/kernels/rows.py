@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import native, native_ops
-from .config import GN_EPS, LN_EPS
-from .model import Ops, embed_input, readout, run_blocks
+from .model import Ops, PerturbedNorms, embed_input, readout, run_blocks
 from .native_rows import row_step
 from .state import RWKV7State
 
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
     from .population import Population
 
 
-class RowOps(Ops):
+class RowOps(PerturbedNorms, Ops):
     """Weights as row b's member sees them: the shared base plus its pair's perturbation,
     gathered per row. Activations are (R, T, features)."""
 
@@ -78,19 +77,6 @@ class RowOps(Ops):
         _, Bt = self.pop.noise_t["emb.weight"]
         z = A[self.pairs.view(-1, 1), tokens] * self.scale.view(-1, 1, 1)  # (R, T, r)
         return torch.baddbmm(y, z, Bt.index_select(0, self.pairs))
-
-    def norm(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
-        if prefix + ".weight" in self.kinds or prefix + ".bias" in self.kinds:
-            return super().norm(prefix, x)
-        return F.layer_norm(x, x.shape[-1:], self.p[prefix + ".weight"],
-                            self.p[prefix + ".bias"], eps=LN_EPS)
-
-    def group_norm(self, prefix: str, y: torch.Tensor, n_head: int) -> torch.Tensor:
-        if prefix + ".weight" in self.kinds or prefix + ".bias" in self.kinds:
-            return super().group_norm(prefix, y, n_head)
-        shape = y.shape
-        return F.group_norm(y.reshape(-1, shape[-1]), n_head, self.p[prefix + ".weight"],
-                            self.p[prefix + ".bias"], eps=GN_EPS).view(shape)
 
 
 def step_torch(pop: Population, x: torch.Tensor, state: RWKV7State, members: torch.Tensor,
