@@ -162,23 +162,7 @@ class Population:
         member-major (M*B rows). Returns outputs (M, B, T, out) and the new state.
         """
         cfg = self.model.config
-        lo, hi = self._member_range(members)
-        M = hi - lo
-        per_member_dims = 3 if cfg.token_mode else 4
-        if x.dim() == per_member_dims - 1:
-            x = x.unsqueeze(0).expand(M, *x.shape)
-        if x.dim() != per_member_dims or x.shape[0] != M:
-            feat = "" if cfg.token_mode else ", input_dim"
-            raise ValueError(f"population input must be (members={M}, B, T{feat}) or shared, "
-                             f"got {tuple(x.shape)}")
-        if not cfg.token_mode and x.shape[-1] != cfg.input_dim:
-            raise ValueError(f"observations must have {cfg.input_dim} features, got {x.shape[-1]}")
-        B = x.shape[1]
-        if state is None:
-            state = self.model.zero_state(M * B)
-        elif state.batch != M * B:
-            raise ValueError(f"population state must have P*B = {M * B} rows (P = {M} members "
-                             f"run), got {state.batch}")
+        x, state, lo, M, B = self._checked(x, state, members, "population input", ", T")
         block = member_block(M, B * x.shape[2], self.device)
         new, outs = state.empty_like(), []
         with torch.no_grad():
@@ -190,29 +174,38 @@ class Population:
                 outs.append(readout(ops, h))
         return (outs[0] if len(outs) == 1 else torch.cat(outs)), new
 
+    def _checked(self, x: torch.Tensor, state: RWKV7State | None,
+                 members: tuple[int, int] | None, what: str, time: str
+                 ) -> tuple[torch.Tensor, RWKV7State, int, int, int]:
+        """(x per member, state, lo, M, B) for members [lo, lo + M): a shared input expanded,
+        shapes, features and state rows checked (`time`: ", T" for a sequence, "" a step)."""
+        cfg = self.model.config
+        lo, hi = self._member_range(members)
+        M = hi - lo
+        per_member_dims = (2 if cfg.token_mode else 3) + bool(time)
+        if x.dim() == per_member_dims - 1:
+            x = x.unsqueeze(0).expand(M, *x.shape)
+        if x.dim() != per_member_dims or x.shape[0] != M:
+            feat = "" if cfg.token_mode else ", input_dim"
+            raise ValueError(f"{what} must be (members={M}, B{time}{feat}) or shared, got "
+                             f"{tuple(x.shape)}")
+        if not cfg.token_mode and x.shape[-1] != cfg.input_dim:
+            raise ValueError(f"observations must have {cfg.input_dim} features, got {x.shape[-1]}")
+        B = x.shape[1]
+        if state is None:
+            state = self.model.zero_state(M * B)
+        elif state.batch != M * B:
+            raise ValueError(f"population state must have P*B = {M * B} rows (P = {M} members "
+                             f"run), got {state.batch}")
+        return x, state, lo, M, B
+
     def step(self, x: torch.Tensor, state: RWKV7State | None = None,
              members: tuple[int, int] | None = None) -> tuple[torch.Tensor, RWKV7State]:
         """One token (M, B) / observation (M, B, input_dim) per member row -> (M, B, out).
 
         Runs as `step_rows` with row m * B + b being member lo + m."""
-        cfg = self.model.config
-        lo, hi = self._member_range(members)
-        M = hi - lo
-        per_member_dims = 2 if cfg.token_mode else 3
-        if x.dim() == per_member_dims - 1:
-            x = x.unsqueeze(0).expand(M, *x.shape)
-        if x.dim() != per_member_dims or x.shape[0] != M:
-            feat = "" if cfg.token_mode else ", input_dim"
-            raise ValueError(f"population step input must be (members={M}, B{feat}) or "
-                             f"shared, got {tuple(x.shape)}")
-        if not cfg.token_mode and x.shape[-1] != cfg.input_dim:
-            raise ValueError(f"observations must have {cfg.input_dim} features, got {x.shape[-1]}")
-        B = x.shape[1]
-        state = self.model.zero_state(M * B) if state is None else state
-        if state.batch != M * B:
-            raise ValueError(f"population state must have P*B = {M * B} rows (P = {M} members "
-                             f"run), got {state.batch}")
-        members_of = torch.arange(lo, hi).repeat_interleave(B)
+        x, state, lo, M, B = self._checked(x, state, members, "population step input", "")
+        members_of = torch.arange(lo, lo + M).repeat_interleave(B)
         out, state = self.step_rows(x.reshape(M * B, *x.shape[2:]), state, members_of)
         return out.view(M, B, -1), state
 
