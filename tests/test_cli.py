@@ -69,15 +69,21 @@ def test_run_then_status_and_inject_from_another_process_then_trace(ray_session,
     assert read_events(run_dir)[-1]["kind"] == "end"
 
 
-def test_a_finished_run_is_told_from_its_files_alone(tmp_path, capsys):
-    """status and inject after the run: its run.json says it ended (no Ray is joined)."""
-    run_dir = tmp_path / "runs" / "r1"
+def ended_run(runs: Path) -> Path:
+    """The files of run r1, which ended at generation 7 (no trace)."""
+    run_dir = runs / "r1"
     run_dir.mkdir(parents=True)
     (run_dir / "config.toml").write_text((ROOT / "configs" / "signal.toml").read_text())
     (run_dir / "run.json").write_text(json.dumps({
         "run_id": "r1", "address": "127.0.0.1:1", "namespace": "n", "coordinator": "c",
         "embedded": True, "auth": "token", "pid": 1, "host": "elsewhere",
         "ended": {"time": 0.0, "generation": 7, "reason": "finished"}}))
+    return run_dir
+
+
+def test_a_finished_run_is_told_from_its_files_alone(tmp_path, capsys):
+    """status and inject after the run: its run.json says it ended (no Ray is joined)."""
+    run_dir = ended_run(tmp_path / "runs")
     told = f"run r1 ended at generation 7 (see {run_dir / 'events.jsonl'})"
     assert main(["status", "r1", "--runs-dir", str(tmp_path / "runs")]) == 0
     assert told in capsys.readouterr().out
@@ -101,6 +107,35 @@ def test_a_launcher_whose_pid_names_another_process_now_is_dead(tmp_path, capsys
     err = capsys.readouterr().err
     assert f"run r2's launcher died (pid {os.getpid()} on {me['host']} is gone)" in err
     assert "`rwkv-swarm resume r2`" in err
+
+
+LOADED = """
+import sys
+from rwkv_swarm.swarm.commands.cli import main
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as e:  # --help
+    rc = e.code
+print("loaded:", sorted(m for m in ("torch", "ray") if m in sys.modules))
+sys.exit(rc)
+"""
+
+
+@pytest.mark.parametrize("argv, rc, told", [
+    (["--help"], 0, "run, inject, status"),
+    (["status", "r1"], 0, "run r1 ended at generation 7"),
+    (["inject", "r1", "amplitude", "scale=2"], 2, "run r1 ended at generation 7"),
+    (["status", "nothing"], 2, "no run 'nothing'"),
+])
+def test_verbs_answered_from_files_load_neither_torch_nor_ray(tmp_path, argv, rc, told):
+    """In a fresh process, as a user meets them: these verbs need only a run's files, so they
+    do not pay seconds for importing torch and Ray."""
+    ended_run(tmp_path / "runs")
+    out = subprocess.run([sys.executable, "-c", LOADED, *argv], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == rc, out.stderr[-2000:]
+    assert told in out.stdout + out.stderr
+    assert "loaded: []" in out.stdout
 
 
 @pytest.mark.parametrize("text, message", [

@@ -1,9 +1,16 @@
-"""Ray: connecting (embedded local instance or a cluster), one actor per node, placement."""
+"""Ray: connecting (embedded local instance or a cluster), one actor per node, placement.
 
-from .actor import NodeActor
-from .host import NodeHost
-from .placement import PLACEMENTS, release, spawn_nodes
-from .runtime import bind_host, connect, gcs_address, namespace
+Its names are imported on first use (`util/lazy.py`), so that reading a run's record
+(`cluster.runtime`) does not load torch."""
 
+from ..util.lazy import lazy_exports
+
+_EXPORTS = {
+    ".actor": ("NodeActor",),
+    ".host": ("NodeHost",),
+    ".placement": ("PLACEMENTS", "release", "spawn_nodes"),
+    ".runtime": ("bind_host", "connect", "gcs_address", "namespace"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = ["PLACEMENTS", "NodeActor", "NodeHost", "bind_host", "connect", "gcs_address",
            "namespace", "release", "spawn_nodes"]

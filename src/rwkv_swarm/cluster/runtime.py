@@ -1,5 +1,6 @@
 """Connecting to Ray: an embedded local instance or an existing cluster, where a node's sockets
-should bind, and what another process needs to join the same Ray (its auth mode and token)."""
+should bind, and what another process needs to join the same Ray (its auth mode and token).
+Ray is imported where it is used: a CLI verb that reads a run's record loads none of it."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import hashlib
 import math
 import os
 import socket
-
-import ray
 
 LOCAL_HOST = "127.0.0.1"  # in local mode every socket stays on the loopback interface
 JOIN_ADVICE = "start one with `ray start --head`, or leave the address out for a local Ray"
@@ -21,6 +20,8 @@ def connect(address: str | None, cpus_needed: float = 1.0, namespace: str | None
     (ValueError with `advice` when that fails), with token auth on when a Ray token is at
     hand and RAY_AUTH_MODE does not say otherwise (a cluster without auth accepts it too).
     Returns True when this call started Ray (and the caller should shut it down)."""
+    import ray
+
     if ray.is_initialized():
         return False
     if address is None:
@@ -43,21 +44,29 @@ def connect(address: str | None, cpus_needed: float = 1.0, namespace: str | None
 
 def gcs_address() -> str:
     """The address another process passes to `connect` to join this Ray instance."""
+    import ray
+
     return ray.get_runtime_context().gcs_address
 
 
 def embedded() -> bool:
     """Whether this process started the Ray it is in (which then ends with it)."""
+    import ray
+
     node = getattr(ray._private.worker, "_global_node", None)
     return bool(getattr(node, "head", False))
 
 
 def namespace() -> str:
+    import ray
+
     return ray.get_runtime_context().namespace
 
 
 def bind_host(local: bool) -> str:
     """Where a node binds: the loopback in local mode, this Ray node's IP on a cluster."""
+    import ray
+
     return LOCAL_HOST if local else ray.util.get_node_ip_address()
 
 

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..api import Swarm
-from ..config import Migration, Resources, SwarmConfig
 from ..report import format_table, plot, summary
-from ..signals import Signal
 from ..trace import load_trace
 from .run import shown, watch
+
+if TYPE_CHECKING:
+    from ..config import SwarmConfig
 
 SHIFT = {"freq": [0.021, 0.047, 0.25]}  # the fast component moves from 0.113 to 0.25
 
@@ -33,12 +33,17 @@ def demo_command_parser(subparsers: Any) -> argparse.ArgumentParser:
 def demo_config(nodes: int, generations: int, run_dir: str) -> SwarmConfig:
     """Half a CPU per node on the embedded Ray (one torch thread each, so the nodes share the
     cores without thrashing)."""
+    from ..config import Migration, Resources, SwarmConfig
+
     return SwarmConfig(nodes=nodes, mode="gossip", generations=generations,
                        env={"kind": "signal", "lags": 3}, run_dir=run_dir,
                        migration=Migration(every=5), resources=Resources(cpus=0.5))
 
 
 def demo_command(args: argparse.Namespace) -> int:
+    from ..api import Swarm
+    from ..signals import Signal
+
     t0 = time.perf_counter()
     config = demo_config(args.nodes, args.generations, args.run_dir)
     midway = args.generations // 2

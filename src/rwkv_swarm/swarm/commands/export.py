@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ...node.policy import Policy
 from .. import runinfo
-from ..checkpoints import CheckpointStore
+
+if TYPE_CHECKING:
+    from ...node.policy import Policy
 
 
 def export_command_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -57,6 +58,9 @@ def live_policy(args: argparse.Namespace) -> tuple[Policy, str] | None:
 
 def stored_policy(args: argparse.Namespace) -> tuple[Policy, str]:
     """The policy from the run's files: best/policy.pt, or node --node's newest checkpoint."""
+    from ...node.policy import Policy  # torch: only once a policy is read
+    from ..checkpoints import CheckpointStore
+
     run_dir, _ = runinfo.read(args.run_id, args.runs_dir)
     if args.node is None:
         file = run_dir / "best" / "policy.pt"

@@ -8,9 +8,6 @@ import argparse
 from typing import Any
 
 from .. import runinfo
-from ..api import Swarm
-from ..config import SwarmConfig
-from ..signals import Signal, parse_params, validate
 
 
 def inject_command_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -28,9 +25,13 @@ def inject_command_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def inject_command(args: argparse.Namespace) -> int:
     targets = "all" if not args.targets else [_node_id(t) for t in args.targets.split(",")]
-    signal = Signal(args.name, parse_params(args.params), targets, not args.unannounced)
     run_dir, info = runinfo.read(args.run_id, args.runs_dir)
-    runinfo.check_running(run_dir, info)
+    runinfo.check_running(run_dir, info)  # from files: an ended run is told without torch or Ray
+    from ..api import Swarm
+    from ..config import SwarmConfig
+    from ..signals import Signal, parse_params, validate
+
+    signal = Signal(args.name, parse_params(args.params), targets, not args.unannounced)
     config = SwarmConfig.from_toml(run_dir / "config.toml")
     validate(signal, config.env, config.nodes)
     ack = Swarm.attach(args.run_id, args.runs_dir).inject(signal)

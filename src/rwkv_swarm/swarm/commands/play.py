@@ -6,11 +6,12 @@ the run goes on or after it has ended."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ...node.envs._gym_backends import resolve_env_id
-from ...node.policy import Policy
 from .export import add_node_options, describe, stored_policy
+
+if TYPE_CHECKING:
+    from ...node.policy import Policy
 
 
 def play_command_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -33,6 +34,8 @@ def play_command(args: argparse.Namespace) -> int:
         raise ValueError(f"play runs gym worlds; this policy's world is a {policy.kind} "
                          "stream: `rwkv-swarm export` it and feed Policy.act [y_t, y_t-1, ...]")
     env = policy.env
+    from ...node.envs._gym_backends import resolve_env_id
+
     resolve_env_id(env["id"], env.get("module"))  # the user's module registers the id
     print(f"{describe(policy)} ({where}) in {env['id']}")
     game = _env(policy, args.render)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..api import Swarm
 from ..report import format_table, summary
 from ..trace import read_events
 from .run import shown, watch
@@ -26,6 +25,8 @@ def resume_command_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def resume_command(args: argparse.Namespace) -> int:
+    from ..api import Swarm
+
     with Swarm.resume(args.run_id, args.runs_dir, address=args.address,
                       generations=args.generations) as swarm:
         resumed = [e for e in read_events(swarm.run_dir) if e["kind"] == "resume"][-1]

@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..api import Swarm
-from ..config import SwarmConfig
 from ..report import format_table, summary
+
+if TYPE_CHECKING:
+    from ..api import Swarm
 
 POLL_S = 0.5
 
@@ -56,6 +57,9 @@ def runs_dir_option(swarm: Swarm) -> str:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from ..api import Swarm  # torch and Ray: only for the verbs that need them
+    from ..config import SwarmConfig
+
     config = SwarmConfig.from_toml(args.config)
     config = SwarmConfig.from_dict({**config.to_dict(), **overrides(args)})
     with Swarm.launch(config, address=args.address) as swarm:

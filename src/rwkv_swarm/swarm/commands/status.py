@@ -12,7 +12,6 @@ import sys
 from typing import Any
 
 from .. import runinfo
-from ..api import Swarm
 from ..report import format_table, summary
 
 
@@ -26,7 +25,11 @@ def status_command_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def status_command(args: argparse.Namespace) -> int:
+    run_dir, info = runinfo.read(args.run_id, args.runs_dir)
     try:
+        runinfo.check_running(run_dir, info)  # from files: no Ray for an ended run
+        from ..api import Swarm
+
         status = Swarm.attach(args.run_id, args.runs_dir).status()
     except runinfo.RunEnded as e:
         return ended(args, str(e))
