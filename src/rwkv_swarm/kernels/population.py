@@ -106,6 +106,7 @@ class Population:
         self.noise_size = sum(t.size for t in self.targets)
         self._noise: dict[str, tuple[torch.Tensor, ...]] | None = None
         self._noise_t: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._graphs = None  # rows.CudaGraphRows once a step takes the "graph" path
 
     # -- noise ---------------------------------------------------------------------------------
 
@@ -216,15 +217,15 @@ class Population:
         `members[b]` -> (outputs (R, out), new state of R rows).
 
         The rows need not be whole pairs or in order: a rollout passes only its live rows.
-        `inplace` writes the new state into `state`. `path` ("torch" or "native:<threads>")
-        forces a path; by default it is `row_path(R)`. On the native path a row's result does
-        not depend on the other rows, so one path for a whole rollout keeps a compacted batch
-        bitwise equal to the full one.
+        `inplace` writes the new state into `state`. `path` ("torch", "native:<threads>" on
+        the CPU or "graph" on CUDA) forces a path; by default it is `row_path(R)`. On the
+        native path a row's result does not depend on the other rows, so one path for a whole
+        rollout keeps a compacted batch bitwise equal to the full one.
         """
         return rows.step(self, x, state, members, inplace, path)
 
     def row_path(self, batch: int) -> str:
-        """The path `step_rows` takes for a batch of `batch` rows (measured once per CPU)."""
+        """The path `step_rows` takes for a batch of `batch` rows (measured once per device)."""
         return rows.row_path(self, batch)
 
     def _member_range(self, members: tuple[int, int] | None) -> tuple[int, int]:
