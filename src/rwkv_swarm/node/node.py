@@ -60,8 +60,10 @@ class Node:
         es = replace(config.es, population=config.population, stream=config.lineage,
                      seed=derive_seed(config.seed, config.es.seed))
         self.config, self.env = config, env
+        self.device = config.torch_device()
+        # drawn on the host, then moved: a node's initial weights never depend on its device
         self.model = RWKV7(config.model, seed=derive_seed(config.seed, self.ancestor, 1) % 2**31,
-                           init=config.init)
+                           init=config.init).to(self.device)
         self.strategy = STRATEGIES[config.strategy](self.model, es)
         self.sketch = WeightSketch(self.strategy.dim, config.exchange.sketch_size)
         self.perturbation = perturbation_key(self.model, es.rank, tuple(es.include))

@@ -1,0 +1,144 @@
+"""A node's device: one decision (resources.gpus -> NodeConfig.device), threaded through the
+model, the rollout, the strategy and its beliefs; GPU configs that could not run are refused
+before any actor starts. Runs on the CPU: torch's "meta" device stands in for another device
+where only shapes and devices matter (tests/test_kernels_cuda.py runs the real thing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import ray
+import torch
+from tracking_env import TrackingEnv
+
+from rwkv_swarm import Swarm, SwarmConfig
+from rwkv_swarm.cluster.placement import check_gpus, gpu_slots, spawn_nodes
+from rwkv_swarm.kalman import DirectionBelief
+from rwkv_swarm.kernels import RWKV7, Population, RWKV7Config, native
+from rwkv_swarm.node import KalmanESConfig, Node, NodeConfig
+from rwkv_swarm.node.kalman_es import KalmanES
+from rwkv_swarm.node.rollout import rollout
+from rwkv_swarm.util.configio import ConfigError
+
+MODEL = RWKV7Config(n_embd=16, n_layer=1, head_size=16, input_dim=3, output_dim=2)
+SIGNAL_ENV = {"kind": "signal", "lags": 3}
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+
+
+def swarm(tmp_path, **kw) -> SwarmConfig:
+    return SwarmConfig(**{"nodes": 2, "env": SIGNAL_ENV, "es": KalmanESConfig(population=8),
+                          "run_dir": str(tmp_path), **kw})
+
+
+@pytest.mark.parametrize("gpus, device", [(0, "cpu"), (0.0, "cpu"), (0.5, "cuda"), (1, "cuda"),
+                                          (2, "cuda")])
+def test_resources_gpus_decide_every_nodes_device(tmp_path, gpus, device):
+    config = swarm(tmp_path, resources={"gpus": gpus})
+    assert config.resources.device == device
+    assert [c.device for c in config.node_configs()] == [device, device]
+
+
+def test_a_node_config_refuses_a_device_it_does_not_know():
+    with pytest.raises(ValueError, match=r"device must be one of \('cpu', 'cuda'\), got 'tpu'"):
+        NodeConfig(model=MODEL, device="tpu")
+
+
+@no_cuda
+def test_a_node_on_cuda_is_refused_where_pytorch_sees_no_cuda_device():
+    with pytest.raises(ValueError, match=r"device 'cuda' \(a swarm's resources.gpus > 0\) needs "
+                                         r"a CUDA device.*expected device 'cpu'"):
+        Node(NodeConfig(model=MODEL, device="cuda"), TrackingEnv())
+
+
+def test_a_node_on_the_cpu_keeps_every_tensor_there():
+    node = Node(NodeConfig(model=MODEL, device="cpu", es=KalmanESConfig(population=8)),
+                TrackingEnv())
+    node.generation()
+    assert node.device == torch.device("cpu") == node.strategy.device
+    assert {p.device for p in node.model.parameters()} == {torch.device("cpu")}
+    assert node.live_state.device == torch.device("cpu")
+    assert node.strategy.direction_belief.mean.device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("machines, gpus, slots", [
+    ([1.0], 0.5, 2), ([1.0], 0.4, 2), ([1.0], 0.1, 10), ([1.0], 1, 1), ([2.0, 1.0], 0.5, 6),
+    ([4.0], 2, 2), ([3.0, 1.0], 2, 1), ([0.0], 0.5, 0), ([], 1, 0)])
+def test_gpu_slots_fit_a_share_within_one_gpu_and_whole_gpus_within_one_machine(
+        machines, gpus, slots):
+    assert gpu_slots(machines, gpus) == slots
+
+
+@no_cuda
+def test_a_launch_asking_for_gpus_is_refused_before_any_actor_starts(ray_session, tmp_path):
+    config = swarm(tmp_path, resources={"gpus": 0.5, "cpus": 0.5})
+    with pytest.raises(ConfigError, match=r"resources.gpus: got 0.5, but PyTorch sees no CUDA "
+                                          r"device on this machine .*expected 0") as info:
+        spawn_nodes(config.node_configs(), "gpu-refused", local=True, gpus=0.5,
+                    prefix="gpu-refused/")
+    assert info.value.key == "resources.gpus"
+    for name in ("gpu-refused/node-0", "gpu-refused/node-1"):
+        with pytest.raises(ValueError):
+            ray.get_actor(name)
+    with pytest.raises(ConfigError, match=r"resources.gpus: got 0.5, but PyTorch sees no CUDA"):
+        Swarm.launch(config)
+    # a cluster (not this machine) is asked for its GPUs: this Ray has none
+    with pytest.raises(ConfigError, match=r"got 0.5 per node for 2 nodes, but the Ray cluster's "
+                                          r"GPUs per machine \[0.0\] hold 0 such nodes"):
+        check_gpus(2, 0.5, local=False)
+    check_gpus(2, 0.0, local=True)  # CPU nodes need no GPU
+
+
+def test_a_direction_belief_lives_on_its_device_and_a_dict_of_it_on_none():
+    b = DirectionBelief(4, device="meta")
+    assert b.direction.device.type == "meta" and b.confidence.device.type == "meta"
+    cpu = DirectionBelief(4)
+    cpu.update(torch.ones(4), torch.ones(4))
+    d = cpu.to_dict()
+    assert "device" not in d
+    moved = DirectionBelief.from_dict(d, device="meta")
+    assert moved.mean.device.type == "meta" and moved.var.device.type == "meta"
+    assert DirectionBelief.from_dict(d).mean.device.type == "cpu"
+
+
+def test_a_strategy_keeps_its_beliefs_on_the_models_device():
+    model = RWKV7(MODEL).to("meta")
+    strategy = KalmanES(model, KalmanESConfig(population=8))
+    assert strategy.device.type == "meta"
+    assert strategy.direction_belief.direction.device.type == "meta"
+    strategy.world_changed()  # a new belief after a surprise: on the device too
+    assert strategy.direction_belief.direction.device.type == "meta"
+
+
+@pytest.mark.parametrize("compact", [0.0, 0.9])
+def test_a_rollout_hands_observations_on_the_states_device(compact):
+    state = RWKV7(MODEL).zero_state(6).to("meta")
+    seen = []
+
+    def policy(obs, st, rows=None):
+        seen.append(obs.device.type)
+        return torch.zeros(obs.shape[0], 2), st  # actions leave the device for the host
+
+    r = rollout(TrackingEnv(), policy, 6, 1, state, 5, compact=compact)
+    assert seen == ["meta"] * 5 and r.state.device.type == "meta"
+    assert np.isfinite(r.returns).all()
+
+
+def test_the_row_path_never_picks_the_native_kernel_for_another_device(kernel_paths):
+    measured = []
+
+    def record(candidates):
+        measured.append(sorted(candidates))
+        return {name: 1.0 if name == "torch" else 0.5 for name in candidates}
+
+    kernel_paths.measure = record
+    cpu = Population(RWKV7(MODEL), seed=1, sigma=0.05, size=8)
+    meta = Population(RWKV7(MODEL).to("meta"), seed=1, sigma=0.05, size=8)
+    assert meta.row_path(8) == "torch"
+    if native.load() is not None:  # on the CPU the native kernel wins, as measured
+        assert cpu.row_path(8).startswith("native:")
+        assert measured and all("graph" not in names for names in measured)
+    x = torch.zeros(8, 3, device="meta")
+    with pytest.raises(ValueError, match=r"row path 'native:1' cannot run a meta input"):
+        meta.step_rows(x, meta.model.zero_state(8), list(range(8)), path="native:1")
+    with pytest.raises(ValueError, match=r"row path 'graph' cannot run a cpu input"):
+        cpu.step_rows(torch.zeros(8, 3), cpu.model.zero_state(8), list(range(8)), path="graph")
