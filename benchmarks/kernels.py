@@ -44,6 +44,14 @@ from rwkv_swarm.kernels import (  # noqa: E402
 )
 
 
+def refuse_missing_cuda(ap: argparse.ArgumentParser, device: str) -> None:
+    """`--device cuda` where PyTorch sees no CUDA device: a clear error, before any work."""
+    if device == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device cuda: PyTorch sees no CUDA device here (torch {torch.__version__}, "
+                 f"CUDA build: {torch.version.cuda or 'none'}); run on a machine with one and a "
+                 f"CUDA build of torch, or use --device cpu")
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -193,6 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tokens", type=int, default=16, help="sequence length T per member")
     ap.add_argument("--quick", action="store_true", help="fewer sizes, for a smoke run")
     args = ap.parse_args(argv)
+    refuse_missing_cuda(ap, args.device)
     dev, R, T = args.device, args.rounds, args.tokens
     torch.set_grad_enabled(False)
     print(cpu_line())
