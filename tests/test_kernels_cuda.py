@@ -56,7 +56,9 @@ def test_cuda_graph_step_equals_eager_step_and_sees_weight_updates(cfg):
                  model.step_torch(xs[0].cuda(), graph_state)[0], **TOL)
 
 
-def test_cuda_population_forward_matches_cpu():
+@pytest.mark.parametrize("form", ["rank1", "bmm"])
+def test_cuda_population_forward_matches_cpu(kernel_paths, form):
+    kernel_paths.measure = lambda cands: {name: 0.5 if name == form else 1.0 for name in cands}
     cpu = nontrivial(CONTROL)
     gpu = nontrivial(CONTROL).cuda()
     x = torch.randn(8, 2, 10, CONTROL.input_dim, generator=torch.Generator().manual_seed(2))
