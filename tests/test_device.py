@@ -142,3 +142,22 @@ def test_the_row_path_never_picks_the_native_kernel_for_another_device(kernel_pa
         meta.step_rows(x, meta.model.zero_state(8), list(range(8)), path="native:1")
     with pytest.raises(ValueError, match=r"row path 'graph' cannot run a cpu input"):
         cpu.step_rows(torch.zeros(8, 3), cpu.model.zero_state(8), list(range(8)), path="graph")
+
+
+@no_cuda
+def test_a_checkpoint_from_a_gpu_node_is_taken_up_on_the_device_the_restore_names():
+    import msgpack
+
+    from rwkv_swarm.node.exchange import fingerprint
+
+    node = Node(NodeConfig(model=MODEL, es=KalmanESConfig(population=8), seed=4), TrackingEnv())
+    node.generation()
+    d = msgpack.unpackb(node.checkpoint(), raw=False, strict_map_key=False)
+    d["config"]["device"] = "cuda"  # as a node on a GPU writes it: its tensors as host copies
+    blob = msgpack.packb(d, use_bin_type=True)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        Node.restore(blob, TrackingEnv())
+    restored = Node.restore(blob, TrackingEnv(), device="cpu")
+    assert restored.config.device == "cpu"
+    assert fingerprint(restored.model) == fingerprint(node.model)
+    assert restored.generation()["fitness_mean"] == node.generation()["fitness_mean"]

@@ -172,6 +172,8 @@ def test_a_node_on_cuda_keeps_its_state_there_matches_cpu_and_restores_exactly()
     assert gpu.live_state.device.type == "cuda" and s.device.type == "cuda"
     assert s.direction_belief.mean.device.type == "cuda" and s.noise_var.device.type == "cuda"
     blob = gpu.checkpoint()
+    on_cpu = Node.restore(blob, TrackingEnv(), device="cpu")
+    assert fingerprint(on_cpu.model) == fingerprint(gpu.model)  # host copies of the same bits
     expected = gpu.generation()
     restored = Node.restore(blob, TrackingEnv())
     got = restored.generation()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
@@ -85,9 +86,12 @@ def _environment(d: dict[str, Any], config: NodeConfig, env: Environment | None)
     return env
 
 
-def load(cls: type[Node], blob: bytes, env: Environment | None = None) -> Node:
+def load(cls: type[Node], blob: bytes, env: Environment | None = None,
+         device: str | None = None) -> Node:
     d = _unpack(blob)
     config = _part("config", lambda: NodeConfig.from_dict(d["config"]))
+    if device is not None:  # a checkpoint holds host tensors: any device may take it up
+        config = replace(config, device=device)
     env = _environment(d, config, env)
     node = cls(config, env)
     state = _part("weights", lambda: torch.load(io.BytesIO(d["weights"]), map_location="cpu",

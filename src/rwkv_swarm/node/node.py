@@ -316,8 +316,10 @@ class Node:
         return ckpt.dump(self)
 
     @classmethod
-    def restore(cls, blob: bytes, env: Environment | None = None) -> Node:
+    def restore(cls, blob: bytes, env: Environment | None = None,
+                device: str | None = None) -> Node:
         """A node from `checkpoint()` bytes, in `env` (default: the one its config describes;
-        a given one must be of the same kind and options). Malformed bytes raise
-        ValueError("not a node checkpoint: <what is wrong>")."""
-        return ckpt.load(cls, blob, env)
+        a given one must be of the same kind and options), on `device` (default: the one it
+        was checkpointed on). Malformed bytes raise ValueError("not a node checkpoint: <what
+        is wrong>")."""
+        return ckpt.load(cls, blob, env, device)
