@@ -182,7 +182,8 @@ def print_latency(lat: list[dict]) -> None:
 
 def forward_paths() -> dict[str, str]:
     """The forward kernels' measured paths in this run, e.g. {"wkv H4 N64 T16": "native:2"}."""
-    names = {"wkv": "wkv H{} N{} T{}", "low_rank": "low_rank {}x{} r{} rows{}"}
+    names = {"wkv": "wkv H{} N{} T{}", "low_rank": "low_rank {}x{} r{} rows{}",
+             "low_rank_cuda": "low_rank pairs{} rows{} {}x{} r{}"}
     return {names[k[0]].format(*k[1:-1]): v for k, v in paths.default_chooser().memo.items()
             if k[0] in names}
 
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n(d) GFLOP/s, P={gf['P']}: population {gf['population_gflops']:.1f}  GEMM "
           f"{gf['gemm_shape']} {gf['gemm_gflops']:.1f}  ratio {gf['ratio']:.2f}")
     chosen = forward_paths()
-    print("\nforward kernel paths (measured on this CPU):", ", ".join(
+    print(f"\nforward kernel paths (measured on this {dev.upper()}):", ", ".join(
         f"{k} {v}" for k, v in chosen.items()) or "none (PyTorch only)")
 
     result = {
