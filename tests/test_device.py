@@ -161,3 +161,80 @@ def test_a_checkpoint_from_a_gpu_node_is_taken_up_on_the_device_the_restore_name
     assert restored.config.device == "cpu"
     assert fingerprint(restored.model) == fingerprint(node.model)
     assert restored.generation()["fitness_mean"] == node.generation()["fitness_mean"]
+
+
+def test_graph_rows_copy_in_pad_to_buckets_copy_out_and_recapture_on_new_weights():
+    """`CudaGraphRows` with an eager stand-in for the capture (replay = the captured step on
+    the static buffers): its buffers, buckets and copies, on the CPU."""
+    from torch.testing import assert_close
+
+    from rwkv_swarm.kernels import cuda_graph, rows
+
+    captures = []
+
+    def eager_capture(step, pop, x, bucket, key):
+        g = cuda_graph.buffers(pop, x, bucket, key)
+
+        class Replay:
+            def replay(self):
+                g.out.copy_(step(pop, g.x, g.state, g.members, g.new))
+
+        g.graph, g.out = Replay(), step(pop, g.x, g.state, g.members, g.new)
+        captures.append(bucket)
+        return g
+
+    pop = Population(RWKV7(MODEL, init="live"), seed=3, sigma=0.05, size=8,
+                     include=("matrices", "head"))
+    graphs = cuda_graph.CudaGraphRows(rows.step_torch, capture=eager_capture)
+    gen = torch.Generator().manual_seed(0)
+    for R in (8, 5, 3, 1, 6):
+        x = torch.randn(R, 3, generator=gen)
+        members = torch.randint(0, 8, (R,), generator=gen)
+        state = pop.model.zero_state(R)
+        state.wkv.normal_(generator=gen)
+        before = state.clone()
+        expected_state = state.empty_like()
+        expected = rows.step_torch(pop, x, state, members, expected_state)
+        out = state.empty_like()
+        assert_close(graphs(pop, x, state, members, out), expected, atol=1e-5, rtol=1e-5)
+        assert_close(out.wkv, expected_state.wkv, atol=1e-5, rtol=1e-5)
+        assert state.equal(before)  # the given state is only read
+        assert graphs(pop, x, state, members, state).shape == (R, 2)  # in place
+        assert_close(state.att_x_prev, expected_state.att_x_prev, atol=1e-5, rtol=1e-5)
+    assert captures == [8, 4, 1]  # one per bucket: 5 and 6 rows reuse the 8-row buffers
+    with torch.no_grad():
+        pop.model.head.weight.data = pop.model.head.weight.data * 1.5  # reallocated
+    x, members = torch.randn(2, 3, generator=gen), torch.tensor([1, 6])
+    state = pop.model.zero_state(2)
+    assert_close(graphs(pop, x, state, members, state.empty_like()),
+                 rows.step_torch(pop, x, state, members, state.empty_like()))
+    assert captures == [8, 4, 1, 2]
+
+
+def test_the_cuda_measurements_build_and_run_their_candidates(kernel_paths, monkeypatch):
+    """The CUDA-only choices' code, run on the CPU with CUDA's calls stubbed: each candidate
+    is called; one that fails (no CUDA streams here) is never chosen."""
+    from rwkv_swarm.kernels import rows
+    from rwkv_swarm.kernels.population import cuda_low_rank_form
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "stub")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    ran = {}
+
+    def measure(candidates):
+        for name, fn in candidates.items():
+            try:
+                fn()
+                ran[name] = 1.0 if name in ("torch", "rank1") else 0.5
+            except Exception:  # noqa: BLE001 - the graph path needs real CUDA streams
+                ran[name] = float("inf")
+        return dict(ran)
+
+    kernel_paths.measure = measure
+    assert cuda_low_rank_form(torch.Size([4, 6, 10]), 7, 2, torch.device("cpu")) == "bmm"
+    assert ran == {"rank1": 1.0, "bmm": 0.5}
+    ran.clear()
+    pop = Population(RWKV7(MODEL), seed=1, sigma=0.05, size=8)
+    assert rows._cuda_path(pop, 8) == "torch"
+    assert ran == {"torch": 1.0, "graph": float("inf")}

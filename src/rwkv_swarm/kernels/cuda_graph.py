@@ -75,10 +75,12 @@ class CudaGraphRows:
     read back.
     """
 
-    def __init__(self, step: Callable[..., torch.Tensor]):
-        if not torch.cuda.is_available():
+    def __init__(self, step: Callable[..., torch.Tensor],
+                 capture: Callable[..., _Captured] | None = None):
+        if capture is None and not torch.cuda.is_available():
             raise RuntimeError("CUDA graphs need a CUDA device; none is available")
-        self.step = step  # step(x, state, members, out) -> outputs; the new state into out
+        self.step = step  # step(pop, x, state, members, out) -> outputs; new state into out
+        self.capture = capture or _capture  # tests inject an eager stand-in on the CPU
         self.graphs: dict[int, _Captured] = {}
 
     def __call__(self, pop: Population, x: torch.Tensor, state: RWKV7State,
@@ -90,7 +92,7 @@ class CudaGraphRows:
         key = [p.data_ptr() for p in pop.model.parameters()]
         g = self.graphs.get(bucket)
         if g is None or g.key != key:
-            g = self.graphs[bucket] = _capture(self.step, pop, x, bucket, key)
+            g = self.graphs[bucket] = self.capture(self.step, pop, x, bucket, key)
         g.x[:R].copy_(x)
         g.members[:R].copy_(members)
         for static, given in zip(g.state.tensors(), state.tensors(), strict=True):
@@ -102,28 +104,36 @@ class CudaGraphRows:
 
 
 class _Captured:
-    """One captured graph and the static buffers it reads and writes."""
+    """One captured graph (anything with `replay()`), the static buffers it reads, the new
+    state it writes and its output."""
 
     def __init__(self, key: list[int], x: torch.Tensor, members: torch.Tensor,
                  state: RWKV7State, new: RWKV7State):
         self.key, self.x, self.members, self.state, self.new = key, x, members, state, new
-        self.graph = torch.cuda.CUDAGraph()
+        self.graph = None
         self.out: torch.Tensor | None = None
+
+
+def buffers(pop: Population, x: torch.Tensor, bucket: int, key: list[int]) -> _Captured:
+    """Static buffers for `bucket` rows like `x`, on its device; members 0.. cycle through P."""
+    _ = pop.noise, pop.noise_t  # drawn (and uploaded) before any capture, read in place by it
+    device = x.device
+    return _Captured(key, torch.zeros(bucket, *x.shape[1:], dtype=x.dtype, device=device),
+                     torch.arange(bucket, device=device) % pop.size,
+                     pop.model.zero_state(bucket), pop.model.zero_state(bucket))
 
 
 def _capture(step: Callable[..., torch.Tensor], pop: Population, x: torch.Tensor, bucket: int,
              key: list[int]) -> _Captured:
-    _ = pop.noise, pop.noise_t  # drawn (and uploaded) before the capture, read in place by it
+    g = buffers(pop, x, bucket, key)
     device = x.device
-    g = _Captured(key, torch.zeros(bucket, *x.shape[1:], dtype=x.dtype, device=device),
-                  torch.arange(bucket, device=device) % pop.size,
-                  pop.model.zero_state(bucket), pop.model.zero_state(bucket))
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side), torch.no_grad():  # warm up outside the graph
         for _ in range(2):
-            step(g.x, g.state, g.members, g.new)
+            step(pop, g.x, g.state, g.members, g.new)
     torch.cuda.current_stream(device).wait_stream(side)
+    g.graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g.graph), torch.no_grad():
-        g.out = step(g.x, g.state, g.members, g.new)
+        g.out = step(pop, g.x, g.state, g.members, g.new)
     return g
