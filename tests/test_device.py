@@ -238,3 +238,17 @@ def test_the_cuda_measurements_build_and_run_their_candidates(kernel_paths, monk
     pop = Population(RWKV7(MODEL), seed=1, sigma=0.05, size=8)
     assert rows._cuda_path(pop, 8) == "torch"
     assert ran == {"torch": 1.0, "graph": float("inf")}
+
+
+@pytest.mark.skipif(native.load() is None, reason="the native library could not be built")
+def test_a_forced_row_kernel_step_path_still_runs_a_cpu_population():
+    from torch.testing import assert_close
+
+    model = RWKV7(MODEL, init="live")
+    pop = Population(model, seed=1, sigma=0.05, size=8)
+    x, members = torch.randn(8, 3), list(range(8))
+    expected, _ = pop.step_rows(x, model.zero_state(8), members, path="torch")
+    model.step_path = "rows:1"
+    assert pop.row_path(8) == "rows:1"
+    assert_close(pop.step_rows(x, model.zero_state(8), members)[0], expected, atol=2e-5,
+                 rtol=2e-5)

@@ -192,7 +192,7 @@ def step(pop: Population, x: torch.Tensor, state: RWKV7State, members: object,
         raise ValueError(f"state has {state.batch} rows, the input has {R}")
     path = path or row_path(pop, R)
     _check_path(path, x.device)
-    if path.startswith("native"):
+    if path not in ("torch", "graph"):  # "native:<n>", or a forced step path "rows:<n>"
         return step_native(pop, x, state, m, native.threads_of(path), inplace)
     out = state if inplace else state.empty_like()
     m = m.to(x.device, non_blocking=True)
@@ -206,8 +206,9 @@ def step(pop: Population, x: torch.Tensor, state: RWKV7State, members: object,
 def _check_path(path: str, device: torch.device) -> None:
     """Refuse a path the input's device cannot run: the native kernel reads CPU memory, the
     graph path replays on a CUDA device."""
-    ok = (path == "torch" or (path.startswith("native") and device.type == "cpu")
-          or (path == "graph" and device.type == "cuda"))
+    ok = (path == "torch" or (path == "graph" and device.type == "cuda")
+          or (path != "graph" and device.type == "cpu"))
     if not ok:
         raise ValueError(f"row path {path!r} cannot run a {device.type} input: 'torch' runs "
-                         f"anywhere, 'native:<threads>' on the CPU, 'graph' on CUDA")
+                         f"anywhere, the native ones ('native:<threads>') on the CPU, 'graph' "
+                         f"on CUDA")
