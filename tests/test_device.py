@@ -68,6 +68,16 @@ def test_gpu_slots_fit_a_share_within_one_gpu_and_whole_gpus_within_one_machine(
     assert gpu_slots(machines, gpus) == slots
 
 
+def test_nodes_are_refused_a_gpu_share_their_device_does_not_match(tmp_path):
+    cpu_nodes = swarm(tmp_path).node_configs()
+    with pytest.raises(ValueError, match=r"nodes \[0, 1\] run on a device that gpus=0.5 does "
+                                         r"not give them"):
+        spawn_nodes(cpu_nodes, "mismatch", local=True, gpus=0.5)
+    gpu_nodes = swarm(tmp_path, resources={"gpus": 1}).node_configs()
+    with pytest.raises(ValueError, match=r"device 'cuda' needs gpus > 0"):
+        spawn_nodes(gpu_nodes, "mismatch", local=True, gpus=0.0)
+
+
 @no_cuda
 def test_a_launch_asking_for_gpus_is_refused_before_any_actor_starts(ray_session, tmp_path):
     config = swarm(tmp_path, resources={"gpus": 0.5, "cpus": 0.5})

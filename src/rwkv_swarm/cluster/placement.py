@@ -76,6 +76,11 @@ def spawn_nodes(configs: list[NodeConfig], swarm: str, *, local: bool, cpus: flo
         raise ValueError(f"snapshots must give one per node ({len(configs)}), got "
                          f"{len(snapshots)}")
     snapshots = snapshots or [None] * len(configs)
+    mismatched = [c.node_id for c in configs if (c.device == "cuda") != (gpus > 0)]
+    if mismatched:
+        raise ValueError(f"nodes {mismatched} run on a device that gpus={gpus} does not give "
+                         f"them: device 'cuda' needs gpus > 0 and 'cpu' gpus = 0 "
+                         f"(SwarmConfig.node_configs sets both from resources.gpus)")
     check_gpus(len(configs), gpus, local)
     names = [node_name(c.node_id) for c in configs]
     keyring, keys = SwarmKeyring.generate(names) if secure else (None, {})
