@@ -9,7 +9,8 @@
 # Python: .venv when its torch is a CUDA build; else a venv that reuses the CUDA torch the
 # system Python has (no download; .venv-cuda when .venv holds a CPU torch); else .venv with
 # torch 2.13.0's CUDA build installed (several GB; TORCH_INDEX_URL picks the wheel index,
-# PyPI's Linux wheel is a CUDA build). Each step has its own time limit within BUDGET_S.
+# PyPI's Linux wheel is a CUDA build). The other dependencies come from a package index or,
+# in the reusing venv, from the system Python. Each step has its own limit within BUDGET_S.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-}}"
