@@ -224,7 +224,7 @@ def test_graph_rows_copy_in_pad_to_buckets_copy_out_and_recapture_on_new_weights
 def test_the_cuda_measurements_build_and_run_their_candidates(kernel_paths, monkeypatch):
     """The CUDA-only choices' code, run on the CPU with CUDA's calls stubbed: each candidate
     is called; one that fails (no CUDA streams here) is never chosen."""
-    from rwkv_swarm.kernels import rows
+    from rwkv_swarm.kernels import cuda_graph, rows
     from rwkv_swarm.kernels.population import cuda_low_rank_form
 
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
@@ -247,6 +247,11 @@ def test_the_cuda_measurements_build_and_run_their_candidates(kernel_paths, monk
     ran.clear()
     pop = Population(RWKV7(MODEL), seed=1, sigma=0.05, size=8)
     assert rows._cuda_path(pop, 8) == "torch"
+    assert ran == {"torch": 1.0, "graph": float("inf")}
+    ran.clear()
+    model = RWKV7(MODEL)
+    model.use_native = False  # the CPU's own wkv choice stays out of this measurement
+    assert cuda_graph.step_path(model, 3) == "torch"
     assert ran == {"torch": 1.0, "graph": float("inf")}
 
 

@@ -56,6 +56,26 @@ def test_cuda_graph_step_equals_eager_step_and_sees_weight_updates(cfg):
                  model.step_torch(xs[0].cuda(), graph_state)[0], **TOL)
 
 
+def test_a_cuda_step_replays_a_graph_where_measured_faster(kernel_paths):
+    measured = []
+
+    def record(candidates):
+        measured.append(sorted(candidates))
+        return {name: 0.5 if name == "graph" else 1.0 for name in candidates}
+
+    kernel_paths.measure = record
+    model = nontrivial(CONTROL).cuda()
+    x = torch.randn(3, CONTROL.input_dim, generator=torch.Generator().manual_seed(6)).cuda()
+    state = model.zero_state(3)
+    state.wkv.normal_()
+    eager_out, eager_state = model.step_torch(x, state)
+    out, new = model.step(x, state)
+    assert measured == [["graph", "torch"]] and model.chosen_step_path(3) == "graph"
+    assert 3 in model._graphs
+    assert_close(out, eager_out, **TOL)
+    assert_close(new.wkv, eager_state.wkv, **TOL)
+
+
 @pytest.mark.parametrize("form", ["rank1", "bmm"])
 def test_cuda_population_forward_matches_cpu(kernel_paths, form):
     kernel_paths.measure = lambda cands: {name: 0.5 if name == form else 1.0 for name in cands}

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from . import paths
 from .state import RWKV7State
 
 if TYPE_CHECKING:
@@ -59,6 +60,22 @@ class CudaGraphStep:
             static.copy_(given)
         self.graph.replay()
         return self.out.clone(), self.new_state.clone()
+
+
+def step_path(model: RWKV7, batch: int) -> str:
+    """"torch" or "graph" for a CUDA step of `batch` rows of `model`: measured once per device
+    (by name), model shape and batch, each candidate waiting for the device (a rollout waits
+    for every step's actions)."""
+    device = model.head.weight.device
+    cfg = model.config
+    x = (torch.zeros(batch, dtype=torch.long, device=device) if cfg.token_mode
+         else torch.zeros(batch, cfg.input_dim, device=device))
+    state = model.zero_state(batch)
+    graph = CudaGraphStep(model, batch)
+    cands = {"torch": lambda: (model.step_torch(x, state), torch.cuda.synchronize(device)),
+             "graph": lambda: (graph(x, state), torch.cuda.synchronize(device))}
+    sizes = {**cfg.to_dict(), "batch": batch, "device": torch.cuda.get_device_name(device)}
+    return paths.default_chooser().choose("step_cuda", sizes, cands)
 
 
 class CudaGraphRows:
