@@ -9,10 +9,10 @@ import torch
 from test_kernels_model import CONTROL, TOKEN, nontrivial
 from torch.testing import assert_close
 
-from rwkv_swarm import Swarm, SwarmConfig, load_trace
 from rwkv_swarm.kernels import GROUPS, Population, RWKV7Config
-from rwkv_swarm.node import KalmanESConfig, Node, NodeConfig
-from rwkv_swarm.node.exchange import fingerprint
+
+# the node and swarm layers (zmq, gymnasium, Ray) are imported by the tests that use them, so
+# that the kernel tests run where only torch is installed
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device (torch.cuda.is_available() is False)")
@@ -178,7 +178,10 @@ def test_cuda_population_rollout_matches_cpu(path):
 def test_a_node_on_cuda_keeps_its_state_there_matches_cpu_and_restores_exactly():
     from tracking_env import TrackingEnv
 
-    def node(device: str) -> Node:
+    from rwkv_swarm.node import KalmanESConfig, Node, NodeConfig
+    from rwkv_swarm.node.exchange import fingerprint
+
+    def node(device: str):
         return Node(NodeConfig(model=NODE_MODEL, es=KalmanESConfig(population=8), seed=2,
                                device=device), TrackingEnv())
 
@@ -203,6 +206,9 @@ def test_a_node_on_cuda_keeps_its_state_there_matches_cpu_and_restores_exactly()
 
 def test_a_two_node_consensus_swarm_on_half_a_gpu_each_holds_one_set_of_weights(
         ray_session, tmp_path):
+    from rwkv_swarm import Swarm, SwarmConfig, load_trace
+    from rwkv_swarm.node import KalmanESConfig
+
     config = SwarmConfig(nodes=2, mode="consensus", env=SIGNAL_ENV, seed=3,
                          es=KalmanESConfig(population=8), run_dir=str(tmp_path),
                          resources={"cpus": 0.5, "gpus": 0.5})
