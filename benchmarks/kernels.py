@@ -44,6 +44,14 @@ from rwkv_swarm.kernels import (  # noqa: E402
 )
 
 
+def refuse_missing_cuda(ap: argparse.ArgumentParser, device: str) -> None:
+    """`--device cuda` where PyTorch sees no CUDA device: a clear error, before any work."""
+    if device == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device cuda: PyTorch sees no CUDA device here (torch {torch.__version__}, "
+                 f"CUDA build: {torch.version.cuda or 'none'}); run on a machine with one and a "
+                 f"CUDA build of torch, or use --device cpu")
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -174,7 +182,8 @@ def print_latency(lat: list[dict]) -> None:
 
 def forward_paths() -> dict[str, str]:
     """The forward kernels' measured paths in this run, e.g. {"wkv H4 N64 T16": "native:2"}."""
-    names = {"wkv": "wkv H{} N{} T{}", "low_rank": "low_rank {}x{} r{} rows{}"}
+    names = {"wkv": "wkv H{} N{} T{}", "low_rank": "low_rank {}x{} r{} rows{}",
+             "low_rank_cuda": "low_rank pairs{} rows{} {}x{} r{}"}
     return {names[k[0]].format(*k[1:-1]): v for k, v in paths.default_chooser().memo.items()
             if k[0] in names}
 
@@ -193,6 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tokens", type=int, default=16, help="sequence length T per member")
     ap.add_argument("--quick", action="store_true", help="fewer sizes, for a smoke run")
     args = ap.parse_args(argv)
+    refuse_missing_cuda(ap, args.device)
     dev, R, T = args.device, args.rounds, args.tokens
     torch.set_grad_enabled(False)
     print(cpu_line())
@@ -222,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n(d) GFLOP/s, P={gf['P']}: population {gf['population_gflops']:.1f}  GEMM "
           f"{gf['gemm_shape']} {gf['gemm_gflops']:.1f}  ratio {gf['ratio']:.2f}")
     chosen = forward_paths()
-    print("\nforward kernel paths (measured on this CPU):", ", ".join(
+    print(f"\nforward kernel paths (measured on this {dev.upper()}):", ", ".join(
         f"{k} {v}" for k, v in chosen.items()) or "none (PyTorch only)")
 
     result = {

@@ -17,7 +17,11 @@ episodes all end in about 10 steps; a half-trained one's spread out, which is wh
 is for). Old and new alternate round by round; medians of the rounds. Prints the CPU line and,
 last, one JSON line.
 
-    python benchmarks/rollout.py [--rounds 3] [--threads 1] [--quick]
+On `--device cuda` the node, its populations and rollouts live on the GPU ("new" is then the
+row step on its measured CUDA path: PyTorch ops or the replayed CUDA graph) and every timed
+call waits for the device.
+
+    python benchmarks/rollout.py [--device cuda] [--rounds 3] [--threads 1] [--quick]
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from _cpu import cpu, cpu_line
+from kernels import machine, refuse_missing_cuda
 
 from rwkv_swarm.kernels import RWKV7, Population, RWKV7Config
 from rwkv_swarm.node import KalmanESConfig, Node, NodeConfig
@@ -53,6 +58,14 @@ def model_config(C: int, L: int, input_dim: int, output_dim: int) -> RWKV7Config
                        dim_ffn=256 if C == 64 else None)
 
 
+DEVICE = "cpu"  # set by --device: where models, populations and rollouts live
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def warm_model(C: int, L: int, env: str, generations: int) -> RWKV7:
     """A centre evolved on `env` until its episodes spread out (CartPole), or a fresh one."""
     spec = ENVS[env]
@@ -60,7 +73,7 @@ def warm_model(C: int, L: int, env: str, generations: int) -> RWKV7:
     cfg = model_config(C, L, probe.observation_dim, probe.action_dim)
     node = Node(NodeConfig(model=cfg, es=KalmanESConfig(population=32, sigma=SIGMA,
                                                         include=INCLUDE), seed=1, env=spec,
-                           max_steps=MAX_STEPS))
+                           max_steps=MAX_STEPS, device=DEVICE))
     for _ in range(generations if env == "cartpole" else 0):
         node.generation()
         if node.evaluate_centre(16, seed=7).mean() >= 60:
@@ -108,12 +121,19 @@ def flops_per_row(model: RWKV7, rank: int) -> float:
 
 
 def gemm_rate(rounds: int, rows: int = 2048, n: int = 512) -> float:
-    """FLOP/s of a plain PyTorch GEMM (rows x n x n): what this CPU's GEMM sustains."""
-    x, w = torch.randn(rows, n), torch.randn(n, n)
+    """FLOP/s of a plain PyTorch GEMM (rows x n x n): what this device's GEMM sustains."""
+    x, w = torch.randn(rows, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
     return 2 * rows * n * n / best_time(lambda: F.linear(x, w), rounds)
 
 
 def best_time(fn: Callable[[], object], rounds: int, sample_s: float = 0.05) -> float:
+    """Seconds per call in the best round; each call waits for the device."""
+    inner = fn
+
+    def fn():
+        inner()
+        sync()
+
     fn()
     t = time.perf_counter()
     fn()
@@ -129,9 +149,9 @@ def best_time(fn: Callable[[], object], rounds: int, sample_s: float = 0.05) -> 
 
 def step_times(C: int, L: int, P: int, rounds: int) -> dict:
     """The bare population step, old (pair forward) and new (row path), interleaved medians."""
-    model = RWKV7(model_config(C, L, 4, 2), init="live")
+    model = RWKV7(model_config(C, L, 4, 2), init="live").to(DEVICE)
     pop = Population(model, seed=1, sigma=SIGMA, size=P, include=INCLUDE)
-    x, state = torch.randn(P, 4), model.zero_state(P)
+    x, state = torch.randn(P, 4, device=DEVICE), model.zero_state(P)
     path, members = pop.row_path(P), torch.arange(P)
     own = state.clone()
     fns = {"old": lambda: pop.forward(x.view(P, 1, 1, 4), state),
@@ -168,17 +188,23 @@ def rollout_case(C: int, L: int, P: int, env: str, rounds: int, warm: int) -> di
 
 
 def main(argv: list[str] | None = None) -> dict:
+    global DEVICE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--warm", type=int, default=30, help="CartPole warm-up generations (cap)")
     ap.add_argument("--quick", action="store_true", help="skip the largest size")
     args = ap.parse_args(argv)
+    refuse_missing_cuda(ap, args.device)
+    DEVICE = args.device
     torch.set_num_threads(args.threads)
     print(cpu_line())
+    print(f"device: {DEVICE} ({machine(DEVICE)})")
     print(f"torch threads: {args.threads}; rounds: {args.rounds} (old/new interleaved, medians)")
     sizes = SIZES[:-1] if args.quick else SIZES
-    result = {"cpu": cpu(), "threads": args.threads, "steps": {}, "rollouts": {}}
+    result = {"cpu": cpu(), "device": DEVICE, "machine": machine(DEVICE),
+              "threads": args.threads, "steps": {}, "rollouts": {}}
     print("\npopulation step (no environment), ms per step")
     for C, L, P in STEP_SIZES[:-1] if args.quick else STEP_SIZES:
         r = step_times(C, L, P, max(args.rounds, 5))

@@ -29,10 +29,14 @@ def kernel_paths(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the whole session (2 CPUs), shut down at its end."""
+    """One local Ray for the whole session (2 CPUs, and the CUDA devices PyTorch sees, so that
+    node actors asking for a GPU share can be placed), shut down at its end."""
     import ray
+    import torch
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    gpus = {"num_gpus": torch.cuda.device_count()} if torch.cuda.is_available() else {}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             **gpus)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -192,3 +192,19 @@ def test_a_range_of_members_runs_exactly_as_those_members_of_the_whole_populatio
     for bad in [(1, 5), (2, 10), (4, 4)]:
         with pytest.raises(ValueError, match="even range"):
             pop.forward(x[:2], members=bad)
+
+
+@pytest.mark.parametrize("rank", [1, 3, 6])
+def test_both_low_rank_forms_add_the_same_terms(rank):
+    from rwkv_swarm.kernels.population import low_rank_torch
+
+    g = torch.Generator().manual_seed(rank)
+    rows, left = torch.randn(4, 6, 10, generator=g), torch.randn(4, 10, rank, generator=g)
+    right, base = torch.randn(4, 7, rank, generator=g), torch.randn(4, 6, 7, generator=g)
+    sign = torch.tensor([0.05, -0.05]).view(1, 2, 1, 1)
+    expected = base + torch.cat([s * (rows.view(4, 2, 3, 10)[:, k] @ left @ right.transpose(1, 2))
+                                 for k, s in enumerate((0.05, -0.05))], dim=1)
+    for form in ("rank1", "bmm", None):
+        out = base.clone()
+        low_rank_torch(out, rows, left, right, sign, form)
+        assert_close(out, expected, atol=1e-5, rtol=1e-5)

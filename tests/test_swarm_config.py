@@ -69,7 +69,13 @@ def test_consensus_groups_split_the_nodes(tmp_path):
     ('[env]\nkind = "atari"', "env", "unknown environment kind 'atari'"),
     ("[[variations]]\nnodes = [9]", "variations[0].nodes", r"node ids in 0\.\.3"),
     ('[[signals]]\ngeneration = 2\nname = "gravity"', "signals[0]", "unknown signal 'gravity'"),
-    ("[resources]\ncpus = 0", "resources", "cpus > 0"),
+    ("[resources]\ncpus = 0", "resources.cpus", "cpus > 0"),
+    ("[resources]\ngpus = -0.5", "resources.gpus", r"got -0\.5, expected 0 \(nodes on CPUs\), a "
+                                                 r"share of one GPU in \(0, 1\]"),
+    ("[resources]\ngpus = nan", "resources.gpus", "got nan, expected a finite number"),
+    ("[resources]\ngpus = inf", "resources.gpus", "got inf, expected a finite number"),
+    ("[resources]\ngpus = 1.5", "resources.gpus", "or a whole number of GPUs per node"),
+    ('[resources]\ngpus = "half"', "resources.gpus", "expected a"),
     ("[migration]\ngate = 1.5", "migration", "gate < 1"),
 ])
 def test_a_bad_key_or_value_is_refused_naming_it(tmp_path, text, key, message):

@@ -332,7 +332,7 @@ def _restore(snapshot: bytes, config: NodeConfig) -> tuple[Node, dict[str, int]]
     """The node and applied signals of a `NodeHost.snapshot()`, refused (ValueError) unless it
     is one of node `config.node_id`."""
     d = _unpack(snapshot)
-    node = Node.restore(d["node"])
+    node = Node.restore(d["node"], device=config.device)  # the device this run gives it
     if node.config.node_id != config.node_id:
         raise ValueError(f"snapshot of node {node.config.node_id}, refused for node "
                          f"{config.node_id}")
@@ -343,7 +343,7 @@ def _resync(source: bytes, config: NodeConfig) -> tuple[Node, dict[str, int]]:
     """A group member's snapshot as this member's: its node with `config` (this member's
     index and id) in place of the source's; refused unless both are of one consensus group."""
     d = _unpack(source)
-    node = Node.restore(d["node"])
+    node = Node.restore(d["node"], device=config.device)  # the device this run gives it
     theirs, ours = node.config.exchange, config.exchange
     if ours.mode != "consensus" or (theirs.mode, theirs.group) != ("consensus", ours.group):
         raise ValueError(f"node {config.node_id} re-syncs from a member of its consensus group "

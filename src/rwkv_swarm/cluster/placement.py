@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import ray
+import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ..node import NodeConfig, NodeKeys, SwarmKeyring, TransportConfig, node_name
+from ..util.configio import ConfigError
 from .actor import NodeActor
 from .worlds import runtime_env_for
 
@@ -74,6 +76,12 @@ def spawn_nodes(configs: list[NodeConfig], swarm: str, *, local: bool, cpus: flo
         raise ValueError(f"snapshots must give one per node ({len(configs)}), got "
                          f"{len(snapshots)}")
     snapshots = snapshots or [None] * len(configs)
+    mismatched = [c.node_id for c in configs if (c.device == "cuda") != (gpus > 0)]
+    if mismatched:
+        raise ValueError(f"nodes {mismatched} run on a device that gpus={gpus} does not give "
+                         f"them: device 'cuda' needs gpus > 0 and 'cpu' gpus = 0 "
+                         f"(SwarmConfig.node_configs sets both from resources.gpus)")
+    check_gpus(len(configs), gpus, local)
     names = [node_name(c.node_id) for c in configs]
     keyring, keys = SwarmKeyring.generate(names) if secure else (None, {})
     group = None
@@ -96,6 +104,38 @@ def spawn_nodes(configs: list[NodeConfig], swarm: str, *, local: bool, cpus: flo
     endpoints = ray.get([a.endpoint.remote() for a in actors], timeout=START_TIMEOUT_S)
     ray.get([a.connect.remote(endpoints) for a in actors])
     return Spawned(actors, group, respawn)
+
+
+def gpu_slots(machines: list[float], gpus: float) -> int:
+    """How many actors asking for `gpus` each the machines' GPU counts hold: a share of one
+    GPU must fit within one GPU (0.4 fits twice, not 2.5 times), a whole number of GPUs within
+    one machine."""
+    if gpus <= 0:
+        raise ValueError(f"gpus must be > 0, got {gpus}")
+    if gpus <= 1:
+        per_gpu = int(1 / gpus + 1e-9)
+        return sum(int(g + 1e-9) * per_gpu for g in machines)
+    return sum(int(g // gpus + 1e-9) for g in machines)
+
+
+def check_gpus(nodes: int, gpus: float, local: bool) -> None:
+    """Refuse, before any actor starts, `nodes` node actors asking for `gpus` GPUs each that
+    could not run: a local run on a machine where PyTorch sees no CUDA device, or a cluster
+    whose GPUs cannot hold them all (they would wait START_TIMEOUT_S, then fail)."""
+    if gpus <= 0:
+        return
+    if local and not torch.cuda.is_available():
+        raise ConfigError("resources.gpus", f"got {gpus}, but PyTorch sees no CUDA device on "
+                                            f"this machine (torch {torch.__version__}, CUDA "
+                                            f"build: {torch.version.cuda or 'none'}): expected 0 "
+                                            "(nodes on CPUs) here")
+    machines = [float(n["Resources"].get("GPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+    slots = gpu_slots(machines, gpus)
+    if slots < nodes:
+        raise ConfigError("resources.gpus", f"got {gpus} per node for {nodes} nodes, but the "
+                                            f"Ray cluster's GPUs per machine {machines} hold "
+                                            f"{slots} such nodes: expected a share that fits "
+                                            "(at most the GPUs / nodes), or 0 (nodes on CPUs)")
 
 
 def release(actors: list[Any], group: Any = None) -> None:

@@ -110,7 +110,8 @@ def diag_update(x: ArrayLike, P: ArrayLike, z: ArrayLike, R: Coef, H: Coef = 1.0
     Raises ValueError where S = H^2 P + R is not positive (both P and R zero there).
     """
     x = as_state_vector("x", x)
-    P = torch.as_tensor(as_coef("P", P, x, nonneg=True), dtype=x.dtype).expand_as(x)
+    P = torch.as_tensor(as_coef("P", P, x, nonneg=True), dtype=x.dtype,
+                        device=x.device).expand_as(x)
     z = as_coef("z", z, x)
     R = as_coef("R", R, x, nonneg=True)
     H = as_coef("H", H, x)

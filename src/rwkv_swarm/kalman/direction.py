@@ -139,6 +139,8 @@ class DirectionBelief:
 
     Before the first update mean and var are None (nothing known); the first update adopts the
     measurement. `direction` is the filtered gradient, `confidence` how sure its signs are.
+    Its vectors live on `device` (the node's: its gradient estimates are measured there); a
+    `to_dict` is device-free, and `from_dict` places it on the device it is given.
     """
 
     dim: int
@@ -152,8 +154,10 @@ class DirectionBelief:
     drift_weight: float = 0.0
     n_updates: int = 0
     nis: float = math.nan
+    device: torch.device | str = "cpu"
 
     def __post_init__(self) -> None:
+        self.device = torch.device(self.device)
         if self.dim < 1:
             raise ValueError(f"dim must be 1 or greater, got {self.dim}")
         if self.config.drift is not None:
@@ -174,14 +178,16 @@ class DirectionBelief:
     @property
     def direction(self) -> torch.Tensor:
         """The filtered gradient (d,) (zeros before the first update)."""
-        return torch.zeros(self.dim, dtype=self.dtype) if self.mean is None else self.mean
+        if self.mean is None:
+            return torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        return self.mean
 
     @property
     def confidence(self) -> torch.Tensor:
         """Per coordinate, P(sign of the true gradient = sign of `direction`) = Phi(|m|/sqrt(var)),
         in [0.5, 1]; 0.5 everywhere before the first update."""
         if self.mean is None or self.var is None:
-            return torch.full((self.dim,), 0.5, dtype=self.dtype)
+            return torch.full((self.dim,), 0.5, dtype=self.dtype, device=self.device)
         snr = self.mean.abs() / self.var.sqrt().clamp_min(torch.finfo(self.dtype).tiny)
         return torch.special.ndtr(snr)
 
@@ -221,12 +227,12 @@ class DirectionBelief:
         self.drift = max((1 - m) * self.drift + m * q, 0.0)
 
     def _vector(self, name: str, value: ArrayLike, nonneg: bool = False) -> torch.Tensor:
-        t = as_state_vector(name, value).to(self.dtype)
+        t = as_state_vector(name, value).to(self.dtype)  # checked where it is, then moved
         if t.shape[0] != self.dim:
             raise ValueError(f"{name} must have shape ({self.dim},), got {tuple(t.shape)}")
         if nonneg and bool((t < 0).any()):
             raise ValueError(f"{name} must be >= 0 (variances), min is {float(t.min()):.3g}")
-        return t
+        return t.to(self.device)
 
     def to_gaussian(self) -> Gaussian:
         """The belief as a diagonal float64 Gaussian for fusion (needs at least one update)."""
@@ -245,6 +251,8 @@ class DirectionBelief:
         """Plain values, vectors as {dtype, shape, bytes}: msgpack-serialisable, exact."""
         d: dict[str, Any] = {}
         for f in fields(self):
+            if f.name == "device":  # where it lives is the loader's to say
+                continue
             v = getattr(self, f.name)
             if f.name == "config":
                 v = asdict(v)
@@ -254,8 +262,9 @@ class DirectionBelief:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DirectionBelief:
-        kw = dict(d)
+    def from_dict(cls, d: dict[str, Any], device: torch.device | str = "cpu") -> DirectionBelief:
+        """The belief `to_dict` described, its vectors on `device`."""
+        kw = dict(d, device=device)
         kw["config"] = DirectionConfig(**kw["config"])
         for k in ("mean", "var", "gain"):
             if kw[k] is not None:

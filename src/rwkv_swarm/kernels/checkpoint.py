@@ -160,7 +160,7 @@ def save_checkpoint(model: RWKV7, path: str | os.PathLike,
     (float32 unless told otherwise: a round trip is then exact)."""
     if model.config.token_mode:
         dtype = torch.bfloat16 if dtype is None else dtype
-        torch.save({k: v.detach().to(dtype).contiguous() for k, v in model.named_parameters()},
-                   path)
+        torch.save({k: v.detach().to("cpu", dtype).contiguous()
+                    for k, v in model.named_parameters()}, path)
     else:
         torch.save(control_checkpoint(model, torch.float32 if dtype is None else dtype), path)

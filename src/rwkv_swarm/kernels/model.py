@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import native
+from . import cuda_graph, native
 from .config import DECAY_SCALE, GN_EPS, LN_EPS, ROW_BLOCK, RWKV7Config
 from .cuda_graph import CudaGraphStep
 from .init import init_weights
@@ -306,6 +306,7 @@ class RWKV7(nn.Module):
         self._rows = None  # RowStep (native_rows.py): packed weights of the row kernel
         self._step_paths: dict[int, str] = {}  # batch -> measured path (native.step_path)
         self._graph = None  # CudaGraphStep, after enable_cuda_graph_step
+        self._graphs: dict[int, CudaGraphStep] = {}  # batch -> graph, where measured faster
         self.requires_grad_(False)  # weights evolve; no autograd
 
     @classmethod
@@ -328,17 +329,18 @@ class RWKV7(nn.Module):
 
         A CPU batch runs PyTorch ops, the native step kernel or the row kernel, whichever was
         measured fastest for this CPU, model and batch size (`native.step_path`); a CUDA batch
-        for which `enable_cuda_graph_step` was called replays a graph; anything else runs
-        PyTorch ops.
+        replays a graph where `enable_cuda_graph_step` was called for it or where the graph
+        was measured faster (`cuda_graph.step_path`); anything else runs PyTorch ops.
         numpy input is accepted (observations become float32, tokens int64).
         """
         x = self._as_tensor(x)
         B = x.shape[0]
         state = self.zero_state(B) if state is None else state
         if state.batch == B and state.att_x_prev.dtype == torch.float32:
-            if self._graph is not None and self._graph.batch == B and x.is_cuda:
+            graph = self._cuda_graph(B) if x.is_cuda else None
+            if graph is not None:
                 self._check_input(x.unsqueeze(1))
-                return self._graph(x, state)
+                return graph(x, state)
             if self.use_native and not x.is_cuda and NativeStep.available(self):
                 path = self.chosen_step_path(B)
                 if path != "torch":
@@ -349,12 +351,26 @@ class RWKV7(nn.Module):
         return self.step_torch(x, state)
 
     def chosen_step_path(self, batch: int) -> str:
-        """The path a CPU step of `batch` rows takes: `step_path` if forced, else measured."""
+        """The path a step of `batch` rows takes: `step_path` if forced, else measured (on a
+        CUDA device "torch" or "graph")."""
         if self.step_path is not None:
             return self.step_path
         if batch not in self._step_paths:
-            self._step_paths[batch] = native.step_path(self, batch)
+            on_cuda = self.head.weight.device.type == "cuda"
+            self._step_paths[batch] = (cuda_graph.step_path if on_cuda
+                                       else native.step_path)(self, batch)
         return self._step_paths[batch]
+
+    def _cuda_graph(self, batch: int) -> CudaGraphStep | None:
+        """The graph a CUDA step of `batch` rows replays: the enabled one, else one where the
+        chosen path is "graph"; None: PyTorch ops."""
+        if self._graph is not None and self._graph.batch == batch:
+            return self._graph
+        if self.chosen_step_path(batch) != "graph":
+            return None
+        if batch not in self._graphs:
+            self._graphs[batch] = CudaGraphStep(self, batch)
+        return self._graphs[batch]
 
     def step_torch(self, x: torch.Tensor, state: RWKV7State) -> tuple[torch.Tensor, RWKV7State]:
         """`step` through PyTorch ops only (any device, dtype and batch)."""

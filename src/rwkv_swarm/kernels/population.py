@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import native_ops, rows
+from . import native_ops, paths, rows
 from .config import ROW_BLOCK
 from .model import (
     GROUPS,
@@ -106,6 +106,7 @@ class Population:
         self.noise_size = sum(t.size for t in self.targets)
         self._noise: dict[str, tuple[torch.Tensor, ...]] | None = None
         self._noise_t: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._graphs = None  # rows.CudaGraphRows once a step takes the "graph" path
 
     # -- noise ---------------------------------------------------------------------------------
 
@@ -216,15 +217,15 @@ class Population:
         `members[b]` -> (outputs (R, out), new state of R rows).
 
         The rows need not be whole pairs or in order: a rollout passes only its live rows.
-        `inplace` writes the new state into `state`. `path` ("torch" or "native:<threads>")
-        forces a path; by default it is `row_path(R)`. On the native path a row's result does
-        not depend on the other rows, so one path for a whole rollout keeps a compacted batch
-        bitwise equal to the full one.
+        `inplace` writes the new state into `state`. `path` ("torch", "native:<threads>" on
+        the CPU or "graph" on CUDA) forces a path; by default it is `row_path(R)`. On the
+        native path a row's result does not depend on the other rows, so one path for a whole
+        rollout keeps a compacted batch bitwise equal to the full one.
         """
         return rows.step(self, x, state, members, inplace, path)
 
     def row_path(self, batch: int) -> str:
-        """The path `step_rows` takes for a batch of `batch` rows (measured once per CPU)."""
+        """The path `step_rows` takes for a batch of `batch` rows (measured once per device)."""
         return rows.row_path(self, batch)
 
     def _member_range(self, members: tuple[int, int] | None) -> tuple[int, int]:
@@ -373,7 +374,9 @@ class PopulationOps(PerturbedNorms, Ops):
                 native_ops.low_rank(out, rows, *((Bt, At) if swap else (At, Bt)), self.sigma,
                                     native_ops.threads_of(path))
                 return base_out
-        low_rank_torch(out, rows, left, right, self.sign)
+        form = cuda_low_rank_form(rows.shape, out.shape[2], left.shape[2], rows.device) \
+            if rows.is_cuda else None
+        low_rank_torch(out, rows, left, right, self.sign, form)
         return base_out
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -404,15 +407,16 @@ class PopulationOps(PerturbedNorms, Ops):
 
 
 def low_rank_torch(out: torch.Tensor, rows: torch.Tensor, left: torch.Tensor,
-                   right: torch.Tensor, sign: torch.Tensor) -> None:
+                   right: torch.Tensor, sign: torch.Tensor, form: str | None = None) -> None:
     """out (P/2, 2M, n) += s sigma (rows left) right^T in place, per pair; rows (P/2, 2M, m),
     left (P/2, m, r), right (P/2, n, r), sign (1, 2, 1, 1) = [sigma, -sigma].
 
-    For small ranks, rank-1 terms through multiply-sum and addcmul: MKL's batched GEMM with an
-    inner size of 1 was 5-8x slower on these shapes (docs/benchmarks.md).
+    `form` "bmm": two batched GEMMs; "rank1": per rank, a multiply-sum and an addcmul. By
+    default rank1 up to SMALL_RANK: MKL's batched GEMM with an inner size of 1 was 5-8x
+    slower on these shapes (docs/benchmarks.md); CUDA devices measure it (cuda_low_rank_form).
     """
     P2, r = left.shape[0], left.shape[-1]
-    if r > SMALL_RANK:
+    if (form or ("bmm" if r > SMALL_RANK else "rank1")) == "bmm":
         xr = torch.bmm(rows, left)  # (P/2, 2M, r)
         xr = (xr.view(P2, 2, -1, r) * sign).view(P2, -1, r)
         out.baddbmm_(xr, right.transpose(1, 2))
@@ -421,6 +425,27 @@ def low_rank_torch(out: torch.Tensor, rows: torch.Tensor, left: torch.Tensor,
         xr = (rows * left[:, None, :, i]).sum(-1)  # (P/2, 2M)
         xr = (xr.view(P2, 2, -1) * sign[..., 0]).view(P2, -1, 1)
         out.addcmul_(xr, right[:, None, :, i])
+
+
+def cuda_low_rank_form(shape: torch.Size, n_out: int, rank: int, device: torch.device) -> str:
+    """"rank1" or "bmm" for the low-rank terms of rows of `shape` (P/2, 2M, n_in) on a CUDA
+    device: measured once per device and shape, every call waiting for the device."""
+    P2, rows, n_in = shape
+    chooser = paths.default_chooser()
+    key = ("low_rank_cuda", P2, rows, n_in, n_out, rank, str(device))
+    if key not in chooser.memo:
+        x = torch.randn(P2, rows, n_in, device=device)
+        y = torch.zeros(P2, rows, n_out, device=device)
+        left = torch.randn(P2, n_in, rank, device=device)
+        right = torch.randn(P2, n_out, rank, device=device)
+        sign = torch.tensor([0.1, -0.1], device=device).view(1, 2, 1, 1)
+        cands = {form: lambda form=form: (low_rank_torch(y, x, left, right, sign, form),
+                                          torch.cuda.synchronize(device))
+                 for form in ("rank1", "bmm")}
+        sizes = {"pairs": P2, "rows": rows, "in": n_in, "out": n_out, "rank": rank,
+                 "device": torch.cuda.get_device_name(device)}
+        chooser.memo[key] = chooser.choose("low_rank_cuda", sizes, cands)
+    return chooser.memo[key]
 
 
 def low_rank_path(n_in: int, n_out: int, rank: int, rows: int) -> str:

@@ -8,8 +8,12 @@ still alive (a batch compacted to its live rows keeps each row's member). Two fo
   rows the same bits as the full one.
 - `torch`: PyTorch ops with gather-based perturbations (`RowOps`); any device. Its GEMMs may
   round a row differently at another batch size.
+- `graph` (CUDA only): the `torch` form captured as a CUDA graph per batch bucket and replayed
+  (cuda_graph.py `CudaGraphRows`): one launch instead of ~100 small kernels per step.
 
-Which one runs is measured per CPU, model shape, perturbation and batch bucket (paths.py).
+Which one runs is measured per device (the CPU, or the CUDA device by name), model shape,
+perturbation and batch bucket (paths.py). The native kernel reads CPU memory: it is a
+candidate for CPU tensors only, and `graph` for CUDA tensors only.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import native, native_ops
+from . import native, native_ops, paths
+from .cuda_graph import CudaGraphRows
 from .model import Ops, PerturbedNorms, embed_input, readout, run_blocks
 from .native_rows import row_step
 from .state import RWKV7State
@@ -102,26 +107,55 @@ def step_native(pop: Population, x: torch.Tensor, state: RWKV7State, members: to
 
 
 def row_path(pop: Population, rows: int) -> str:
-    """"torch" or "native:<threads>" for a population step of `rows` rows: measured once per
-    CPU, model shape, perturbation and batch bucket (the next power of two, run on a zero
-    state), and remembered in this process."""
+    """"torch", "native:<threads>" (CPU) or "graph" (CUDA) for a population step of `rows`
+    rows: measured once per device, model shape, perturbation and batch bucket (the next
+    power of two, run on a zero state), and remembered in this process."""
     model = pop.model
-    p = model.head.weight
-    if not (model.use_native and native_ops.usable(p)):
-        return "torch"
+    device = pop.device
     bucket = 1 << (max(rows, 1) - 1).bit_length()
     memo = pop.__dict__.setdefault("_row_paths", {})
-    key = (bucket, model.use_native, model.step_path, torch.get_num_threads())
-    if key not in memo:
-        if model.step_path is not None:  # a forced step path forces this one too
-            memo[key] = model.step_path
-        else:
-            sizes = {**model.config.to_dict(), "rank": pop.rank,
-                     "include": ",".join(sorted(pop.include)), "batch": bucket}
-            memo[key] = native_ops.memo_choose("pop_step", sizes, lambda: _forms(pop, bucket))
-            if memo[key] == "torch":
-                model._rows = None  # the packed weights (a copy) only where the kernel runs
+    key = (bucket, model.use_native, model.step_path, torch.get_num_threads(), str(device))
+    if key in memo:
+        return memo[key]
+    if device.type == "cuda":
+        memo[key] = _cuda_path(pop, bucket)
+    elif not (model.use_native and native_ops.usable(model.head.weight)):
+        memo[key] = "torch"  # another device, or no native library: PyTorch ops
+    elif model.step_path is not None:  # a forced step path forces this one too
+        memo[key] = model.step_path
+    else:
+        sizes = {**model.config.to_dict(), "rank": pop.rank,
+                 "include": ",".join(sorted(pop.include)), "batch": bucket}
+        memo[key] = native_ops.memo_choose("pop_step", sizes, lambda: _forms(pop, bucket))
+        if memo[key] == "torch":
+            model._rows = None  # the packed weights (a copy) only where the kernel runs
     return memo[key]
+
+
+def _cuda_path(pop: Population, bucket: int) -> str:
+    """"torch" or "graph" on a CUDA device: forced by the model's `step_path` ("torch" or
+    "graph"), else measured, each candidate waiting for its kernels to finish (a rollout
+    waits for every step's actions)."""
+    forced = pop.model.step_path
+    if forced in ("torch", "graph"):
+        return forced
+    device = pop.device
+    cfg = pop.model.config
+    x = (torch.zeros(bucket, dtype=torch.long, device=device) if cfg.token_mode
+         else torch.zeros(bucket, cfg.input_dim, device=device))
+    members = torch.arange(bucket, device=device) % pop.size
+    state = pop.model.zero_state(bucket)
+    out = state.empty_like()
+    graph = CudaGraphRows(step_torch)
+
+    def synced(fn):
+        return lambda: (fn(), torch.cuda.synchronize(device))
+
+    cands = {"torch": synced(lambda: step_torch(pop, x, state, members, out)),
+             "graph": synced(lambda: graph(pop, x, state, members, out))}
+    sizes = {**cfg.to_dict(), "rank": pop.rank, "include": ",".join(sorted(pop.include)),
+             "batch": bucket, "device": torch.cuda.get_device_name(device)}
+    return paths.default_chooser().choose("pop_step_cuda", sizes, cands)
 
 
 def _forms(pop: Population, rows: int):
@@ -157,7 +191,24 @@ def step(pop: Population, x: torch.Tensor, state: RWKV7State, members: object,
     if state.batch != R:
         raise ValueError(f"state has {state.batch} rows, the input has {R}")
     path = path or row_path(pop, R)
-    if path != "torch" and not x.is_cuda:
+    _check_path(path, x.device)
+    if path not in ("torch", "graph"):  # "native:<n>", or a forced step path "rows:<n>"
         return step_native(pop, x, state, m, native.threads_of(path), inplace)
     out = state if inplace else state.empty_like()
-    return step_torch(pop, x, state, m.to(x.device), out), out
+    m = m.to(x.device, non_blocking=True)
+    if path == "graph":
+        if pop._graphs is None:  # captured for this population: its noise is fixed
+            pop._graphs = CudaGraphRows(step_torch)
+        return pop._graphs(pop, x, state, m, out), out
+    return step_torch(pop, x, state, m, out), out
+
+
+def _check_path(path: str, device: torch.device) -> None:
+    """Refuse a path the input's device cannot run: the native kernel reads CPU memory, the
+    graph path replays on a CUDA device."""
+    ok = (path == "torch" or (path == "graph" and device.type == "cuda")
+          or (path != "graph" and device.type == "cpu"))
+    if not ok:
+        raise ValueError(f"row path {path!r} cannot run a {device.type} input: 'torch' runs "
+                         f"anywhere, the native ones ('native:<threads>') on the CPU, 'graph' "
+                         f"on CUDA")

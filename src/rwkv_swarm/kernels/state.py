@@ -83,6 +83,10 @@ class RWKV7State:
         return self.wkv.shape[3]
 
     @property
+    def device(self) -> torch.device:
+        return self.wkv.device
+
+    @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
@@ -32,7 +33,8 @@ T = TypeVar("T")
 
 def dump(node: Node) -> bytes:
     weights = io.BytesIO()
-    torch.save(node.model.state_dict(), weights)
+    # host copies: a checkpoint leaves the node and may be restored on another device
+    torch.save({k: v.cpu() for k, v in node.model.state_dict().items()}, weights)
     return msgpack.packb({
         "version": VERSION, "config": node.config.to_dict(),
         "env_kind": type(node.env).__name__, "env_spec": env_spec(node.env),
@@ -84,15 +86,19 @@ def _environment(d: dict[str, Any], config: NodeConfig, env: Environment | None)
     return env
 
 
-def load(cls: type[Node], blob: bytes, env: Environment | None = None) -> Node:
+def load(cls: type[Node], blob: bytes, env: Environment | None = None,
+         device: str | None = None) -> Node:
     d = _unpack(blob)
     config = _part("config", lambda: NodeConfig.from_dict(d["config"]))
+    if device is not None:  # a checkpoint holds host tensors: any device may take it up
+        config = replace(config, device=device)
     env = _environment(d, config, env)
     node = cls(config, env)
-    state = _part("weights", lambda: torch.load(io.BytesIO(d["weights"]), weights_only=True))
-    _part("weights", lambda: node.model.load_state_dict(state))
-    node.live_state = _part("live_state",
-                            lambda: RWKV7State.from_bytes(d["live_state"], node.config.model))
+    state = _part("weights", lambda: torch.load(io.BytesIO(d["weights"]), map_location="cpu",
+                                                weights_only=True))
+    _part("weights", lambda: node.model.load_state_dict(state))  # copied onto the node's device
+    node.live_state = _part("live_state", lambda: RWKV7State.from_bytes(
+        d["live_state"], node.config.model).to(node.device))
     _part("strategy state", lambda: node.strategy.load_state_dict(d["strategy"]))
     _part("environment state", lambda: env.load_state_dict(d["env"]))
     node.generation_count, node.episodes_used = d["generation"], d["episodes"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ..kernels import RWKV7Config
 from ..util import configio
 from ..util.configio import ConfigFile
@@ -17,6 +19,7 @@ STRATEGIES = {"kalman": KalmanES, "lowrank": LowRankES}
 STRATEGY_CONFIGS = {"kalman": KalmanESConfig, "lowrank": ESConfig}
 MODES = ("isolated", "consensus", "gossip")
 INITS = ("live", "trainer")
+DEVICES = ("cpu", "cuda")
 
 
 def es_field_type(name: str, data: dict[str, Any]) -> type | None:
@@ -71,6 +74,9 @@ class NodeConfig(ConfigFile):
     init: str = "live"  # initial weights: "live" (every block path active) or "trainer"
     node_id: int = 0  # index in the swarm; seeds and noise streams derive from it
     seed: int = 0  # swarm seed
+    device: str = "cpu"  # where the model, its populations, rollout tensors and strategy state
+    # live: "cpu" or "cuda" (a swarm sets it from resources.gpus); beliefs and messages reach
+    # the host only where they leave the node
 
     def __post_init__(self) -> None:
         configio.take_tables(self)
@@ -91,9 +97,21 @@ class NodeConfig(ConfigFile):
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.node_id < 0 or self.seed < 0:
             raise ValueError(f"node_id and seed must be >= 0, got {self.node_id}, {self.seed}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         env_config(self.env)  # a bad world fails here, naming the option
 
     _field_type = staticmethod(es_field_type)
+
+    def torch_device(self) -> torch.device:
+        """`device` as torch names it, refused (ValueError naming it) where this process cannot
+        use it: a node on "cuda" needs a CUDA device that PyTorch sees."""
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device 'cuda' (a swarm's resources.gpus > 0) needs a CUDA device "
+                             f"this process can use; PyTorch sees none (torch "
+                             f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}): "
+                             f"expected device 'cpu' here")
+        return torch.device(self.device)
 
     @property
     def lineage(self) -> int:

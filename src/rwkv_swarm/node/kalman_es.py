@@ -19,13 +19,19 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..kalman import DirectionBelief, DirectionConfig, FitnessUpdate
 from ..kernels import RWKV7
 from .fusion import Evidence
-from .strategy import WORLD_CHANGE_INFLATION, ESConfig, Measurement, Strategy
+from .strategy import (
+    WORLD_CHANGE_INFLATION,
+    ESConfig,
+    Measurement,
+    Strategy,
+    device_vector,
+    host_bytes,
+)
 
 STEP_RULES = ("snr", "optimizer")
 
@@ -71,9 +77,13 @@ class KalmanES(Strategy):
 
     def __init__(self, model: RWKV7, config: KalmanESConfig | None = None):
         super().__init__(model, config or KalmanESConfig())
-        self.direction_belief = DirectionBelief(self.dim, self.config.direction)
+        self.direction_belief = self._new_belief()
         self.sigma_scale = 1.0
         self.noise_var: torch.Tensor | None = None  # Rbar: running variance of one estimate
+
+    def _new_belief(self) -> DirectionBelief:
+        """A belief that knows nothing yet, on the model's device."""
+        return DirectionBelief(self.dim, self.config.direction, device=self.device)
 
     def _on_predict(self) -> None:
         db = self.direction_belief
@@ -136,7 +146,7 @@ class KalmanES(Strategy):
         self._widen()
         self.lr_scale = 1.0
         self.optimizer.state.clear()
-        self.direction_belief = DirectionBelief(self.dim, self.config.direction)
+        self.direction_belief = self._new_belief()
 
     def world_changed(self) -> None:
         super().world_changed()
@@ -144,7 +154,7 @@ class KalmanES(Strategy):
 
     def adopted(self, belief_mean: float, belief_var: float) -> None:
         super().adopted(belief_mean, belief_var)
-        self.direction_belief = DirectionBelief(self.dim, self.config.direction)
+        self.direction_belief = self._new_belief()
         self.noise_var = None
 
     def _step(self, direction: torch.Tensor, lr: float) -> None:
@@ -163,12 +173,9 @@ class KalmanES(Strategy):
     def _extra_state(self) -> dict[str, Any]:
         return {"sigma_scale": self.sigma_scale,
                 "direction_belief": self.direction_belief.to_dict(),
-                "noise_var": None if self.noise_var is None
-                else self.noise_var.float().numpy().tobytes()}
+                "noise_var": host_bytes(self.noise_var)}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self.sigma_scale = float(state["sigma_scale"])
-        self.direction_belief = DirectionBelief.from_dict(state["direction_belief"])
-        nv = state["noise_var"]
-        self.noise_var = None if nv is None else torch.from_numpy(
-            np.frombuffer(nv, dtype=np.float32).copy())
+        self.direction_belief = DirectionBelief.from_dict(state["direction_belief"], self.device)
+        self.noise_var = device_vector(state["noise_var"], self.device)

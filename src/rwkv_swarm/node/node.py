@@ -60,8 +60,10 @@ class Node:
         es = replace(config.es, population=config.population, stream=config.lineage,
                      seed=derive_seed(config.seed, config.es.seed))
         self.config, self.env = config, env
+        self.device = config.torch_device()
+        # drawn on the host, then moved: a node's initial weights never depend on its device
         self.model = RWKV7(config.model, seed=derive_seed(config.seed, self.ancestor, 1) % 2**31,
-                           init=config.init)
+                           init=config.init).to(self.device)
         self.strategy = STRATEGIES[config.strategy](self.model, es)
         self.sketch = WeightSketch(self.strategy.dim, config.exchange.sketch_size)
         self.perturbation = perturbation_key(self.model, es.rank, tuple(es.include))
@@ -314,8 +316,10 @@ class Node:
         return ckpt.dump(self)
 
     @classmethod
-    def restore(cls, blob: bytes, env: Environment | None = None) -> Node:
+    def restore(cls, blob: bytes, env: Environment | None = None,
+                device: str | None = None) -> Node:
         """A node from `checkpoint()` bytes, in `env` (default: the one its config describes;
-        a given one must be of the same kind and options). Malformed bytes raise
-        ValueError("not a node checkpoint: <what is wrong>")."""
-        return ckpt.load(cls, blob, env)
+        a given one must be of the same kind and options), on `device` (default: the one it
+        was checkpointed on). Malformed bytes raise ValueError("not a node checkpoint: <what
+        is wrong>")."""
+        return ckpt.load(cls, blob, env, device)

@@ -66,7 +66,9 @@ def rollout(env: Environment, policy: Policy | RowPolicy, n: int, seed: int, sta
     `compact` in (0, 1]: once fewer than that share of the batch's rows are live, the batch is
     compacted to its live rows, so finished copies stop costing compute; `policy(obs, state,
     rows)` then gets the copies `rows` (indices into n) that its batch holds, and the state it
-    gets is the rollout's own (it may update it in place). Done copies act on zeros; a policy
+    gets is the rollout's own (it may update it in place). Observations reach the policy on
+    the state's device (the environments' numpy arrays are uploaded once per step) and
+    actions come back to the host. Done copies act on zeros; a policy
     whose rows never depend on each other gives the live copies the same returns and states.
     The final state holds each copy's state as of its last step in the batch.
     """
@@ -110,14 +112,13 @@ class _Run:
 
     def act(self, policy: Policy | RowPolicy, obs: np.ndarray) -> np.ndarray:
         if not self.compact:
-            out, self.batch = policy(torch.from_numpy(np.ascontiguousarray(obs)), self.batch)
+            out, self.batch = policy(self._upload(obs), self.batch)
             actions = out.detach().cpu().numpy()
         else:
             live = self.alive[self.rows]
             if live.sum() < self.compact * len(self.rows):
                 self._keep(np.flatnonzero(live))
-            x = torch.from_numpy(np.ascontiguousarray(obs[self.rows]))
-            out, self.batch = policy(x, self.batch, self.rows)
+            out, self.batch = policy(self._upload(obs[self.rows]), self.batch, self.rows)
             actions = np.zeros((self.n, out.shape[1]), dtype=np.float32)
             actions[self.rows] = out.detach().cpu().numpy()
         self.computed += len(self.rows)
@@ -126,6 +127,10 @@ class _Run:
             self.diverged |= bad & self.alive & ~self.bad_obs
             actions = np.where(bad[:, None], 0.0, actions)
         return actions
+
+    def _upload(self, obs: np.ndarray) -> torch.Tensor:
+        """Observations as a tensor on the batch state's device (the policy's)."""
+        return torch.from_numpy(np.ascontiguousarray(obs)).to(self.batch.device)
 
     def _keep(self, keep: np.ndarray) -> None:
         """Compact the batch to its rows `keep`; the others' states go back to `full`."""

@@ -171,6 +171,7 @@ class Strategy:
         self.targets = targets_for(model, config.rank, config.include)
         params = dict(model.named_parameters())
         self.params = [params[t.name] for t in self.targets]
+        self.device = self.params[0].device  # the model's: estimates and beliefs live there
         self.dim = sum(p.numel() for p in self.params)
         self.generation = 0
         self.lr_scale = 1.0
@@ -358,8 +359,7 @@ class Strategy:
                 "last_z": self.last_z, "calibration": asdict(self.calibration),
                 "optimizer": buf.getvalue(), "fitness_belief": self.fitness_belief.to_dict(),
                 "relevance": asdict(self.relevance),
-                "reference": None if self.reference is None
-                else self.reference.float().numpy().tobytes(), **self._extra_state()}
+                "reference": host_bytes(self.reference), **self._extra_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generation = int(state["generation"])
@@ -368,13 +368,12 @@ class Strategy:
         self.raw_prediction = float(state["raw_prediction"])
         self.last_z = state["last_z"]
         self.calibration = Calibration(**state["calibration"])
+        # moments load on the host; load_state_dict moves them to the parameters' device
         self.optimizer.load_state_dict(torch.load(io.BytesIO(state["optimizer"]),
-                                                  weights_only=True))
+                                                  map_location="cpu", weights_only=True))
         self.fitness_belief = FitnessBelief.from_dict(state["fitness_belief"])
         self.relevance = Relevance(**state["relevance"])
-        ref = state["reference"]
-        self.reference = None if ref is None else torch.from_numpy(
-            np.frombuffer(ref, dtype=np.float32).copy())
+        self.reference = device_vector(state["reference"], self.device)
         self._pending, self._population, self._measured = None, None, None
         self._load_extra_state(state)
 
@@ -383,6 +382,18 @@ class Strategy:
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         pass
+
+
+def host_bytes(t: torch.Tensor | None) -> bytes | None:
+    """A (d,) vector as float32 bytes on the host (None stays None): state leaving the node."""
+    return None if t is None else t.detach().float().cpu().numpy().tobytes()
+
+
+def device_vector(blob: bytes | None, device: torch.device) -> torch.Tensor | None:
+    """The vector `host_bytes` wrote, on `device`."""
+    if blob is None:
+        return None
+    return torch.from_numpy(np.frombuffer(blob, dtype=np.float32).copy()).to(device)
 
 
 class LowRankES(Strategy):

@@ -46,8 +46,16 @@ class Topology:
 @dataclass(frozen=True)
 class Resources:
     cpus: float = 1.0  # CPUs per node actor (fractions allowed); torch gets max(1, int(cpus))
-    gpus: float = 0.0  # GPUs per node actor (fractions allowed)
+    gpus: float = 0.0  # GPUs per node actor: 0 (the node runs on its CPUs), a share of one
+    # GPU in (0, 1] (e.g. 0.5: two nodes per GPU) or a whole number; above 0 the node's model,
+    # populations, rollouts and strategy state live on its CUDA device
     placement: str = "none"  # "none", "pack" or "spread" (a Ray placement group)
+
+    @property
+    def device(self) -> str:
+        """The device of every node: "cuda" with a GPU share, else "cpu". The one place
+        where a node's device is decided."""
+        return "cuda" if self.gpus > 0 else "cpu"
 
 
 @dataclass(frozen=True)
@@ -227,7 +235,7 @@ class SwarmConfig(ConfigFile):
             out.append(NodeConfig(model=model, env=env, strategy=self.strategy, es=es,
                                   exchange=exchange, episodes=self.episodes,
                                   max_steps=self.max_steps, init=self.init, node_id=i,
-                                  seed=self.seed))
+                                  seed=self.seed, device=self.resources.device))
         return out
 
     def replace(self, **changes: Any) -> SwarmConfig:
@@ -266,9 +274,17 @@ def _build(key: str, env: dict[str, Any]) -> Environment:
 
 
 def _check_resources(r: Resources) -> None:
-    if not r.cpus > 0 or r.gpus < 0:
-        raise ConfigError("resources", f"need cpus > 0 and gpus >= 0, got cpus={r.cpus}, "
-                                       f"gpus={r.gpus}")
+    for name in ("cpus", "gpus"):
+        v = getattr(r, name)
+        if type(v) not in (int, float) or not math.isfinite(v):
+            raise ConfigError(f"resources.{name}", f"got {v!r}, expected a finite number")
+    if not r.cpus > 0:
+        raise ConfigError("resources.cpus", f"got {r.cpus!r}, expected cpus > 0 (fractions "
+                                            "allowed)")
+    if r.gpus < 0 or (r.gpus > 1 and r.gpus != int(r.gpus)):
+        raise ConfigError("resources.gpus", f"got {r.gpus!r}, expected 0 (nodes on CPUs), a "
+                                            "share of one GPU in (0, 1] or a whole number of "
+                                            "GPUs per node")
     _choice("resources.placement", r.placement, PLACEMENTS)
 
 

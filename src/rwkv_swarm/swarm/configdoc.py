@@ -19,7 +19,7 @@ from ..kalman.fitness import NOISE_MODELS
 from ..kernels import RWKV7Config
 from ..kernels.model import GROUPS
 from ..node import ESConfig, ExchangeConfig, KalmanESConfig, NodeConfig
-from ..node.config import INITS, MODES, STRATEGY_CONFIGS
+from ..node.config import DEVICES, INITS, MODES, STRATEGY_CONFIGS
 from ..node.envs import GYM_SIGNALS, PROCESSES, SIGNALS, GymConfig, PythonConfig, SignalConfig
 from ..node.envs.gym import VECTORIZE_MODES
 from ..node.kalman_es import STEP_RULES
@@ -39,7 +39,8 @@ def _one_of(values: Any) -> str:
 ACCEPTED: dict[type, dict[str, str]] = {
     SwarmConfig: {"mode": _one_of(MODES), "strategy": _one_of(STRATEGY_CONFIGS),
                   "init": _one_of(INITS)},
-    NodeConfig: {"strategy": _one_of(STRATEGY_CONFIGS), "init": _one_of(INITS)},
+    NodeConfig: {"strategy": _one_of(STRATEGY_CONFIGS), "init": _one_of(INITS),
+                 "device": _one_of(DEVICES)},
     ExchangeConfig: {"mode": _one_of(MODES)},
     Topology: {"kind": _one_of(TOPOLOGIES)},
     Resources: {"placement": _one_of(PLACEMENTS)},
