@@ -359,3 +359,40 @@ def test_an_async_run_with_a_node_killed_goes_on_without_it(ray_session, tmp_pat
     rows = rows_by_node(swarm.run_dir)
     assert all(sorted(rows[n]) == list(range(30)) for n in (0, 1, 3))
     assert len(rows.get(2, {})) < 30  # none at all when it died before its first generation
+
+
+def test_a_killed_actor_of_two_nodes_restarts_both_in_one_new_actor(ray_session, tmp_path):
+    cfg = config(tmp_path, resources=Resources(cpus=0.5, nodes_per_actor=2))
+    with Swarm.launch(cfg) as swarm:
+        swarm.start(10_000)
+        wait_until(lambda: swarm.status()["generation"] >= 3)
+        actors = ray.get(swarm.coordinator.actors.remote())
+        pid = ray.get(actors[2].pid.remote())
+        assert ray.get(actors[3].pid.remote()) == pid != ray.get(actors[0].pid.remote())
+        killed = time.time()
+        os.kill(pid, signal.SIGKILL)
+
+        def restarted():
+            """both nodes restarted, and two generations after the later one"""
+            r = [e for e in read_events(swarm.run_dir) if e["kind"] == "restart"]
+            return len(r) == 2 and swarm.status()["generation"] >= r[-1]["generation"] + 2
+
+        wait_until(restarted)
+        actors = ray.get(swarm.coordinator.actors.remote())
+        pids = ray.get([a.pid.remote() for a in actors])
+        ray.get(swarm.coordinator.stop.remote())
+        swarm.wait(BOUND_S)
+        last = swarm.status()["generation"]
+    assert pids[2] == pids[3] not in {pid, pids[0]} and pids[0] == pids[1]  # one new actor
+    events = read_events(swarm.run_dir)
+    faults = [e for e in events if e["kind"] == "fault"]
+    restarts = {e["node"]: e for e in events if e["kind"] == "restart"}
+    assert sorted(f["node"] for f in faults) == [2, 3] and all(f["restart"] for f in faults)
+    assert all(f["time"] - killed < 5.0 for f in faults)
+    rows = rows_by_node(swarm.run_dir)
+    assert sorted(rows[0]) == sorted(rows[1]) == list(range(last))  # the other actor lost none
+    for f in faults:
+        r = restarts[f["node"]]
+        gap = range(f["generation"], r["generation"])
+        assert sorted(rows[f["node"]]) == [g for g in range(last) if g not in gap]
+        assert r["fingerprint"] == rows[f["node"]][r["snapshot_generation"] - 1]["fingerprint"]

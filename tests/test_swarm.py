@@ -1,5 +1,6 @@
 """The swarm on real Ray actors (one local Ray for the session, 2 CPUs; half a CPU per node):
-rows, signals during a run, repeatable sync runs, consensus equal to one big node, async."""
+rows, signals during a run, repeatable sync runs, consensus equal to one big node, async;
+with one node per actor and with two (`resources.nodes_per_actor`), which change nothing."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ TIME_DEPENDENT = {"evaluate_s", "update_s", "communicate_s", "generation_s", "ti
 WAIT_S = 120.0
 
 
+def packed(k: int) -> Resources:
+    """Half a CPU per node, k nodes per actor."""
+    return Resources(cpus=0.5, nodes_per_actor=k)
+
+
 def config(tmp_path, **kw) -> SwarmConfig:
     return SwarmConfig(**{"nodes": 4, "env": SIGNAL_ENV, "resources": HALF,
                           "es": KalmanESConfig(population=16), "run_dir": str(tmp_path), **kw})
@@ -30,9 +36,10 @@ def wait_for_generation(swarm: Swarm, gen: int) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("k", [1, 2])
 def test_a_swarm_run_leaves_a_row_per_node_and_generation_and_applies_a_signal_once(
-        ray_session, tmp_path):
-    with Swarm.launch(config(tmp_path, generations=8)) as swarm:
+        ray_session, tmp_path, k):
+    with Swarm.launch(config(tmp_path, generations=8, resources=packed(k))) as swarm:
         swarm.start()
         wait_for_generation(swarm, 2)
         ack = swarm.inject(Signal("freq_shift", {"freq": [0.021, 0.047, 0.25]}))
@@ -60,10 +67,12 @@ def comparable(run_dir) -> dict:
 
 
 @pytest.mark.parametrize("mode", ["gossip", "consensus"])
-def test_two_sync_runs_with_one_seed_leave_identical_traces(ray_session, tmp_path, mode):
+def test_two_sync_runs_with_one_seed_leave_identical_traces_whatever_the_packing(
+        ray_session, tmp_path, mode):
     traces = []
-    for i in range(2):
-        with Swarm.launch(config(tmp_path / str(i), mode=mode, seed=3)) as swarm:
+    for k in (1, 2):  # four actors of one node, two of two: the same swarm
+        with Swarm.launch(config(tmp_path / str(k), mode=mode, seed=3,
+                                 resources=packed(k))) as swarm:
             swarm.run(3)
         traces.append(comparable(swarm.run_dir))
     assert traces[0] == traces[1]
@@ -76,9 +85,12 @@ def test_two_sync_runs_with_one_seed_leave_identical_traces(ray_session, tmp_pat
         assert set(traces[0]["fingerprint"][-4:]) == {fingerprint(single.model).hex()}
 
 
-def test_an_async_swarm_counts_stale_reports_and_never_applies_one_twice(ray_session, tmp_path):
+@pytest.mark.parametrize("k", [1, 2])
+def test_an_async_swarm_counts_stale_reports_and_never_applies_one_twice(ray_session, tmp_path,
+                                                                        k):
     slow = Variation(nodes=(0,), env={"segment_length": 256})  # node 0 lags the others
-    with Swarm.launch(config(tmp_path, sync=False, variations=(slow,))) as swarm:
+    with Swarm.launch(config(tmp_path, sync=False, variations=(slow,),
+                             resources=packed(k))) as swarm:
         swarm.run(6)
         status = swarm.status()
     table = load_trace(swarm.run_dir).to_pydict()
