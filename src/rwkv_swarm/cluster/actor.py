@@ -9,6 +9,8 @@ Torch gets as many threads as the CPUs Ray assigned to the actor.
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -19,16 +21,33 @@ from .pack import NodePack, NodeSpec
 from .runtime import bind_host
 
 
+def _process_start() -> float | None:
+    """When this process started (epoch seconds, to 10 ms), read from /proc; None elsewhere."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
+        up = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - up + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+
+
 @ray.remote(max_concurrency=4)
 class NodeActor:
     def __init__(self, swarm: str, local: bool, keyring: SwarmKeyring | None,
                  transport: TransportConfig | None, slots: list[int], specs: list[NodeSpec]):
         # the process gets as many torch threads as Ray gave it CPUs (at least one): more
         # would spin against the other actors on the same cores
+        began = time.time()
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(max(1, int(cpus)))
         self.pack = NodePack(swarm, host=bind_host(local), keyring=keyring, transport=transport)
         self.first = self.pack.start(slots, specs)  # endpoints, or why a node did not start
+        self.times = {"process": _process_start(), "init": began, "nodes_up": time.time()}
+
+    def startup(self) -> dict[str, float | None]:
+        """When (epoch seconds) its process started, its constructor began (Ray's worker up,
+        torch and the node's code imported) and its nodes were up (built, sockets bound)."""
+        return self.times
 
     def endpoints(self) -> list[Any]:
         """What the nodes started with the actor gave: an endpoint or an exception each."""
