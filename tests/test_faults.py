@@ -35,6 +35,7 @@ from rwkv_swarm.swarm import (
     Resources,
     Swarm,
     SwarmConfig,
+    Variation,
     load_trace,
     read_events,
 )
@@ -396,3 +397,25 @@ def test_a_killed_actor_of_two_nodes_restarts_both_in_one_new_actor(ray_session,
         gap = range(f["generation"], r["generation"])
         assert sorted(rows[f["node"]]) == [g for g in range(last) if g not in gap]
         assert r["fingerprint"] == rows[f["node"]][r["snapshot_generation"] - 1]["fingerprint"]
+
+
+def test_a_packed_node_that_raises_alone_restarts_in_its_actor_and_its_mate_goes_on(
+        ray_session, tmp_path):
+    world = {"kind": "python", "class": "worlds.stumble:Stumble", "length": 6}
+    cfg = config(tmp_path, env=world, generations=6,
+                 resources=Resources(cpus=0.5, nodes_per_actor=2),
+                 variations=(Variation(nodes=(3,), env={"stumble": True}),))
+    with Swarm.launch(cfg) as swarm:
+        before = ray.get([a.pid.remote() for a in ray.get(swarm.coordinator.actors.remote())])
+        swarm.run()
+        after = ray.get([a.pid.remote() for a in ray.get(swarm.coordinator.actors.remote())])
+    assert after == before and before[2] == before[3]  # no actor died, none was started
+    events = read_events(swarm.run_dir)
+    (fault,) = [e for e in events if e["kind"] == "fault"]
+    (restart,) = [e for e in events if e["kind"] == "restart"]
+    assert (fault["node"], fault["phase"], restart["node"]) == (3, "share", 3)
+    assert "RuntimeError: stumbled" in fault["error"]
+    rows = rows_by_node(swarm.run_dir)
+    assert all(sorted(rows[n]) == list(range(6)) for n in (0, 1, 2))  # its mate lost nothing
+    assert sorted(rows[3]) == [g for g in range(6)
+                               if not fault["generation"] <= g < restart["generation"]]

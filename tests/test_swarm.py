@@ -36,10 +36,10 @@ def wait_for_generation(swarm: Swarm, gen: int) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("k", [1, 2])
 def test_a_swarm_run_leaves_a_row_per_node_and_generation_and_applies_a_signal_once(
-        ray_session, tmp_path, k):
-    with Swarm.launch(config(tmp_path, generations=8, resources=packed(k))) as swarm:
+        ray_session, tmp_path):
+    # two nodes per actor (one per actor: the identical-traces test below, and test_cli)
+    with Swarm.launch(config(tmp_path, generations=8, resources=packed(2))) as swarm:
         swarm.start()
         wait_for_generation(swarm, 2)
         ack = swarm.inject(Signal("freq_shift", {"freq": [0.021, 0.047, 0.25]}))
@@ -85,12 +85,12 @@ def test_two_sync_runs_with_one_seed_leave_identical_traces_whatever_the_packing
         assert set(traces[0]["fingerprint"][-4:]) == {fingerprint(single.model).hex()}
 
 
-@pytest.mark.parametrize("k", [1, 2])
-def test_an_async_swarm_counts_stale_reports_and_never_applies_one_twice(ray_session, tmp_path,
-                                                                        k):
+def test_an_async_swarm_counts_stale_reports_and_never_applies_one_twice(ray_session, tmp_path):
+    # two nodes per actor, each looping in a thread of it (one per actor: test_faults' async
+    # run with a node killed)
     slow = Variation(nodes=(0,), env={"segment_length": 256})  # node 0 lags the others
     with Swarm.launch(config(tmp_path, sync=False, variations=(slow,),
-                             resources=packed(k))) as swarm:
+                             resources=packed(2))) as swarm:
         swarm.run(6)
         status = swarm.status()
     table = load_trace(swarm.run_dir).to_pydict()
