@@ -142,7 +142,7 @@ class RayNodes:
 
         def finished(timeout_s: float) -> bool:
             ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s)
-            _collect({r: pending.pop(r) for r in ready}, 0.0, self._broken, on_fault)
+            _collect({r: pending.pop(r) for r in ready}, self.timeout_s, self._broken, on_fault)
             return not pending
 
         return finished
