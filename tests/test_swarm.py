@@ -87,15 +87,21 @@ def test_two_sync_runs_with_one_seed_leave_identical_traces_whatever_the_packing
 
 def test_an_async_swarm_counts_stale_reports_and_never_applies_one_twice(ray_session, tmp_path):
     # two nodes per actor, each looping in a thread of it (one per actor: test_faults' async
-    # run with a node killed)
+    # run with a node killed); a signal reaches each at its own boundary
     slow = Variation(nodes=(0,), env={"segment_length": 256})  # node 0 lags the others
     with Swarm.launch(config(tmp_path, sync=False, variations=(slow,),
                              resources=packed(2))) as swarm:
-        swarm.run(6)
+        swarm.start(6)
+        ack = swarm.inject(Signal("freq_shift", {"freq": [0.021, 0.047, 0.25]}))
+        swarm.wait(WAIT_S)
         status = swarm.status()
     table = load_trace(swarm.run_dir).to_pydict()
     assert sorted(zip(table["node"], table["generation"], strict=True)) == \
         [(n, g) for n in range(4) for g in range(6)]
+    assert sorted(ack["applied"]) == [0, 1, 2, 3]
+    # once in the row of each node that was still running (node 0, the laggard, was)
+    marked = sorted(n for n, s in zip(table["node"], table["signals"], strict=True) if s)
+    assert marked == sorted(n for n, g in ack["applied"].items() if g < 6) and 0 in marked
     assert all(0 <= a <= 2 for a in table["absorbed"])  # never more than its two neighbours
     dropped = sum(n["dropped"] for n in status["nodes"].values())
     assert dropped > 0, "a lagging neighbour's reports arrive late: stale, counted, dropped"
