@@ -7,9 +7,10 @@
             and the memory each additional packed node costs (least squares over k)
   swarm     configs/swarm256.toml (256 nodes, "auto": two actors of 128): launch time and where
             it went (per actor: process start, imports, constructor, nodes up; then wiring),
-            RSS and PSS of all node actors, 10 generations with every (generation, node) row
-            present, and the coordinator's time per generation (its CPU seconds, and the wall
-            time between two generations that is not spent in the nodes' calls)
+            RSS and PSS of all node actors (and of the coordinator's), 10 generations with
+            every (generation, node) row present, and the coordinator's time per generation
+            (its CPU seconds, and the wall time between two generations that is not spent in
+            the nodes' calls)
 
     python benchmarks/scale.py [--tasks profile,memory,swarm] [--nodes 256] [--generations 10]
 
@@ -122,6 +123,7 @@ def swarm(nodes: int, generations: int, tmp: str) -> dict[str, Any]:
         coord_cpu = cpu_s(coord) - c0
         rss = [rss_mib(p) for p in pids]
         pss = [pss_mib(p) for p in pids]
+        coord_rss, coord_pss = rss_mib(coord), pss_mib(coord)
     t = load_trace(s.run_dir).to_pydict()
     keys = sorted(zip(t["generation"], t["node"], strict=True))
     by_gen: dict[int, tuple[float, float]] = {}
@@ -134,6 +136,7 @@ def swarm(nodes: int, generations: int, tmp: str) -> dict[str, Any]:
             "startup_s": {k: [round(v, 2) for v in vs] for k, vs in phase.items()},
             "wiring_s": launch_s - max(phase["nodes_up"]),
             "rss_mib": sum(rss), "pss_mib": sum(pss),
+            "coordinator_rss_mib": coord_rss, "coordinator_pss_mib": coord_pss,
             "rows_ok": keys == [(g, n) for g in range(generations) for n in range(nodes)],
             "generation_s": statistics.median(by_gen[g][1] for g in by_gen),
             "coordinator_cpu_per_gen_s": coord_cpu / generations,
