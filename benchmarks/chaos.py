@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -98,14 +97,10 @@ def timings(events: list[dict[str, Any]], kills: list[tuple[float, int]]) -> dic
 def centres(swarm: Swarm) -> list[float]:
     """Each live node's current weights over 20 fresh episodes (a node killed near the end may
     still be restarting: it is left out)."""
-    actors = ray.get(swarm.coordinator.actors.remote())
-    alive = [i for i, n in swarm.status()["nodes"].items() if n["alive"]]
-    refs = [actors[int(i)].evaluate_centre.remote(20, 10_000) for i in alive]
-    out = []
-    for ref in refs:
-        with contextlib.suppress(Exception):  # killed while it was being scored
-            out.append(ray.get(ref, timeout=120))
-    return out
+    alive = [int(i) for i, n in swarm.status()["nodes"].items() if n["alive"]]
+    got = ray.get(swarm.coordinator.call_nodes.remote("evaluate_centre", (20, 10_000), alive),
+                  timeout=600)
+    return [r for r in got if not isinstance(r, BaseException)]  # killed while scored
 
 
 def one_run(env: str, seed: int, chaos: bool, args: argparse.Namespace) -> dict[str, Any]:

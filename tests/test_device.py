@@ -92,9 +92,16 @@ def test_a_launch_asking_for_gpus_is_refused_before_any_actor_starts(ray_session
     with pytest.raises(ConfigError, match=r"resources.gpus: got 0.5, but PyTorch sees no CUDA"):
         Swarm.launch(config)
     # a cluster (not this machine) is asked for its GPUs: this Ray has none
-    with pytest.raises(ConfigError, match=r"got 0.5 per node for 2 nodes, but the Ray cluster's "
-                                          r"GPUs per machine \[0.0\] hold 0 such nodes"):
+    with pytest.raises(ConfigError, match=r"got 0.5 per node for 2 nodes \(2 actors of 0.5 "
+                                          r"GPUs\), but the Ray cluster's GPUs per machine "
+                                          r"\[0.0\] hold 0 such actors"):
         check_gpus(2, 0.5, local=False)
+    with pytest.raises(ConfigError, match=r"got 0.5 per node for 4 nodes \(2 actors of 1 GPUs"):
+        check_gpus(4, 0.5, local=False, per_actor=2)
+    # packed, an actor asks for its nodes' sum: 3 x 0.4 = 1.2 GPUs, which Ray cannot place
+    with pytest.raises(ConfigError, match=r"0.4 per node x 3 nodes per actor = 1.2 GPUs per "
+                                          r"actor, which Ray cannot place"):
+        check_gpus(6, 0.4, local=False, per_actor=3)
     check_gpus(2, 0.0, local=True)  # CPU nodes need no GPU
 
 

@@ -35,6 +35,7 @@ from rwkv_swarm.swarm import (
     Resources,
     Swarm,
     SwarmConfig,
+    Variation,
     load_trace,
     read_events,
 )
@@ -359,3 +360,46 @@ def test_an_async_run_with_a_node_killed_goes_on_without_it(ray_session, tmp_pat
     rows = rows_by_node(swarm.run_dir)
     assert all(sorted(rows[n]) == list(range(30)) for n in (0, 1, 3))
     assert len(rows.get(2, {})) < 30  # none at all when it died before its first generation
+
+
+def test_packed_nodes_one_raising_alone_and_an_actor_of_two_killed(ray_session, tmp_path):
+    """Two nodes per actor. Node 1 raises once (its world stumbles): it restarts in its slot,
+    its actor and actor-mate untouched. The actor of nodes 2 and 3 is killed: both are
+    faults, and both restart in one new actor."""
+    world = {"kind": "python", "class": "worlds.stumble:Stumble", "length": 6}
+    cfg = config(tmp_path, env=world, resources=Resources(cpus=0.5, nodes_per_actor=2),
+                 variations=(Variation(nodes=(1,), env={"stumble": True}),))
+    with Swarm.launch(cfg) as swarm:
+        actors = ray.get(swarm.coordinator.actors.remote())
+        before = ray.get([a.pid.remote() for a in actors])
+        swarm.start(10_000)
+        wait_until(lambda: swarm.status()["generation"] >= 4)
+        killed = time.time()
+        os.kill(before[2], signal.SIGKILL)
+
+        def restarted():
+            """nodes 1, 2 and 3 restarted, and two generations after the last"""
+            r = [e for e in read_events(swarm.run_dir) if e["kind"] == "restart"]
+            return len(r) == 3 and swarm.status()["generation"] >= r[-1]["generation"] + 2
+
+        wait_until(restarted)
+        after = ray.get([a.pid.remote() for a in ray.get(swarm.coordinator.actors.remote())])
+        ray.get(swarm.coordinator.stop.remote())
+        swarm.wait(BOUND_S)
+        last = swarm.status()["generation"]
+    assert before[0] == before[1] == after[0] == after[1]  # node 1 restarted in its actor
+    assert before[2] == before[3] and after[2] == after[3] not in set(before)  # one new actor
+    events = read_events(swarm.run_dir)
+    faults = {e["node"]: e for e in events if e["kind"] == "fault"}
+    restarts = {e["node"]: e for e in events if e["kind"] == "restart"}
+    assert sorted(faults) == sorted(restarts) == [1, 2, 3] and all(
+        f["restart"] for f in faults.values())
+    assert "RuntimeError: stumbled" in faults[1]["error"] and faults[1]["phase"] == "share"
+    assert faults[1]["generation"] < 4 and all(faults[n]["time"] - killed < 5.0 for n in (2, 3))
+    rows = rows_by_node(swarm.run_dir)
+    assert sorted(rows[0]) == list(range(last))  # node 1's actor-mate lost nothing
+    for n in (1, 2, 3):
+        f, r = faults[n], restarts[n]
+        gap = range(f["generation"], r["generation"])
+        assert sorted(rows[n]) == [g for g in range(last) if g not in gap]
+        assert r["fingerprint"] == rows[n][r["snapshot_generation"] - 1]["fingerprint"]

@@ -165,11 +165,14 @@ def test_a_dead_node_is_never_the_source_or_the_migrant(tmp_path):
         close(hosts)
 
 
+@pytest.mark.parametrize("k", [1, 2])
 def test_on_ray_a_migrant_that_is_no_neighbour_of_its_source_takes_its_state(
-        ray_session, tmp_path):
-    # a ring of four: node 0's neighbours are 1 and 3, the easy world is node 2's
+        ray_session, tmp_path, k):
+    # a ring of four: node 0's neighbours are 1 and 3, the easy world is node 2's; packed two
+    # to an actor, the export goes from slot 0 of the second actor to slot 0 of the first
     cfg = config(tmp_path, nodes=4, generations=1, migration=Migration(every=1),
-                 variations=worlds(easy=(2,)))
+                 variations=worlds(easy=(2,)),
+                 resources=Resources(cpus=0.5, nodes_per_actor=k))
     assert 2 not in cfg.neighbours()[0]
     with Swarm.launch(cfg) as swarm:
         swarm.run(1)

@@ -47,7 +47,7 @@ def comparable(run_dir: Path) -> dict:
 def die(swarm: Swarm) -> None:
     """What a launcher's death does to its swarm: the coordinator and every node end at once,
     nothing shut down in order."""
-    actors = [ray.get_actor(f"{swarm.run_id}/node-{i}") for i in range(swarm.config.nodes)]
+    actors = ray.get(swarm.coordinator.actors.remote())
     for a in [swarm.coordinator, *actors]:
         ray.kill(a)
     deadline = time.monotonic() + WAIT_S
@@ -59,16 +59,17 @@ def die(swarm: Swarm) -> None:
 
 def dead(actor) -> bool:
     try:
-        ray.get(actor.status.remote(), timeout=WAIT_S)
+        ray.get(actor.__ray_ready__.remote(), timeout=WAIT_S)
     except ray.exceptions.RayActorError:
         return True
     return False
 
 
-@pytest.mark.parametrize("mode", ["consensus", "isolated"])
+@pytest.mark.parametrize("mode, k", [("consensus", 1), ("isolated", 2)])
 def test_a_resumed_sync_run_repeats_the_run_that_never_stopped_bitwise(ray_session, tmp_path,
-                                                                      mode):
-    c = config(tmp_path, mode=mode, generations=5, checkpoint_every=3)
+                                                                      mode, k):
+    c = config(tmp_path, mode=mode, generations=5, checkpoint_every=3,
+               resources=Resources(cpus=0.5, nodes_per_actor=k))
     swarm = Swarm.launch(c)
     swarm.run()  # uninterrupted; its newest checkpoint is at 3: generations 3 and 4 come after
     whole = comparable(swarm.run_dir)

@@ -1,5 +1,6 @@
 """The swarm on real Ray actors (one local Ray for the session, 2 CPUs; half a CPU per node):
-rows, signals during a run, repeatable sync runs, consensus equal to one big node, async."""
+rows, signals during a run, repeatable sync runs, consensus equal to one big node, async;
+with one node per actor and with two (`resources.nodes_per_actor`), which change nothing."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ TIME_DEPENDENT = {"evaluate_s", "update_s", "communicate_s", "generation_s", "ti
 WAIT_S = 120.0
 
 
+def packed(k: int) -> Resources:
+    """Half a CPU per node, k nodes per actor."""
+    return Resources(cpus=0.5, nodes_per_actor=k)
+
+
 def config(tmp_path, **kw) -> SwarmConfig:
     return SwarmConfig(**{"nodes": 4, "env": SIGNAL_ENV, "resources": HALF,
                           "es": KalmanESConfig(population=16), "run_dir": str(tmp_path), **kw})
@@ -32,7 +38,8 @@ def wait_for_generation(swarm: Swarm, gen: int) -> None:
 
 def test_a_swarm_run_leaves_a_row_per_node_and_generation_and_applies_a_signal_once(
         ray_session, tmp_path):
-    with Swarm.launch(config(tmp_path, generations=8)) as swarm:
+    # two nodes per actor (one per actor: the identical-traces test below, and test_cli)
+    with Swarm.launch(config(tmp_path, generations=8, resources=packed(2))) as swarm:
         swarm.start()
         wait_for_generation(swarm, 2)
         ack = swarm.inject(Signal("freq_shift", {"freq": [0.021, 0.047, 0.25]}))
@@ -60,10 +67,12 @@ def comparable(run_dir) -> dict:
 
 
 @pytest.mark.parametrize("mode", ["gossip", "consensus"])
-def test_two_sync_runs_with_one_seed_leave_identical_traces(ray_session, tmp_path, mode):
+def test_two_sync_runs_with_one_seed_leave_identical_traces_whatever_the_packing(
+        ray_session, tmp_path, mode):
     traces = []
-    for i in range(2):
-        with Swarm.launch(config(tmp_path / str(i), mode=mode, seed=3)) as swarm:
+    for k in (1, 2):  # four actors of one node, two of two: the same swarm
+        with Swarm.launch(config(tmp_path / str(k), mode=mode, seed=3,
+                                 resources=packed(k))) as swarm:
             swarm.run(3)
         traces.append(comparable(swarm.run_dir))
     assert traces[0] == traces[1]
@@ -77,13 +86,22 @@ def test_two_sync_runs_with_one_seed_leave_identical_traces(ray_session, tmp_pat
 
 
 def test_an_async_swarm_counts_stale_reports_and_never_applies_one_twice(ray_session, tmp_path):
+    # two nodes per actor, each looping in a thread of it (one per actor: test_faults' async
+    # run with a node killed); a signal reaches each at its own boundary
     slow = Variation(nodes=(0,), env={"segment_length": 256})  # node 0 lags the others
-    with Swarm.launch(config(tmp_path, sync=False, variations=(slow,))) as swarm:
-        swarm.run(6)
+    with Swarm.launch(config(tmp_path, sync=False, variations=(slow,),
+                             resources=packed(2))) as swarm:
+        swarm.start(6)
+        ack = swarm.inject(Signal("freq_shift", {"freq": [0.021, 0.047, 0.25]}))
+        swarm.wait(WAIT_S)
         status = swarm.status()
     table = load_trace(swarm.run_dir).to_pydict()
     assert sorted(zip(table["node"], table["generation"], strict=True)) == \
         [(n, g) for n in range(4) for g in range(6)]
+    assert sorted(ack["applied"]) == [0, 1, 2, 3]
+    # once in the row of each node that was still running (node 0, the laggard, was)
+    marked = sorted(n for n, s in zip(table["node"], table["signals"], strict=True) if s)
+    assert marked == sorted(n for n, g in ack["applied"].items() if g < 6) and 0 in marked
     assert all(0 <= a <= 2 for a in table["absorbed"])  # never more than its two neighbours
     dropped = sum(n["dropped"] for n in status["nodes"].values())
     assert dropped > 0, "a lagging neighbour's reports arrive late: stale, counted, dropped"

@@ -45,6 +45,7 @@ class NodeHost:
         self._lock = threading.Lock()
         self._looping = False
         self._stop = threading.Event()
+        self._directory: dict[str, tuple[str, bytes | None]] = {}  # peer -> (endpoint, key)
 
     @property
     def node(self) -> Node:
@@ -54,6 +55,11 @@ class NodeHost:
     def name(self) -> str:
         return self.member.name
 
+    @property
+    def looping(self) -> bool:
+        """Whether the async loop runs (control calls then wait for its boundaries)."""
+        return self._looping
+
     def endpoint(self) -> dict[str, Any]:
         t = self.member.transport
         return {"name": self.name, "endpoint": t.endpoint, "public_key": t.public_key}
@@ -61,28 +67,43 @@ class NodeHost:
     # -- peers -----------------------------------------------------------------------------------
 
     def connect(self, peers: list[dict[str, Any]]) -> None:
-        """Open channels to every other node (whom it absorbs from is `set_peers`' business).
-        A peer already known at another endpoint is a restarted one: its old channel is
-        closed and a new one opened. Every peer named is taken as there (not gone)."""
-        t = self.member.transport
-        at = {name: v["endpoint"] for name, v in t.stats()["peers"].items()}
+        """Learn where every other node is; a channel is opened only to the peers this node
+        reports to and hears from (`set_peers`), so that a swarm of hundreds is not a full mesh
+        of sockets. A peer already known at another endpoint is a restarted one: its old
+        channel is closed and a new one opened. Every peer named is taken as there (not gone)."""
         for p in peers:
             name = p["name"]
             if name == self.name:
                 continue
-            if name in at and at[name] != p["endpoint"]:
+            self._directory[name] = (p["endpoint"], p["public_key"])
+            self.member.back(name)
+        self._open_channels()
+
+    def _open_channels(self) -> None:
+        """A channel to each peer of `set_peers` whose endpoint is known (a restarted one's
+        anew)."""
+        t = self.member.transport
+        at = {name: v["endpoint"] for name, v in t.stats()["peers"].items()}
+        for name in sorted(set(self.member.neighbours) | set(self.member.group)):
+            if name not in self._directory:
+                continue
+            endpoint, key = self._directory[name]
+            if name in at and at[name] != endpoint:
                 t.disconnect(name)
                 self.peer_beliefs.pop(name, None)
-            if at.get(name) != p["endpoint"]:
-                t.connect(name, p["endpoint"], p["public_key"])
-            self.member.back(name)
+            if at.get(name) != endpoint:
+                t.connect(name, endpoint, key)
 
     def peer_gone(self, name: str) -> None:
         """Peer `name` is dead: stop waiting for it now (safe while a generation runs)."""
         self.member.gone(name)
 
     def set_peers(self, neighbours: list[str], group: list[str]) -> None:
-        self._control(lambda: self.member.set_peers(neighbours, group))
+        def op() -> None:
+            self.member.set_peers(neighbours, group)
+            self._open_channels()
+
+        self._control(op)
 
     # -- one generation --------------------------------------------------------------------------
 
@@ -137,6 +158,11 @@ class NodeHost:
             elif msg.type == "belief" and msg.fields["name"] == "fitness":
                 self.peer_beliefs[msg.node] = (msg.gen, float(msg.arrays["mean"][0]),
                                                float(msg.arrays["var"][0]))
+
+    def generation(self, wait_s: float) -> dict[str, Any]:
+        """`share()` then `absorb(wait_s)`: one whole generation; returns the trace row."""
+        self.share()
+        return self.absorb(wait_s)
 
     # -- control: signals, adoption, checkpoints ------------------------------------------------
 

@@ -29,28 +29,50 @@ def _per_node(args: list[tuple] | tuple, n: int) -> list[tuple]:
 
 
 class RayNodes:
-    """Node actors. `respawn` (from `spawn_nodes`) lets a dead one be started again."""
+    """Node actors, `per_actor` nodes each: node i is slot i % per_actor of actor
+    i // per_actor, and a call is one remote call per actor, whose nodes answer one after
+    another. `respawn` (from `spawn_nodes`) lets dead nodes be started again: a node that
+    failed alone in its slot of a live actor, a dead actor's nodes in one new actor."""
 
     def __init__(self, actors: list[Any], names: list[str], timeout_s: float = NODE_TIMEOUT_S,
                  respawn: Respawn | None = None):
         self.actors, self.names, self.timeout_s = list(actors), names, timeout_s
+        self.per_actor = respawn.per_actor if respawn is not None else 1
         self._respawn = respawn
         self._told: list[Any] = []
-        self._starting: dict[int, tuple[Any, Any]] = {}  # node -> (new actor, its endpoint)
+        self._broken: set[int] = set()  # actors a call failed in as a whole (dead, or hung)
+        self._fresh: dict[int, Any] = {}  # actor -> its replacement, until a node of it is up
+        self._starting: dict[int, tuple[int, Any]] = {}  # node -> (its actor, its endpoint)
+
+    def node_actors(self) -> list[Any]:
+        """Each node's actor (pack-mates share one)."""
+        return [self.actors[i // self.per_actor] for i in range(len(self.names))]
+
+    def _by_actor(self, idx: list[int]) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for i in idx:
+            out.setdefault(i // self.per_actor, []).append(i)
+        return out
 
     def call(self, method: str, args: list[tuple] | tuple = (), only: list[int] | None = None,
              on_fault: OnFault | None = None) -> list[Any]:
         self._settle()
-        idx = list(range(len(self.actors))) if only is None else list(only)
-        per = _per_node(args, len(self.actors))
-        refs = [getattr(self.actors[i], method).remote(*per[i]) for i in idx]
-        return _collect(refs, idx, self.timeout_s, on_fault)
+        idx = list(range(len(self.names))) if only is None else list(only)
+        per = _per_node(args, len(self.names))
+        k = self.per_actor
+        groups = self._by_actor(idx)
+        refs = {self.actors[a].call.remote(method, [i % k for i in nodes], [per[i] for i in nodes]):
+                (a, nodes) for a, nodes in groups.items()}
+        got = _collect(refs, self.timeout_s, self._broken, on_fault)
+        return [got[i] for i in idx]
 
     def tell(self, method: str, args: tuple = (), only: list[int] | None = None) -> None:
         """method(*args) on each node without waiting: it reaches a node in the middle of a
         call (its actor is threaded). Delivered before the next `call` starts."""
-        idx = list(range(len(self.actors))) if only is None else list(only)
-        self._told += [getattr(self.actors[i], method).remote(*args) for i in idx]
+        idx = list(range(len(self.names))) if only is None else list(only)
+        self._told += [self.actors[a].tell.remote(method, [i % self.per_actor for i in nodes],
+                                                  args)
+                       for a, nodes in self._by_actor(idx).items()]
 
     def _settle(self) -> None:
         if self._told:
@@ -58,26 +80,43 @@ class RayNodes:
             self._told = []
 
     def respawn(self, i: int, snapshot: bytes | None) -> bool:
-        """End node i's actor (dead, or alive in an unknown state) and start a new one from
-        `snapshot` in the background; False when this swarm cannot restart nodes."""
+        """Start node i again from `snapshot` in the background; False when this swarm cannot
+        restart nodes. In a live actor it takes its slot again; a broken actor is ended and
+        a new one started, which its pack-mates join as they are restarted."""
         if self._respawn is None:
             return False
-        with contextlib.suppress(Exception):  # also releases the dead actor's name
-            ray.kill(self.actors[i])
-        actor = self._respawn.start(i, snapshot)
-        self._starting[i] = (actor, actor.endpoint.remote())
+        a, slot = divmod(i, self.per_actor)
+        if a in self._fresh:
+            ref = self._fresh[a].start.remote([slot], [self._respawn.spec(i, snapshot)])
+        elif a in self._broken:
+            with contextlib.suppress(Exception):  # also releases the dead actor's name
+                ray.kill(self.actors[a])
+            self._fresh[a] = self._respawn.start(a, [i], [snapshot])
+            self._broken.discard(a)
+            ref = self._fresh[a].endpoints.remote()
+        else:
+            ref = self.actors[a].start.remote([slot], [self._respawn.spec(i, snapshot)])
+        self._starting[i] = (a, ref)
         return True
 
     def started(self, i: int, timeout_s: float = 0.0) -> dict[str, Any] | None:
-        """The endpoint of node i's new actor once it is up (it then stands for node i), None
-        while it starts; raises what its start raised."""
-        actor, ref = self._starting[i]
+        """The endpoint of the restarted node i once it is up (a new actor then stands for
+        its pack), None while it starts; raises what its start raised."""
+        a, ref = self._starting[i]
         ready, _ = ray.wait([ref], timeout=timeout_s)
         if not ready:
             return None
         del self._starting[i]
-        endpoint = ray.get(ref)
-        self.actors[i] = actor
+        try:
+            (endpoint,) = ray.get(ref)
+        except Exception:
+            if self._fresh.pop(a, None) is not None:
+                self._broken.add(a)  # the replacement died: the next restart makes another
+            raise
+        if isinstance(endpoint, BaseException):
+            raise endpoint
+        if a in self._fresh:
+            self.actors[a] = self._fresh.pop(a)
         return endpoint
 
     def transfer(self, src: int, dst: int, belief: tuple[float, float], with_state: bool
@@ -85,53 +124,65 @@ class RayNodes:
         """dst adopts src's export (weights, live state, fingerprint), handed over as an
         ObjectRef: it goes from src's actor to dst's through the object store, never through
         this process. Raises when either fails, dies or does not answer in time."""
-        export = self.actors[src].export.remote()
-        return ray.get(self.actors[dst].adopt.remote(export, self.names[src], belief,
-                                                     with_state), timeout=self.timeout_s)
+        (sa, ss), (da, ds) = divmod(src, self.per_actor), divmod(dst, self.per_actor)
+        export = self.actors[sa].export.remote(ss)
+        return ray.get(self.actors[da].adopt.remote(ds, export, self.names[src], belief,
+                                                    with_state), timeout=self.timeout_s)
 
     def start_async(self, generations: int, coordinator: Any, wait_s: float = 0.0,
                     on_fault: OnFault | None = None) -> Callable[[float], bool]:
-        idx = list(range(len(self.actors)))
-        refs = [a.run_async.remote(generations, coordinator, wait_s) for a in self.actors]
-        pending = dict(zip(refs, idx, strict=True))
+        """Every node's async loop (each in a thread of its actor); the function returned
+        tells whether all have ended, handing each failed node to `on_fault` as it is seen."""
+        k = self.per_actor
+        groups = self._by_actor(list(range(len(self.names))))
+        refs = {self.actors[a].run_async.remote([i % k for i in nodes], generations,
+                                                coordinator, wait_s): (a, nodes)
+                for a, nodes in groups.items()}
+        pending = dict(refs)
 
         def finished(timeout_s: float) -> bool:
             ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s)
-            for ref in ready:
-                i = pending.pop(ref)
-                try:
-                    ray.get(ref)
-                except Exception as e:  # noqa: BLE001 - a dead node, reported as a fault
-                    if on_fault is not None:
-                        on_fault(i, e)
+            _collect({r: pending.pop(r) for r in ready}, self.timeout_s, self._broken, on_fault)
             return not pending
 
         return finished
 
 
-def _collect(refs: list[Any], idx: list[int], timeout_s: float, on_fault: OnFault | None
-             ) -> list[Any]:
-    """The results of `refs` in order, each failure handed to `on_fault` as it is seen."""
-    out: list[Any] = [None] * len(refs)
-    pending = {ref: k for k, ref in enumerate(refs)}
+def _collect(refs: dict[Any, tuple[int, list[int]]], timeout_s: float, broken: set[int],
+             on_fault: OnFault | None) -> dict[int, Any]:
+    """Each node's result from its actor's call in `refs` (ref -> (actor, nodes)), a failed
+    node's exception handed to `on_fault` as soon as it is seen; an actor whose call fails
+    as a whole (died, or no answer in time) goes into `broken`, every node of it failed."""
+    out: dict[int, Any] = {}
+    pending = dict(refs)
     deadline = time.monotonic() + timeout_s
+
+    def fail(nodes: list[int], e: BaseException) -> None:
+        for i in nodes:
+            out[i] = e
+            if on_fault is not None:
+                on_fault(i, e)
+
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1,
                             timeout=max(0.0, deadline - time.monotonic()))
         if not ready:
             break
         for ref in ready:
-            k = pending.pop(ref)
+            a, nodes = pending.pop(ref)
             try:
-                out[k] = ray.get(ref)
-            except Exception as e:  # noqa: BLE001 - a dead or failed node, reported as a fault
-                out[k] = e
-                if on_fault is not None:
-                    on_fault(idx[k], e)
-    for k in pending.values():
-        out[k] = GetTimeoutError(f"node {idx[k]} answered nothing within {timeout_s} s")
-        if on_fault is not None:
-            on_fault(idx[k], out[k])
+                results = ray.get(ref)
+            except Exception as e:  # noqa: BLE001 - a dead or hung actor: its nodes' fault
+                broken.add(a)
+                fail(nodes, e)
+                continue
+            for i, r in zip(nodes, results, strict=True):
+                out[i] = r
+                if isinstance(r, BaseException) and on_fault is not None:
+                    on_fault(i, r)
+    for a, nodes in pending.values():
+        broken.add(a)
+        fail(nodes, GetTimeoutError(f"nodes {nodes} answered nothing within {timeout_s} s"))
     return out
 
 
@@ -148,6 +199,12 @@ class LocalNodes:
     def call(self, method: str, args: list[tuple] | tuple = (), only: list[int] | None = None,
              on_fault: OnFault | None = None) -> list[Any]:
         idx = list(range(len(self.hosts))) if only is None else list(only)
+        if method == "generation":  # every report sent before any node waits for its peers'
+            shared = self.call("share", only=idx, on_fault=on_fault)
+            ok = [i for i, r in zip(idx, shared, strict=True) if not isinstance(r, BaseException)]
+            got = dict(zip(ok, self.call("absorb", args, only=ok, on_fault=on_fault),
+                           strict=True))
+            return [got.get(i, r) for i, r in zip(idx, shared, strict=True)]
         out = []
         per = _per_node(args, len(self.hosts))
         for i in idx:

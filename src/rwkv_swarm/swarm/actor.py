@@ -49,8 +49,15 @@ class CoordinatorActor:
         return self.coordinator.set_topology(kind, k, rewire)
 
     def actors(self) -> list[Any]:
-        """The node actors now (a restarted node's is a new one)."""
-        return list(self.nodes.actors)
+        """Each node's actor now (a restarted node's may be a new one; pack-mates share
+        one)."""
+        return self.nodes.node_actors()
+
+    def call_nodes(self, method: str, args: tuple = (), only: list[int] | None = None
+                   ) -> list[Any]:
+        """method(*args) on each node (all when `only` is None): a result or an exception
+        each. Not a fault when one fails: the run finds out by itself."""
+        return self.nodes.call(method, args, only=only)
 
     def best(self) -> dict[str, Any] | None:
         return self.coordinator.best()
@@ -61,4 +68,4 @@ class CoordinatorActor:
     def stop(self) -> None:
         self.coordinator.stop()
         for a in self.nodes.actors:
-            a.stop.remote()
+            a.stop.remote()  # every node of the actor ends at its next boundary

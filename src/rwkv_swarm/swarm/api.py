@@ -112,7 +112,7 @@ class Swarm:
             actors, group, respawn = spawn_nodes(
                 node_configs, run_id, local=local, cpus=config.resources.cpus,
                 gpus=config.resources.gpus, placement=config.resources.placement,
-                secure=config.secure, prefix=f"{run_id}/")
+                secure=config.secure, prefix=f"{run_id}/", per_actor=config.per_actor())
             coordinator = _coordinator(config, run_id, run_dir, actors, respawn)
             ray.get(coordinator.status.remote(), timeout=START_TIMEOUT_S)
         except BaseException:
@@ -166,7 +166,8 @@ class Swarm:
             actors, group, respawn = spawn_nodes(
                 config.node_configs(), run_id, local=address is None, cpus=config.resources.cpus,
                 gpus=config.resources.gpus, placement=config.resources.placement,
-                secure=config.secure, prefix=f"{run_id}/", snapshots=plan.snapshots)
+                secure=config.secure, prefix=f"{run_id}/", snapshots=plan.snapshots,
+                per_actor=config.per_actor())
             record = cut_back(plan.run_dir, plan.generation)
             left = config.replace(generations=plan.left)
             coordinator = _coordinator(left, run_id, plan.run_dir, actors, respawn)
@@ -260,8 +261,7 @@ class Swarm:
         if type(node) is not int or not 0 <= node < self.config.nodes:
             raise ValueError(f"node must be a node id in 0..{self.config.nodes - 1}, got "
                              f"{node!r}")
-        actors = self._get(self.coordinator.actors.remote())
-        return ray.get(actors[node].snapshot.remote())["snapshot"]
+        return self._on_nodes("snapshot", (), [node])[0]["snapshot"]
 
     def policy(self, node: int | str = "best") -> Policy:
         """Node `node`'s (or, for "best", the best lineage's node's) current weights as a
@@ -282,8 +282,16 @@ class Swarm:
     def evaluate(self, episodes: int = 20, seed: int = 0) -> list[float]:
         """Each node's current weights, scored over `episodes` fresh episodes (not training
         episodes; the node's world is not disturbed). Between generations only."""
-        actors = ray.get(self.coordinator.actors.remote())  # restarted nodes have new ones
-        return ray.get([a.evaluate_centre.remote(episodes, seed) for a in actors])
+        return self._on_nodes("evaluate_centre", (episodes, seed))
+
+    def _on_nodes(self, method: str, args: tuple, only: list[int] | None = None) -> list[Any]:
+        """method(*args) on the nodes (through the coordinator, which knows their actors now),
+        raising the first node's failure."""
+        out = self._get(self.coordinator.call_nodes.remote(method, args, only))
+        for r in out:
+            if isinstance(r, BaseException):
+                raise r
+        return out
 
     def set_topology(self, kind: str, k: int = 2, rewire: float = 0.1) -> list[list[int]]:
         """New neighbours for every node, from the next generation boundary on."""

@@ -45,11 +45,16 @@ class Topology:
 
 @dataclass(frozen=True)
 class Resources:
-    cpus: float = 1.0  # CPUs per node actor (fractions allowed); torch gets max(1, int(cpus))
-    gpus: float = 0.0  # GPUs per node actor: 0 (the node runs on its CPUs), a share of one
-    # GPU in (0, 1] (e.g. 0.5: two nodes per GPU) or a whole number; above 0 the node's model,
-    # populations, rollouts and strategy state live on its CUDA device
-    placement: str = "none"  # "none", "pack" or "spread" (a Ray placement group)
+    cpus: float = 1.0  # CPUs per node (fractions allowed); an actor of k nodes asks Ray for
+    #                    k x cpus, and torch gets max(1, int(k x cpus)) threads in it
+    gpus: float = 0.0  # GPUs per node: 0 (the node runs on its CPUs), a share of one GPU in
+    # (0, 1] (e.g. 0.5: two nodes per GPU) or a whole number; an actor of k nodes asks for
+    # k x gpus; above 0 the node's model, populations, rollouts and strategy state live on
+    # its CUDA device
+    placement: str = "none"  # "none", "pack" or "spread" (a Ray placement group of the actors)
+    # nodes hosted by one actor (one process), k >= 1; "auto": no more actors than whole CPUs
+    # the swarm is given, ceil(nodes / max(1, floor(nodes x cpus))) nodes each
+    nodes_per_actor: int | str = 1
 
     @property
     def device(self) -> str:
@@ -238,6 +243,16 @@ class SwarmConfig(ConfigFile):
                                   seed=self.seed, device=self.resources.device))
         return out
 
+    def per_actor(self) -> int:
+        """Nodes per actor, resolved: `resources.nodes_per_actor`, or for "auto" as many as
+        keep the actors to the whole CPUs the swarm is given (nodes x resources.cpus, at least
+        one actor); the last actor may hold fewer."""
+        k = self.resources.nodes_per_actor
+        if k == "auto":
+            actors = max(1, math.floor(self.nodes * self.resources.cpus + 1e-9))
+            return math.ceil(self.nodes / min(actors, self.nodes))
+        return int(k)
+
     def replace(self, **changes: Any) -> SwarmConfig:
         return dataclasses.replace(self, **changes)
 
@@ -286,6 +301,10 @@ def _check_resources(r: Resources) -> None:
                                             "share of one GPU in (0, 1] or a whole number of "
                                             "GPUs per node")
     _choice("resources.placement", r.placement, PLACEMENTS)
+    k = r.nodes_per_actor
+    if k != "auto" and (type(k) is not int or k < 1):
+        raise ConfigError("resources.nodes_per_actor", f"got {k!r}, expected an integer >= 1 "
+                                                       "or 'auto'")
 
 
 def _check_migration(m: Migration) -> None:

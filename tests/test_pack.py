@@ -1,0 +1,79 @@
+"""Nodes packed in one process (`NodePack`, what one node actor hosts): each keeps its own
+identity on the wire, a "generation" sends every report before any node waits, one node's
+failure is its own result and leaves its pack-mates as they were, a node restarts in its slot;
+`resources.nodes_per_actor` resolves to the rule docs/config.md states."""
+
+from __future__ import annotations
+
+import pytest
+
+from rwkv_swarm.cluster.pack import NodePack, NodeSpec
+from rwkv_swarm.node import KalmanESConfig, SwarmKeyring
+from rwkv_swarm.node.exchange import fingerprint
+from rwkv_swarm.swarm import Resources, SwarmConfig
+from rwkv_swarm.util.configio import ConfigError
+
+SIGNAL_ENV = {"kind": "signal", "lags": 3}
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def pack():
+    """Three gossip nodes in a ring, all in one pack, over real sockets."""
+    cfg = SwarmConfig(nodes=3, env=SIGNAL_ENV, es=KalmanESConfig(population=8))
+    configs = cfg.node_configs()
+    ring, keys = SwarmKeyring.generate([f"node-{c.node_id}" for c in configs])
+    p = NodePack("run", host="127.0.0.1", keyring=ring)
+    specs = [NodeSpec(c, keys[f"node-{c.node_id}"]) for c in configs]
+    endpoints = p.start([0, 1, 2], specs)
+    names = [e["name"] for e in endpoints]
+    p.tell("connect", None, (endpoints,))
+    p.call("set_peers", [0, 1, 2], [([n for n in names if n != m], []) for m in names])
+    yield p, specs
+    p.close()
+
+
+def test_a_generation_sends_every_report_before_any_packed_node_waits(pack):
+    p, _ = pack
+    rows = p.call("generation", [0, 1, 2], [(30.0,)] * 3)
+    assert [r["name"] for r in rows] == ["node-0", "node-1", "node-2"]
+    assert all(r["absorbed_from"] == 2 and r["wait_s"] < 5 for r in rows)
+    # every message crossed a socket and was counted by its own node: a report, a state and a
+    # belief to each of its two peers, and at least their two reports in
+    status = p.call("status", [0, 1, 2], [()] * 3)
+    assert all(s["sent"] == 6 and s["received"] >= 2 for s in status)
+    assert [sorted(s["peers"]) for s in status] == \
+        [["node-1", "node-2"], ["node-0", "node-2"], ["node-0", "node-1"]]
+
+
+def test_one_packed_node_failing_is_its_own_result_and_restarts_in_its_slot(pack):
+    p, specs = pack
+    p.call("generation", [0, 1, 2], [(30.0,)] * 3)
+    snap = p.call("snapshot", [1], [()])[0]["snapshot"]
+    before = [fingerprint(p.hosts[s].node.model) for s in (0, 2)]
+    got = p.call("rejoin", [0, 1, 2], [(1, None), (1, b"not a snapshot"), (1, None)])
+    assert isinstance(got[1], ValueError) and "not a node snapshot" in str(got[1])
+    assert got[0]["generation"] == got[2]["generation"] == 1
+    old = p.hosts[1]
+    (endpoint,) = p.start([1], [NodeSpec(specs[1].config, specs[1].keys, snap)])
+    assert endpoint["name"] == "node-1" and p.hosts[1] is not old and old.member.transport.closed
+    assert p.hosts[1].node.generation_count == 1
+    assert [fingerprint(p.hosts[s].node.model) for s in (0, 2)] == before
+    assert isinstance(p.call("ping", [5], [()])[0], RuntimeError)  # an empty slot
+
+
+@pytest.mark.parametrize("nodes, cpus, k, expected", [
+    (256, 2 / 256, "auto", 128), (256, 0.5, "auto", 2), (10, 0.25, "auto", 5),
+    (4, 2.0, "auto", 1), (3, 0.1, "auto", 3), (8, 0.5, 3, 3)])
+def test_nodes_per_actor_auto_keeps_the_actors_to_the_whole_cpus_given(nodes, cpus, k,
+                                                                        expected):
+    cfg = SwarmConfig(nodes=nodes, env=SIGNAL_ENV,
+                      resources=Resources(cpus=cpus, nodes_per_actor=k))
+    assert cfg.per_actor() == expected
+
+
+@pytest.mark.parametrize("k", [0, -1, 1.5, "many", True])
+def test_a_bad_nodes_per_actor_is_refused_naming_the_key(k):
+    with pytest.raises(ConfigError, match=r"resources.nodes_per_actor.*integer >= 1 or 'auto'"):
+        SwarmConfig(nodes=4, env=SIGNAL_ENV, resources=Resources(nodes_per_actor=k))
