@@ -33,6 +33,7 @@ COLUMNS: dict[str, pa.DataType] = {
     "belief_mean": F, "belief_var": F, "gain": F, "innovation": F, "nis": F, "surprised": B,
     "sigma": F, "lr": F, "grad_norm": F, "step_norm": F, "direction_gain": F,
     "expected_change": F, "tied": B, "centre_return": F, "episodes": I, "env_steps": I,
+    "rows_useful": I, "rows_computed": I,
     "absorbed": I, "absorbed_from": I, "refused": I, "missing": I, "bad_obs": I, "diverged": I,
     "migrated_from": I, "p_best": F, "signals": S,
     "evaluate_s": F, "update_s": F, "communicate_s": F, "generation_s": F,

@@ -1,0 +1,154 @@
+"""The control plane alone (not a test): a `Coordinator` over simulated nodes, plain objects
+that answer its calls at once with rows shaped like a node's, at 64 to 4,096 nodes.
+
+What it measures is the coordinator's own time per sync generation (its calls to the nodes
+cost nothing here): signals and topology at the boundary, the round trip's bookkeeping,
+P(best) and the migration decision, the trace and status; and the memory it holds. The
+growth exponent is the slope of log(time) against log(nodes) between the smallest and the
+largest swarm (1: linear).
+
+    python benchmarks/control.py [--nodes 64,256,1024,4096] [--generations 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import tempfile
+import time
+import tracemalloc
+from typing import Any
+
+import numpy as np
+from _cpu import cpu_line
+
+from rwkv_swarm.swarm import Coordinator, SwarmConfig
+from rwkv_swarm.swarm.config import Migration
+
+ROW_FLOATS = ("fitness_std", "fitness_max", "fitness_min", "gain", "innovation", "nis", "sigma",
+              "lr", "grad_norm", "step_norm", "direction_gain", "expected_change",
+              "centre_return", "evaluate_s", "update_s", "communicate_s", "wait_s", "send_s")
+ROW_INTS = ("nonfinite", "episodes", "env_steps", "absorbed", "absorbed_from", "refused",
+            "missing", "bad_obs", "diverged", "sent", "received", "dropped", "bytes_sent",
+            "bytes_received")
+
+
+class SimulatedNodes:
+    """`Nodes` answered by plain objects: each node's row is made fresh per call (a node's
+    row crosses a process boundary, so the coordinator never shares it)."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.names = [f"node-{i}" for i in range(n)]
+        self.rng = np.random.default_rng(seed)
+        self.generation = [0] * n
+        self.calls: dict[str, int] = {}
+
+    def _row(self, i: int) -> dict[str, Any]:
+        g = self.generation[i]
+        self.generation[i] += 1
+        mean = float(self.rng.normal(100.0, 10.0))
+        row: dict[str, Any] = {k: 0.5 for k in ROW_FLOATS}
+        row.update({k: 3 for k in ROW_INTS})
+        row.update(fitness_mean=mean, belief_mean=mean, belief_var=4.0, surprised=False,
+                   tied=False, fingerprint=f"{i:016x}{g:016x}", name=self.names[i],
+                   dropped_by="", rows_computed=1000, rows_useful=900)
+        return row
+
+    def call(self, method: str, args: list[tuple] | tuple = (), only: list[int] | None = None,
+             on_fault: Any = None) -> list[Any]:
+        idx = range(len(self.names)) if only is None else only
+        self.calls[method] = self.calls.get(method, 0) + 1
+        if method in ("absorb", "generation"):
+            return [self._row(i) for i in idx]
+        if method == "share":
+            return [{"generation": self.generation[i]} for i in idx]
+        if method == "snapshot":
+            return [{"generation": self.generation[i], "snapshot": b"\0" * 64} for i in idx]
+        return [None for _ in idx]
+
+    def tell(self, method: str, args: tuple = (), only: list[int] | None = None) -> None:
+        pass
+
+    def respawn(self, i: int, snapshot: bytes | None) -> bool:
+        return False
+
+    def started(self, i: int, timeout_s: float = 0.0) -> dict[str, Any] | None:
+        return None
+
+    def transfer(self, src: int, dst: int, belief: tuple[float, float], with_state: bool
+                 ) -> dict[str, Any]:
+        return {"state": with_state, "fingerprint": "00"}
+
+
+def config(n: int, run_dir: str, checkpoint_every: int) -> SwarmConfig:
+    return SwarmConfig(nodes=n, mode="gossip", run_dir=run_dir, checkpoint_every=checkpoint_every,
+                       migration=Migration(every=5, gate=0.6, fraction=0.25), secure=False)
+
+
+def per_generation(n: int, gens: int, checkpoint_every: int) -> dict[str, float]:
+    """Seconds of coordinator time per generation (after 2 warm-up generations), and the
+    calls each generation makes to the nodes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        nodes = SimulatedNodes(n)
+        c = Coordinator(config(n, tmp, checkpoint_every), "bench", tmp, nodes)
+        c.run(2, on_generation=lambda status: None)
+        before = dict(nodes.calls)
+        t0 = time.perf_counter()
+        c.run(gens, on_generation=lambda status: None)
+        seconds = (time.perf_counter() - t0) / gens
+        calls = {k: (v - before.get(k, 0)) / gens for k, v in nodes.calls.items()
+                 if v != before.get(k, 0)}
+    return {"s_per_generation": seconds, "calls_per_generation": calls}
+
+
+def memory(n: int, gens: int) -> dict[str, float]:
+    """Bytes the coordinator holds after `gens` generations, and the peak while running."""
+    with tempfile.TemporaryDirectory() as tmp:
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.take_snapshot()
+        c = Coordinator(config(n, tmp, 0), "bench", tmp, SimulatedNodes(n))
+        c.run(gens)
+        gc.collect()
+        held = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(base, "filename"))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return {"held_bytes": held, "peak_bytes": peak, "held_per_node": held / n}
+
+
+def exponent(xs: list[int], ys: list[float]) -> float:
+    """Least-squares slope of log(y) against log(x)."""
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nodes", default="64,256,1024,4096")
+    p.add_argument("--generations", type=int, default=20)
+    p.add_argument("--checkpoint-every", type=int, default=5)
+    args = p.parse_args()
+    sizes = [int(s) for s in args.nodes.split(",")]
+    print(cpu_line())
+    out: dict[str, Any] = {}
+    print(f"{'nodes':>6} {'ms/gen':>9} {'us/node':>8} {'held MiB':>9} {'peak MiB':>9}  calls/gen")
+    for n in sizes:
+        gens = max(3, args.generations * 64 // max(64, n)) if n > 256 else args.generations
+        t = per_generation(n, gens, args.checkpoint_every)
+        m = memory(n, min(gens, 5))
+        out[n] = {**t, **m, "generations": gens}
+        calls = ", ".join(f"{k} {v:g}" for k, v in sorted(t["calls_per_generation"].items()))
+        print(f"{n:>6} {t['s_per_generation'] * 1e3:>9.2f} "
+              f"{t['s_per_generation'] / n * 1e6:>8.1f} {m['held_bytes'] / 2**20:>9.2f} "
+              f"{m['peak_bytes'] / 2**20:>9.2f}  {calls}")
+    slope = exponent(sizes, [out[n]["s_per_generation"] for n in sizes]) \
+        if len(sizes) > 1 else math.nan
+    mem_slope = exponent(sizes, [max(1, out[n]["held_bytes"]) for n in sizes]) \
+        if len(sizes) > 1 else math.nan
+    print(f"growth exponent: time {slope:.2f}, memory held {mem_slope:.2f} (1 = linear)")
+    print(json.dumps({"nodes": out, "time_exponent": slope, "memory_exponent": mem_slope}))
+
+
+if __name__ == "__main__":
+    main()
