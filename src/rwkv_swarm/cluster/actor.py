@@ -58,6 +58,9 @@ class NodeActor:
     def absorb(self, wait_s: float) -> dict[str, Any]:
         return self.host.absorb(wait_s)
 
+    def generation(self, wait_s: float) -> dict[str, Any]:
+        return self.host.generation(wait_s)
+
     def apply_signal(self, signal_id: str, name: str, params: dict[str, Any],
                      announce: bool = True) -> dict[str, Any]:
         return self.host.apply_signal(signal_id, name, params, announce)

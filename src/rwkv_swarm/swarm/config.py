@@ -120,6 +120,9 @@ class SwarmConfig(ConfigFile):
     wait_s: float = 60.0  # sync: longest a node waits for its peers' reports
     checkpoint_every: int = 5  # generations between node snapshots in runs/<id>/checkpoints/
     # (0: none; a dead node then restarts from scratch and a run cannot be resumed)
+    # longest the trace's newest rows wait in memory before they go to disk as one Parquet part
+    # (also written before every checkpoint and at the end of a run; 0: a part per generation)
+    trace_flush_s: float = 1.0
     secure: bool = True  # CURVE keys for every node; peers without them are refused
     run_dir: str = "runs"  # runs/<run-id>/ holds config.toml, trace.parquet, events.jsonl
     tensorboard: bool = False  # also log scalars under runs/<run-id>/tb (needs tensorboard)
@@ -177,6 +180,9 @@ class SwarmConfig(ConfigFile):
         if type(self.checkpoint_every) is not int or self.checkpoint_every < 0:
             raise ConfigError("checkpoint_every", f"got {self.checkpoint_every!r}, expected an "
                                                   "integer >= 0 (0: no checkpoints)")
+        if type(self.trace_flush_s) not in (int, float) or not 0 <= self.trace_flush_s < math.inf:
+            raise ConfigError("trace_flush_s", f"got {self.trace_flush_s!r}, expected a number of "
+                                               "seconds >= 0")
         if not self.wait_s > 0 or not self.run_dir:
             raise ConfigError("wait_s", f"need wait_s > 0 and a run_dir, got {self.wait_s}, "
                                         f"{self.run_dir!r}")

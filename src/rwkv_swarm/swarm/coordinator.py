@@ -74,7 +74,8 @@ class Coordinator:
     def __init__(self, config: SwarmConfig, run_id: str, run_dir: str | Path, nodes: Nodes):
         self.config, self.run_id, self.nodes = config, run_id, nodes
         self.run_dir = Path(run_dir)
-        self.trace, self.events = TraceWriter(self.run_dir), EventLog(self.run_dir)
+        self.trace = TraceWriter(self.run_dir, config.trace_flush_s)
+        self.events = EventLog(self.run_dir)
         self.store = CheckpointStore(self.run_dir)
         self.generation = 0  # the next generation to run
         self.in_flight: int | None = None  # the generation running now
@@ -91,6 +92,9 @@ class Coordinator:
         self._started = time.time()
         self._board = self._tensorboard() if config.tensorboard else None
         self._decided = -1  # the last generation migrations were decided at
+        self._seen = 0  # rows taken into `last` so far: the beliefs below are of that moment
+        self._beliefs_of: tuple[Any, ...] = ()  # (seen, alive) -> summaries, fused, P(best)
+        self._group_of = {i: g[0] for g in config.groups() for i in g}
         self._target_hit = False
         self.recovery = Recovery(self)  # dead nodes: their peers told, restarted, rejoined
         self._wire(self.neighbour_lists, strict=True)
@@ -216,12 +220,11 @@ class Coordinator:
             return
         with self._lock:
             self.in_flight = gen
-        t0 = time.perf_counter()
-        shared = self.nodes.call("share", only=live, on_fault=self._on_fault("share"))
-        ok = [i for i, r in zip(live, shared, strict=True) if not self._fault(i, r, "share")]
-        rows = self.nodes.call("absorb", (self.config.wait_s,), only=ok,
-                               on_fault=self._on_fault("absorb"))
-        done = [(i, r) for i, r in zip(ok, rows, strict=True) if not self._fault(i, r, "absorb")]
+        t0 = time.perf_counter()  # one round trip: each node shares, then absorbs
+        rows = self.nodes.call("generation", (self.config.wait_s,), only=live,
+                               on_fault=self._on_fault("generation"))
+        done = [(i, r) for i, r in zip(live, rows, strict=True)
+                if not self._fault(i, r, "generation")]
         elapsed = time.perf_counter() - t0
         out = []
         for i, row in done:
@@ -234,16 +237,20 @@ class Coordinator:
     def _finish(self, gen: int, rows: list[dict[str, Any]]) -> None:
         for row in rows:
             self.last[row["node"]] = row
+        self._seen += 1
         self._decide(gen, rows)
         self._write(rows)
         with self._lock:
             self.generation, self.in_flight = gen + 1, None
 
-    def _fault(self, i: int, result: Any, phase: str) -> bool:
-        """Whether `result` is node i's failure (then handled: see `Recovery.lost`)."""
+    def _fault(self, i: int, result: Any, call: str) -> bool:
+        """Whether `result` is node i's failure in `call` (then handled: see `Recovery.lost`;
+        the phase is the one a `PhaseError` names, else the call's)."""
         if not isinstance(result, BaseException):
             return False
-        self.recovery.lost(i, result, phase, restart=self.config.sync)
+        cause = getattr(result, "cause", None)  # Ray's wrapper of what the actor raised
+        phase = getattr(result, "phase", None) or getattr(cause, "phase", None) or call
+        self.recovery.lost(i, result, phase, restart=self.config.sync, call=call)
         return True
 
     def _on_fault(self, phase: str) -> Any:
@@ -260,6 +267,7 @@ class Coordinator:
         every = self.config.checkpoint_every
         if not every or (self.generation % every and not force):
             return
+        self.trace.flush()  # a checkpoint's rows are on disk before it: resume cuts back to it
         live, snaps = sorted(self.alive), {}
         for i, r in zip(live, self.nodes.call("snapshot", only=live), strict=True):
             if not self._fault(i, r, "snapshot"):
@@ -280,6 +288,7 @@ class Coordinator:
                                    on_fault=self._on_fault("snapshot"))
             if not isinstance(r, BaseException):
                 self._save_best({best["node"]: r})
+        self.trace.flush()
         self.trace.compact()
 
     def _save_best(self, snaps: dict[int, dict[str, Any]]) -> None:
@@ -333,6 +342,7 @@ class Coordinator:
         with self._lock:
             self.generation, self._decided, self.trace.rows = generation, decided, rows
             self.alive, self.last, self.lineage = alive, last, lineage
+            self._seen += 1
         if lists != self.neighbour_lists:
             self.neighbour_lists = lists
             self._wire(lists)
@@ -352,37 +362,48 @@ class Coordinator:
 
     def summaries(self) -> list[Summary]:
         """Each live node's latest belief (a dead node's last row takes no part)."""
-        groups = {i: g[0] for g in self.config.groups() for i in g}
         out = []
+        consensus = self.config.mode == "consensus"
         for i, row in sorted(self.last.items()):
             if i not in self.alive:  # a dead node's weights cannot be migrated from or to
                 continue
-            lineage = f"group-{groups[i]}" if self.config.mode == "consensus" \
+            lineage = f"group-{self._group_of[i]}" if consensus \
                 else row.get("fingerprint", str(i))
             out.append(Summary(i, lineage, row["belief_mean"], row["belief_var"]))
         return out
+
+    def _beliefs(self) -> tuple[list[Summary], dict[str, Any], dict[int, float], str | None]:
+        """(summaries, fused lineages, each node's P(best), the best lineage), computed once
+        per change of the rows or of the live nodes (a generation asks several times)."""
+        key = (self._seen, frozenset(self.alive))
+        if self._beliefs_of[:1] != (key,):
+            summaries = self.summaries()
+            fused = fuse_lineages(summaries)
+            p_of: dict[int, float] = {}
+            top = None
+            if fused:
+                keys, p = lineage_p_best(fused)
+                p_of = {n: float(pk) for k, pk in zip(keys, p, strict=True) for n in fused[k][2]}
+                top = keys[int(np.argmax(p))]
+            self._beliefs_of = (key, summaries, fused, p_of, top)
+        return self._beliefs_of[1:]
 
     def best(self) -> dict[str, Any] | None:
         """The best live lineage by belief: {"node" (its lowest live node), "p_best",
         "belief_mean", "belief_var" (its fused belief), "generation" (of that node's last row)};
         None before any row."""
-        fused = fuse_lineages(self.summaries())
-        if not fused:
+        _, fused, p_of, top = self._beliefs()
+        if top is None:
             return None
-        keys, p = lineage_p_best(fused)
-        k = int(np.argmax(p))
-        mean, var, members = fused[keys[k]]
+        mean, var, members = fused[top]
         node = min(members)
-        return {"node": node, "p_best": float(p[k]), "belief_mean": float(mean),
+        return {"node": node, "p_best": p_of[node], "belief_mean": float(mean),
                 "belief_var": float(var), "generation": self.last[node].get("generation")}
 
     def _decide(self, gen: int, rows: list[dict[str, Any]]) -> None:
         """P(best) into every row; at the due generations, the gated migrations."""
-        summaries = self.summaries()
-        fused = fuse_lineages(summaries)
+        summaries, fused, p_of, _ = self._beliefs()
         if fused:
-            keys, p = lineage_p_best(fused)
-            p_of = {n: float(pk) for k, pk in zip(keys, p, strict=True) for n in fused[k][2]}
             for row in rows:
                 row["p_best"] = p_of.get(row["node"], math.nan)
         m = self.config.migration
@@ -444,6 +465,7 @@ class Coordinator:
             row["signals"] = ",".join(self._applied_now.pop(row["node"], []))
             self._buffer.append(row)
             self.last[row["node"]] = row
+            self._seen += 1
             self.generation = max(self.generation, row["generation"] + 1)
 
     def _flush(self, final: bool = False) -> None:
