@@ -120,12 +120,12 @@ class SwarmConfig(ConfigFile):
     wait_s: float = 60.0  # sync: longest a node waits for its peers' reports
     checkpoint_every: int = 5  # generations between node snapshots in runs/<id>/checkpoints/
     # (0: none; a dead node then restarts from scratch and a run cannot be resumed)
-    # longest the trace's newest rows wait in memory before they go to disk as one Parquet part
-    # (also written before every checkpoint and at the end of a run; 0: a part per generation)
-    trace_flush_s: float = 1.0
     secure: bool = True  # CURVE keys for every node; peers without them are refused
     run_dir: str = "runs"  # runs/<run-id>/ holds config.toml, trace.parquet, events.jsonl
     tensorboard: bool = False  # also log scalars under runs/<run-id>/tb (needs tensorboard)
+    trace_flush_s: float = 1.0  # longest the newest trace rows wait in memory before they go to
+    # disk as one Parquet part (a part is also written before every checkpoint and at the end of
+    # a run; 0: a part per generation)
 
     def __post_init__(self) -> None:
         configio.take_tables(self)
