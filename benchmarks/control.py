@@ -7,7 +7,10 @@ P(best) and the migration decision, the trace and status; and the memory it hold
 growth exponent is the slope of log(time) against log(nodes) between the smallest and the
 largest swarm (1: linear).
 
-    python benchmarks/control.py [--nodes 64,256,1024,4096] [--generations 20]
+    python benchmarks/control.py [--nodes 64,256,1024,4096] [--generations 20] [--ray 8]
+
+and, beside it, a real swarm of `--ray` node actors on this machine's Ray: the coordinator's
+wall time per generation outside the nodes' round trips.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import tempfile
 import time
 import tracemalloc
@@ -118,6 +122,37 @@ def memory(n: int, gens: int) -> dict[str, float]:
     return {"held_bytes": held, "peak_bytes": peak, "held_per_node": held / n}
 
 
+def on_ray(n: int, gens: int) -> dict[str, float]:
+    """A real swarm of `n` node actors on this machine's Ray (tiny model, 8 mutants each, short
+    SignalEnv segments, the default checkpoints): the coordinator's wall time per generation
+    outside the nodes' round trips (wall / generations - the mean `generation_s`)."""
+    import ray
+
+    from rwkv_swarm import Swarm, load_trace
+    from rwkv_swarm.node import KalmanESConfig
+    from rwkv_swarm.swarm import Resources
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = SwarmConfig(nodes=n, run_dir=tmp, env={"kind": "signal", "segment_length": 16},
+                              es=KalmanESConfig(population=8),
+                              resources=Resources(cpus=2 / n))
+            with Swarm.launch(cfg) as swarm:
+                swarm.run(2)
+                t0 = time.perf_counter()
+                swarm.run(gens)
+                wall = (time.perf_counter() - t0) / gens
+                t = load_trace(swarm.run_dir).to_pydict()
+            inside = [s for g, s in zip(t["generation"], t["generation_s"], strict=True)
+                      if g >= 2]
+    finally:
+        ray.shutdown()
+    return {"s_per_generation": wall, "round_trip_s": float(np.mean(inside)),
+            "coordinator_s": wall - float(np.mean(inside))}
+
+
 def exponent(xs: list[int], ys: list[float]) -> float:
     """Least-squares slope of log(y) against log(x)."""
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
@@ -128,6 +163,7 @@ def main() -> None:
     p.add_argument("--nodes", default="64,256,1024,4096")
     p.add_argument("--generations", type=int, default=20)
     p.add_argument("--checkpoint-every", type=int, default=5)
+    p.add_argument("--ray", type=int, default=8, help="nodes of the real swarm (0: none)")
     args = p.parse_args()
     sizes = [int(s) for s in args.nodes.split(",")]
     print(cpu_line())
@@ -147,7 +183,13 @@ def main() -> None:
     mem_slope = exponent(sizes, [max(1, out[n]["held_bytes"]) for n in sizes]) \
         if len(sizes) > 1 else math.nan
     print(f"growth exponent: time {slope:.2f}, memory held {mem_slope:.2f} (1 = linear)")
-    print(json.dumps({"nodes": out, "time_exponent": slope, "memory_exponent": mem_slope}))
+    ray_out = on_ray(args.ray, args.generations) if args.ray else {}
+    if ray_out:
+        print(f"on Ray, {args.ray} node actors: {ray_out['s_per_generation'] * 1e3:.1f} ms a "
+              f"generation, of which the coordinator outside the round trip "
+              f"{ray_out['coordinator_s'] * 1e3:.2f} ms")
+    print(json.dumps({"nodes": out, "time_exponent": slope, "memory_exponent": mem_slope,
+                      "ray": ray_out, "load": os.getloadavg()}))
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ def test_trace_rows_wait_for_a_part_but_a_checkpoint_never_runs_ahead_of_them(tm
 
     def on_disk(status):  # what a crash now would leave: rows, and the checkpoint resumed from
         run_dir = coordinator.run_dir
+        coordinator.settle()  # the checkpoint written beside the next generation: on disk
         seen.append((status["generation"], last_generation(run_dir),
                      CheckpointStore(run_dir).load_coordinator()[0]))
 

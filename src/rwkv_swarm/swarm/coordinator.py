@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,6 +98,9 @@ class Coordinator:
         self._group_of = {i: g[0] for g in config.groups() for i in g}
         self._target_hit = False
         self.recovery = Recovery(self)  # dead nodes: their peers told, restarted, rejoined
+        # checkpoints go to disk beside the next generation, one at a time, in order
+        self._disk = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        self._writing: Future | None = None
         self._wire(self.neighbour_lists, strict=True)
 
     # -- peers -----------------------------------------------------------------------------------
@@ -263,38 +267,54 @@ class Coordinator:
 
     def _checkpoint(self, force: bool = False) -> None:
         """Between generations, every `checkpoint_every`: each live node's snapshot and the
-        coordinator's state into runs/<id>/checkpoints/."""
+        coordinator's state into runs/<id>/checkpoints/, written while the next generation
+        runs (`settle` waits for them). The trace's rows are on disk before, so that a
+        checkpoint never runs ahead of the trace it is resumed with."""
         every = self.config.checkpoint_every
         if not every or (self.generation % every and not force):
             return
-        self.trace.flush()  # a checkpoint's rows are on disk before it: resume cuts back to it
+        self.trace.flush()
         live, snaps = sorted(self.alive), {}
         for i, r in zip(live, self.nodes.call("snapshot", only=live), strict=True):
             if not self._fault(i, r, "snapshot"):
-                self.store.save_node(i, r["generation"], r["snapshot"])
                 snaps[i] = r
-        self.store.save_coordinator(self.generation, self.state_dict())
-        self._save_best(snaps)
+        self.settle()
+        self._writing = self._disk.submit(self._store, self.generation, snaps, self.state_dict(),
+                                          self.best())
+
+    def _store(self, generation: int, snaps: dict[int, dict[str, Any]], state: dict[str, Any],
+               best: dict[str, Any] | None) -> None:
+        for i, r in snaps.items():  # the coordinator's state last: it completes the checkpoint
+            self.store.save_node(i, r["generation"], r["snapshot"])
+        self.store.save_coordinator(generation, state)
+        self._save_best(snaps, best)
         self.trace.compact()
+
+    def settle(self) -> None:
+        """Wait until the checkpoint being written is on disk (raising what writing it
+        raised)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
 
     # -- the result --------------------------------------------------------------------------------
 
     def _wrap_up(self) -> None:
         """At the end of a run() call: the best node's policy from its current weights, and
         the trace's small parts merged."""
+        self.settle()
         best = self.best()
         if best is not None and best["node"] in self.alive:
             (r,) = self.nodes.call("snapshot", only=[best["node"]],
                                    on_fault=self._on_fault("snapshot"))
             if not isinstance(r, BaseException):
-                self._save_best({best["node"]: r})
+                self._save_best({best["node"]: r}, best)
         self.trace.flush()
         self.trace.compact()
 
-    def _save_best(self, snaps: dict[int, dict[str, Any]]) -> None:
+    def _save_best(self, snaps: dict[int, dict[str, Any]], best: dict[str, Any] | None) -> None:
         """runs/<id>/best/ from the best node's snapshot in `snaps` (see `result.save_best`);
         one that cannot be written is a `warning` event: the run goes on."""
-        best = self.best()
         if best is None or best["node"] not in snaps:
             return
         try:
@@ -319,7 +339,7 @@ class Coordinator:
     def state_dict(self) -> dict[str, Any]:
         """What the coordinator knows that its nodes' snapshots do not (JSON-able)."""
         return {"generation": self.generation, "alive": sorted(self.alive),
-                "neighbours": self.neighbour_lists, "lineage": self.lineage,
+                "neighbours": self.neighbour_lists, "lineage": list(self.lineage),
                 "decided": self._decided, "rows": self.trace.rows,
                 "last": {str(i): r for i, r in self.last.items()}}
 

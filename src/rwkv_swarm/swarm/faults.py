@@ -63,6 +63,7 @@ class Recovery:
         c = self.c
         if self.restarts[i] >= MAX_RESTARTS:
             return False
+        c.settle()  # its newest snapshot may be on its way to disk
         got = c.store.load_node(i)
         snapshot, blob = got if got is not None else (None, None)
         try:
