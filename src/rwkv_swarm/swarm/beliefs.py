@@ -76,6 +76,9 @@ def fuse_lineages(summaries: Sequence[Summary]) -> dict[str, tuple[float, float,
             groups.setdefault(s.lineage, []).append(s)
     out = {}
     for key, members in groups.items():
+        if len(members) == 1:  # a belief fused with nothing else is itself
+            out[key] = (float(members[0].mean), float(members[0].var), [members[0].node])
+            continue
         g = covariance_intersection([Gaussian(np.array([m.mean]), np.array([m.var]))
                                      for m in members])
         out[key] = (float(g.mean[0]), float(g.full_cov()[0, 0]), sorted(m.node for m in members))

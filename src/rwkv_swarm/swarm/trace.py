@@ -84,6 +84,9 @@ def _write_part(table: pa.Table, final: Path) -> None:
     os.replace(tmp, final)  # atomic: a reader never sees half a part
 
 
+_FIELDS = [(k, _MISSING[t], {F: float, I: int, B: bool, S: str}[t]) for k, t in COLUMNS.items()]
+
+
 def trace_row(row: dict[str, Any]) -> dict[str, Any]:
     """A node's row (node.Node / Member / NodeHost) in the trace's columns; absent values get
     their column's "does not apply" value (NaN, -1, False, "")."""
@@ -91,17 +94,9 @@ def trace_row(row: dict[str, Any]) -> dict[str, Any]:
     r.setdefault("update_s", r.get("tell_s", 0.0) + r.get("centre_s", 0.0))
     r.setdefault("communicate_s", r.get("wait_s", math.nan))
     out = {}
-    for k, t in COLUMNS.items():
-        v = r.get(k, _MISSING[t])
-        if t == I:
-            v = int(v) if v is not None else -1
-        elif t == F:
-            v = float(v) if v is not None else math.nan
-        elif t == B:
-            v = bool(v)
-        else:
-            v = "" if v is None else str(v)
-        out[k] = v
+    for k, missing, cast in _FIELDS:
+        v = r.get(k)
+        out[k] = missing if v is None else cast(v)
     return out
 
 
