@@ -155,7 +155,8 @@ def evotorch_rate(actors: int, gens: int = GENS, population: int = 64) -> dict:
         searcher.step()
     wall = time.perf_counter() - t0
     steps = problem.status["total_interaction_count"] - steps0
-    problem.kill_actors()
+    if actors > 1:  # with one, EvoTorch made none
+        problem.kill_actors()
     return {"wall_s": wall, "env_steps_per_s": steps / wall,
             "env_steps_per_generation": steps / gens}
 
@@ -346,6 +347,14 @@ def main() -> None:
     ray.init(address="local", include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     results = {}
+    try:
+        run_tasks(args, results)
+    finally:
+        ray.shutdown()
+    print(json.dumps({**results, "cpu": cpu_line()}))
+
+
+def run_tasks(args: argparse.Namespace, results: dict) -> None:
     for task in args.tasks.split(","):
         t0 = time.perf_counter()
         fn = TASKS[task]
@@ -357,8 +366,6 @@ def main() -> None:
         results[task]["load"] = os.getloadavg()
         print(f"{task} ({time.perf_counter() - t0:.0f} s): {json.dumps(results[task])}",
               flush=True)
-    ray.shutdown()
-    print(json.dumps({**results, "cpu": cpu_line()}))
 
 
 if __name__ == "__main__":
