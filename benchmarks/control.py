@@ -4,8 +4,8 @@ that answer its calls at once with rows shaped like a node's, at 64 to 4,096 nod
 What it measures is the coordinator's own time per sync generation (its calls to the nodes
 cost nothing here): signals and topology at the boundary, the round trip's bookkeeping,
 P(best) and the migration decision, the trace and status; and the memory it holds. The
-growth exponent is the slope of log(time) against log(nodes) between the smallest and the
-largest swarm (1: linear).
+growth exponent is the least-squares slope of log(time) against log(nodes) over the sizes
+measured (1: linear).
 
     python benchmarks/control.py [--nodes 64,256,1024,4096] [--generations 20] [--ray 8]
 
@@ -91,20 +91,22 @@ def config(n: int, run_dir: str, checkpoint_every: int) -> SwarmConfig:
                        migration=Migration(every=5, gate=0.6, fraction=0.25), secure=False)
 
 
-def per_generation(n: int, gens: int, checkpoint_every: int) -> dict[str, float]:
-    """Seconds of coordinator time per generation (after 2 warm-up generations), and the
-    calls each generation makes to the nodes."""
+def per_generation(n: int, gens: int, checkpoint_every: int) -> dict[str, Any]:
+    """Seconds of coordinator time per generation, from one generation's end to the next's
+    (after 2 warm-up generations; the end of `run()` is not counted): the median, and the mean,
+    which carries the checkpoints' share; and the calls each generation makes to the nodes."""
     with tempfile.TemporaryDirectory() as tmp:
         nodes = SimulatedNodes(n)
         c = Coordinator(config(n, tmp, checkpoint_every), "bench", tmp, nodes)
         c.run(2, on_generation=lambda status: None)
         before = dict(nodes.calls)
-        t0 = time.perf_counter()
-        c.run(gens, on_generation=lambda status: None)
-        seconds = (time.perf_counter() - t0) / gens
+        ends = [time.perf_counter()]
+        c.run(gens, on_generation=lambda status: ends.append(time.perf_counter()))
+        took = np.diff(ends)
         calls = {k: (v - before.get(k, 0)) / gens for k, v in nodes.calls.items()
                  if v != before.get(k, 0)}
-    return {"s_per_generation": seconds, "calls_per_generation": calls}
+    return {"s_per_generation": float(np.median(took)), "mean_s": float(np.mean(took)),
+            "calls_per_generation": calls}
 
 
 def memory(n: int, gens: int) -> dict[str, float]:
@@ -168,14 +170,15 @@ def main() -> None:
     sizes = [int(s) for s in args.nodes.split(",")]
     print(cpu_line())
     out: dict[str, Any] = {}
-    print(f"{'nodes':>6} {'ms/gen':>9} {'us/node':>8} {'held MiB':>9} {'peak MiB':>9}  calls/gen")
+    print(f"{'nodes':>6} {'ms/gen':>9} {'mean ms':>9} {'us/node':>8} {'held MiB':>9} "
+          f"{'peak MiB':>9}  calls/gen")
     for n in sizes:
-        gens = max(3, args.generations * 64 // max(64, n)) if n > 256 else args.generations
+        gens = max(2 * args.checkpoint_every, args.generations * 64 // max(64, n))
         t = per_generation(n, gens, args.checkpoint_every)
         m = memory(n, min(gens, 5))
         out[n] = {**t, **m, "generations": gens}
         calls = ", ".join(f"{k} {v:g}" for k, v in sorted(t["calls_per_generation"].items()))
-        print(f"{n:>6} {t['s_per_generation'] * 1e3:>9.2f} "
+        print(f"{n:>6} {t['s_per_generation'] * 1e3:>9.2f} {t['mean_s'] * 1e3:>9.2f} "
               f"{t['s_per_generation'] / n * 1e6:>8.1f} {m['held_bytes'] / 2**20:>9.2f} "
               f"{m['peak_bytes'] / 2**20:>9.2f}  {calls}")
     slope = exponent(sizes, [out[n]["s_per_generation"] for n in sizes]) \
