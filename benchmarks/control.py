@@ -124,10 +124,11 @@ def memory(n: int, gens: int) -> dict[str, float]:
     return {"held_bytes": held, "peak_bytes": peak, "held_per_node": held / n}
 
 
-def on_ray(n: int, gens: int) -> dict[str, float]:
+def on_ray(n: int, gens: int, checkpoint_every: int) -> dict[str, float]:
     """A real swarm of `n` node actors on this machine's Ray (tiny model, 8 mutants each, short
-    SignalEnv segments, the default checkpoints): the coordinator's wall time per generation
-    outside the nodes' round trips (wall / generations - the mean `generation_s`)."""
+    SignalEnv segments): the coordinator's wall time per generation outside the nodes' round
+    trips (wall / generations - the mean `generation_s`); the checkpoints' `snapshot` calls
+    count as outside."""
     import ray
 
     from rwkv_swarm import Swarm, load_trace
@@ -140,6 +141,7 @@ def on_ray(n: int, gens: int) -> dict[str, float]:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = SwarmConfig(nodes=n, run_dir=tmp, env={"kind": "signal", "segment_length": 16},
                               es=KalmanESConfig(population=8),
+                              checkpoint_every=checkpoint_every,
                               resources=Resources(cpus=2 / n))
             with Swarm.launch(cfg) as swarm:
                 swarm.run(2)
@@ -186,11 +188,12 @@ def main() -> None:
     mem_slope = exponent(sizes, [max(1, out[n]["held_bytes"]) for n in sizes]) \
         if len(sizes) > 1 else math.nan
     print(f"growth exponent: time {slope:.2f}, memory held {mem_slope:.2f} (1 = linear)")
-    ray_out = on_ray(args.ray, args.generations) if args.ray else {}
-    if ray_out:
-        print(f"on Ray, {args.ray} node actors: {ray_out['s_per_generation'] * 1e3:.1f} ms a "
-              f"generation, of which the coordinator outside the round trip "
-              f"{ray_out['coordinator_s'] * 1e3:.2f} ms")
+    ray_out = {every: on_ray(args.ray, args.generations, every)
+               for every in (args.checkpoint_every, 0)} if args.ray else {}
+    for every, r in ray_out.items():
+        print(f"on Ray, {args.ray} node actors, checkpoint_every {every}: "
+              f"{r['s_per_generation'] * 1e3:.1f} ms a generation, of which the coordinator "
+              f"outside the round trip {r['coordinator_s'] * 1e3:.2f} ms")
     print(json.dumps({"nodes": out, "time_exponent": slope, "memory_exponent": mem_slope,
                       "ray": ray_out, "load": os.getloadavg()}))
 
