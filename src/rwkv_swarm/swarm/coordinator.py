@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .beliefs import Summary, fuse_lineages, lineage_p_best, migrations
+from .board import open_board, write_board
 from .checkpoints import CheckpointStore
 from .config import SwarmConfig
 from .faults import Recovery
@@ -31,8 +32,6 @@ from .topology import neighbours as make_neighbours
 from .trace import EventLog, TraceWriter
 
 SIGNAL_WAIT_S = 600.0  # longest inject() waits for its signal to be applied
-BOARD_SCALARS = ("fitness_mean", "fitness_max", "belief_mean", "belief_var", "sigma", "p_best",
-                 "step_norm", "nis")
 
 
 class Nodes(Protocol):
@@ -91,7 +90,7 @@ class Coordinator:
         self._stop = threading.Event()
         self._buffer: list[dict[str, Any]] = []
         self._started = time.time()
-        self._board = self._tensorboard() if config.tensorboard else None
+        self._board = open_board(self.run_dir, self.events) if config.tensorboard else None
         self._decided = -1  # the last generation migrations were decided at
         self._seen = 0  # rows taken into `last` so far: the beliefs below are of that moment
         self._beliefs_of: tuple[Any, ...] = ()  # (seen, alive) -> summaries, fused, P(best)
@@ -502,23 +501,7 @@ class Coordinator:
     def _write(self, rows: list[dict[str, Any]]) -> None:
         self.trace.write(rows)
         if self._board is not None:
-            for r in rows:
-                for key in BOARD_SCALARS:
-                    value = r.get(key)
-                    if value is not None and math.isfinite(value):
-                        self._board.add_scalar(f"node{r['node']}/{key}", value, r["generation"])
-            self._board.flush()
-
-    def _tensorboard(self) -> Any:
-        """A TensorBoard writer under runs/<id>/tb, or None (with a warning event) when the
-        tensorboard package is not installed."""
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            self.events.write("warning", message=f"tensorboard = true but it cannot be used "
-                                                 f"({e}): pip install tensorboard")
-            return None
-        return SummaryWriter(str(self.run_dir / "tb"))
+            write_board(self._board, rows)
 
     # -- status ----------------------------------------------------------------------------------
 
