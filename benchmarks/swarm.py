@@ -1,6 +1,12 @@
 """The swarm on Ray (not a test): a table per task and a last-line JSON.
 
-  scaling    (a) evaluations/s with 2 node actors / with 1, isolated nodes, 1 CPU each
+  scaling    (a) strong scaling of one search: wall time of a consensus group of 2 nodes
+             (1 CPU each) against one node with the whole population, same seed (the same
+             weights every generation, checked), CartPole, C=64 L=2 with 256 mutants and the
+             tiny model with 64, 25 generations after 2 of warm-up, where each generation's
+             time goes; weak scaling beside it (2 isolated nodes x P against 1 x P)
+  peer       EvoTorch's GymNE + PGPE on Ray (num_actors 1 and 2) against this project's one node
+             and consensus group of 2, CartPole, population 64: env steps/s and the 2/1 ratios
   comm       (b) share of generation time spent communicating (sending the report, waiting for
              the neighbours', broadcasting state and belief), sync gossip, 4 and 8 nodes
   bytes      (c) fitness-channel bytes per generation per node at about 3k, 100k and 1M
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import time
 from typing import Any
@@ -62,23 +69,114 @@ def rows_by(trace: dict, key: str) -> dict[int, list[int]]:
 # -- (a) scaling and (b) communication -----------------------------------------------------------
 
 
-def evals_per_s(tmp: str, nodes: int, gens: int = 10) -> float:
-    """Isolated nodes, 1 CPU each, 64 mutants on 256-step segments (about 0.3 s a generation,
-    so that the per-generation calls and trace writes weigh what they do in a real run)."""
-    cfg = swarm_config(tmp, nodes=nodes, mode="isolated", es=KalmanESConfig(population=64),
-                       env={**SIGNAL, "segment_length": 256},
-                       migration=Migration(enabled=False), generations=gens)
+MID_MODEL = {"n_embd": 64, "n_layer": 2, "head_size": 32, "dim_ffn": 256}
+CARTPOLE = {"kind": "gym", "id": "CartPole-v1"}
+SEARCHES = {"C=64 L=2, 256 mutants": (MID_MODEL, 256, 1.7),
+            "C=16 L=1, 64 mutants": (None, 64, 1.4)}
+WARM, GENS = 2, 25
+REPEATS = 2  # runs of each arm of the strong-scaling comparison, interleaved
+PHASES = ("evaluate_s", "update_s", "communicate_s")
+
+
+def search(tmp: str, nodes: int, population: int, model: dict | None, mode: str = "consensus",
+           gens: int = GENS) -> dict:
+    """One search on `nodes` actors of 1 CPU each, CartPole: a consensus group splits
+    `population` (each member evaluates its share), isolated nodes each run all of it. Wall
+    time of `gens` generations after WARM, and where a generation's time went (each phase's
+    mean over generations of its slowest node; "coordinator": wall time outside the nodes'
+    round trips)."""
+    per_node = population // nodes if mode == "consensus" else population
+    cfg = swarm_config(tmp, nodes=nodes, mode=mode, env=CARTPOLE, seed=1,
+                       es=KalmanESConfig(population=per_node), checkpoint_every=0,
+                       migration=Migration(enabled=False), generations=gens,
+                       **({"model": model} if model else {}))
     with Swarm.launch(cfg) as swarm:
-        swarm.run(2)  # warm up: imports, the native kernel, first allocations
+        swarm.run(WARM)  # imports, the native kernel, first allocations
         t0 = time.perf_counter()
         swarm.run(gens)
-        seconds = time.perf_counter() - t0
-    return nodes * 64 * gens / seconds
+        wall = time.perf_counter() - t0
+    t = load_trace(swarm.run_dir).to_pydict()
+    keep = [k for k, g in enumerate(t["generation"]) if g >= WARM]
+    by_gen: dict[int, list[int]] = {}
+    for k in keep:
+        by_gen.setdefault(t["generation"][k], []).append(k)
+    phase = {p: statistics.mean(max(t[p][k] for k in ks) for ks in by_gen.values())
+             for p in (*PHASES, "generation_s")}
+    phase["coordinator"] = wall / gens - phase["generation_s"]
+    useful, computed = (sum(t[c][k] for k in keep) for c in ("rows_useful", "rows_computed"))
+    return {"wall_s": wall, "s_per_generation": wall / gens, "phases": phase,
+            "env_steps_per_s": useful / wall, "useful_share": useful / max(1, computed),
+            "weights": [t["fingerprint"][by_gen[g][0]] for g in sorted(by_gen)],
+            "one_node": all(len({t["fingerprint"][k] for k in ks}) == 1
+                            for ks in by_gen.values())}
 
 
 def scaling(tmp: str) -> dict:
-    rates = {n: evals_per_s(f"{tmp}/scale{n}", n) for n in (1, 2)}
-    return {"evals_per_s": rates, "ratio": rates[2] / rates[1], "target": 1.8}
+    """(a) Strong scaling of one search: a consensus group of 2 nodes against one node with
+    the whole population (same seed: the same weights every generation); weak scaling beside
+    it: 2 isolated nodes with P each against 1 with P (ideally the same wall time)."""
+    out = {}
+    for name, (model, population, target) in SEARCHES.items():
+        # one, two, one, two: the faster of each arm, so that load from elsewhere that comes
+        # and goes weighs on both alike
+        runs = [search(f"{tmp}/{arm}{population}-{k}", n, population, model)
+                for k in range(REPEATS) for arm, n in (("one", 1), ("two", 2))]
+        one = min(runs[0::2], key=lambda r: r["wall_s"])
+        two = min(runs[1::2], key=lambda r: r["wall_s"])
+        weak = search(f"{tmp}/weak{population}", 2, population, model, mode="isolated")
+        same = all(r["weights"] == one["weights"] and r["one_node"] for r in runs)
+        out[name] = {"one": _brief(one), "two": _brief(two), "weak_two": _brief(weak),
+                     "strong_speedup": one["wall_s"] / two["wall_s"], "target": target,
+                     "walls": [round(r["wall_s"], 2) for r in runs],
+                     "same_weights": same,
+                     "weak_wall_ratio": weak["wall_s"] / one["wall_s"]}
+    return out
+
+
+def evotorch_rate(actors: int, gens: int = GENS, population: int = 64) -> dict:
+    """EvoTorch's GymNE + PGPE on CartPole (its 16-unit tanh MLP, one episode per solution),
+    `actors` Ray actors (1: EvoTorch evaluates in this process), on this benchmark's local Ray:
+    env steps/s over `gens` generations after WARM."""
+    from evotorch.algorithms import PGPE
+    from evotorch.neuroevolution import GymNE
+
+    torch.manual_seed(1)
+    problem = GymNE(env="CartPole-v1", network="Linear(obs_length, 16) >> Tanh() >> "
+                    "Linear(16, act_length)", observation_normalization=True, num_episodes=1,
+                    num_actors=actors)
+    searcher = PGPE(problem, popsize=population, center_learning_rate=0.075,
+                    stdev_learning_rate=0.1, stdev_init=0.08, optimizer="clipup",
+                    optimizer_config={"max_speed": 0.15}, ranking_method="centered")
+    for _ in range(WARM):
+        searcher.step()
+    steps0 = problem.status["total_interaction_count"]
+    t0 = time.perf_counter()
+    for _ in range(gens):
+        searcher.step()
+    wall = time.perf_counter() - t0
+    steps = problem.status["total_interaction_count"] - steps0
+    if actors > 1:  # with one, EvoTorch made none
+        problem.kill_actors()
+    return {"wall_s": wall, "env_steps_per_s": steps / wall,
+            "env_steps_per_generation": steps / gens}
+
+
+def peer(tmp: str) -> dict:
+    """Side by side with EvoTorch on Ray: CartPole, population 64, 1 and 2 actors (this
+    project: one node with all 64 mutants, a consensus group of 2 with 32 each), env steps/s
+    and the 2/1 ratio of each."""
+    ours = {n: search(f"{tmp}/ours{n}", n, 64, None) for n in (1, 2)}
+    theirs = {n: evotorch_rate(n) for n in (1, 2)}
+    return {"ours": {n: _brief(r) for n, r in ours.items()}, "evotorch": theirs,
+            "ours_ratio": ours[2]["env_steps_per_s"] / ours[1]["env_steps_per_s"],
+            "evotorch_ratio": theirs[2]["env_steps_per_s"] / theirs[1]["env_steps_per_s"],
+            "per_actor_vs_evotorch": {n: ours[n]["env_steps_per_s"] / theirs[n]["env_steps_per_s"]
+                                      for n in (1, 2)},
+            "target_per_actor": 3.0}
+
+
+def _brief(r: dict) -> dict:
+    return {k: v for k, v in r.items() if k not in ("weights", "one_node")}
 
 
 def comm_share(tmp: str) -> dict:
@@ -233,20 +331,30 @@ def state_transfer(seeds: int) -> dict:
     return {k: {"per_seed": v, "median_mse": statistics.median(v)} for k, v in out.items()}
 
 
-TASKS = {"scaling": scaling, "comm": comm_share, "bytes": fitness_bytes, "helps": helps,
-         "fusion": fusion, "state": state_transfer}
+TASKS = {"scaling": scaling, "peer": peer, "comm": comm_share, "bytes": fitness_bytes,
+         "helps": helps, "fusion": fusion, "state": state_transfer}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tasks", default="scaling,comm,bytes,state,fusion,helps")
+    ap.add_argument("--tasks", default="scaling,peer,comm,bytes,state,fusion,helps")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--tmp", default="/tmp/rwkv-swarm-bench")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(cpu_line(), flush=True)
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # a Ray of its own on this machine (EvoTorch's actors use it too), shut down at the end
+    ray.init(address="local", include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
     results = {}
+    try:
+        run_tasks(args, results)
+    finally:
+        ray.shutdown()
+    print(json.dumps({**results, "cpu": cpu_line()}))
+
+
+def run_tasks(args: argparse.Namespace, results: dict) -> None:
     for task in args.tasks.split(","):
         t0 = time.perf_counter()
         fn = TASKS[task]
@@ -255,10 +363,9 @@ def main() -> None:
         if "seeds" in fn.__code__.co_varnames[:fn.__code__.co_argcount]:
             kwargs["seeds"] = args.seeds
         results[task] = fn(**kwargs)
+        results[task]["load"] = os.getloadavg()
         print(f"{task} ({time.perf_counter() - t0:.0f} s): {json.dumps(results[task])}",
               flush=True)
-    ray.shutdown()
-    print(json.dumps({**results, "cpu": cpu_line()}))
 
 
 if __name__ == "__main__":

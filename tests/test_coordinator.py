@@ -20,6 +20,8 @@ from rwkv_swarm.swarm import (
     load_trace,
     read_events,
 )
+from rwkv_swarm.swarm.checkpoints import CheckpointStore
+from rwkv_swarm.swarm.trace import last_generation, trace_parts
 
 SIGNAL_ENV = {"kind": "signal", "lags": 3}
 
@@ -57,6 +59,50 @@ def test_every_generation_leaves_one_row_per_node_and_the_peers_hear_each_other(
     assert all(a == 2 for a in table["absorbed_from"])  # a ring: two neighbours each
     assert all(r > 0 for r in table["received"]) and all(d == 0 for d in table["dropped"])
     assert all(0 <= p <= 1 for p in table["p_best"])
+
+
+def test_a_sync_generation_is_one_round_trip_per_node_and_a_failure_names_its_phase(tmp_path):
+    coordinator, hosts = local_swarm(tmp_path, checkpoint_every=0)
+    calls: list[str] = []
+    call = coordinator.nodes.call
+    coordinator.nodes.call = lambda method, *a, **kw: calls.append(method) or call(method, *a,
+                                                                                   **kw)
+    try:
+        coordinator.run(2)
+        assert calls == ["generation", "generation", "snapshot"]  # the last: best/ at the end
+        hosts[1].node.finish = None  # absorb fails once the report is out
+        coordinator.run(1)
+    finally:
+        for h in hosts:
+            h.close()
+    (fault,) = [e for e in read_events(coordinator.run_dir) if e["kind"] == "fault"]
+    assert (fault["node"], fault["phase"], fault["generation"]) == (1, "absorb", 2)
+    assert fault["detected_s"] is not None and "TypeError" in fault["error"]
+
+
+def test_trace_rows_wait_for_a_part_but_a_checkpoint_never_runs_ahead_of_them(tmp_path):
+    coordinator, hosts = local_swarm(tmp_path, checkpoint_every=2, trace_flush_s=3600.0)
+    seen = []
+
+    def on_disk(status):  # what a crash now would leave: rows, and the checkpoint resumed from
+        run_dir = coordinator.run_dir
+        coordinator.settle()  # the checkpoint written beside the next generation: on disk
+        seen.append((status["generation"], last_generation(run_dir),
+                     CheckpointStore(run_dir).load_coordinator()[0]))
+
+    try:
+        coordinator.run(5, on_generation=on_disk)
+    finally:
+        for h in hosts:
+            h.close()
+    # rows held until the checkpoint: on disk, exactly the generations before it
+    assert seen == [(1, None, 0), (2, 1, 2), (3, 1, 2), (4, 3, 4), (5, 3, 4)]
+    t = load_trace(coordinator.run_dir).to_pydict()
+    assert sorted(zip(t["generation"], t["node"], strict=True)) == \
+        [(g, n) for g in range(5) for n in range(4)]  # the held ones written at the end
+    # a part per checkpoint, merged at the next; the last (4 rows) is not merged into 16 rows
+    parts = trace_parts(coordinator.run_dir / "trace.parquet")
+    assert [(first, last) for first, last, _ in parts] == [(0, 1), (2, 2)]
 
 
 def test_a_signal_is_applied_once_per_target_at_the_next_boundary(swarm):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from rwkv_swarm.cluster.host import PhaseError
 from rwkv_swarm.cluster.pack import NodePack, NodeSpec
 from rwkv_swarm.node import KalmanESConfig, SwarmKeyring
 from rwkv_swarm.node.exchange import fingerprint
@@ -61,6 +62,23 @@ def test_one_packed_node_failing_is_its_own_result_and_restarts_in_its_slot(pack
     assert p.hosts[1].node.generation_count == 1
     assert [fingerprint(p.hosts[s].node.model) for s in (0, 2)] == before
     assert isinstance(p.call("ping", [5], [()])[0], RuntimeError)  # an empty slot
+
+
+def test_a_packed_node_failing_in_a_generation_names_its_phase(pack):
+    """As NodeHost.generation does for an unpacked node: the coordinator reports the fault
+    with the phase it happened in."""
+    p, _ = pack
+
+    def broken(*_args):
+        raise RuntimeError("the world fell over")
+
+    p.hosts[1].member.share = broken
+    p.hosts[2].member.absorb = broken
+    rows = p.call("generation", [0, 1, 2], [(0.5,)] * 3)
+    assert isinstance(rows[0], dict) and rows[0]["name"] == "node-0"
+    assert isinstance(rows[1], PhaseError) and rows[1].phase == "share"
+    assert isinstance(rows[2], PhaseError) and rows[2].phase == "absorb"
+    assert "the world fell over" in str(rows[2])
 
 
 @pytest.mark.parametrize("nodes, cpus, k, expected", [

@@ -202,7 +202,9 @@ def reached(runs: Path, generation: int) -> bool:
 def test_a_run_killed_with_its_ray_is_resumed_from_another_process(tmp_path):
     runs = tmp_path / "runs"
     path = tmp_path / "swarm.toml"
-    path.write_text(config(runs, mode="consensus", generations=10, checkpoint_every=4).to_toml())
+    # a trace part per generation: the rows of generation 4 are seen before checkpoint 8
+    path.write_text(config(runs, mode="consensus", generations=10, checkpoint_every=4,
+                           trace_flush_s=0.0).to_toml())
     launcher = cli("run", str(path), "--quiet", out=tmp_path / "run.log")
     try:
         deadline = time.monotonic() + WAIT_S

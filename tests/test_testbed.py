@@ -302,7 +302,8 @@ def test_a_host_cut_off_for_20_s_its_nodes_restart_elsewhere_and_the_run_finishe
     faults = [e for e in events if e["kind"] == "fault"]
     restarts = {e["node"]: e for e in events if e["kind"] == "restart"}
     assert sorted(e["node"] for e in faults) == sorted(cut_nodes), faults  # one each, no other
-    assert all(e["restart"] and e["phase"] in ("share", "absorb") for e in faults), faults
+    # a host cut off mid round trip: the actor's death, not a phase it raised in
+    assert all(e["restart"] and e["phase"] == "generation" for e in faults), faults
     # seen once Ray declared h3 dead: after the cut, long before the restore
     assert all(times["cut"] < e["time"] < times["restore"] for e in faults), (times, faults)
     assert sorted(restarts) == sorted(cut_nodes), restarts

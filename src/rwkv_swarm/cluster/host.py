@@ -28,6 +28,26 @@ SNAPSHOT_VERSION = 1
 CONTROL_WAIT_S = 120.0  # longest a control call waits for the async loop's next boundary
 
 
+class PhaseError(RuntimeError):
+    """A node's failure in one phase of a generation ("share" or "absorb"), raised by the calls
+    that run both (`NodeHost.generation`): the swarm reports the fault with its phase."""
+
+    def __init__(self, phase: str, message: str):
+        super().__init__(phase, message)
+        self.phase, self.message = phase, message
+
+    def __str__(self) -> str:
+        return f"in {self.phase}: {self.message}"
+
+
+def in_phase(phase: str, op: Callable[..., Any], *args: Any) -> Any:
+    """op(*args), a failure raised as a `PhaseError` of `phase`."""
+    try:
+        return op(*args)
+    except Exception as e:  # noqa: BLE001 - handed on with the phase it happened in
+        raise PhaseError(phase, f"{type(e).__name__}: {e}") from e
+
+
 class NodeHost:
     """One swarm node: its member, its peers' latest beliefs, its control queue."""
 
@@ -129,6 +149,13 @@ class NodeHost:
             row["dropped_by"] = ",".join(f"{k}:{v}" for k, v in sorted(self._dropped().items()))
             return row
 
+    def generation(self, wait_s: float) -> dict[str, Any]:
+        """Both phases in one call: `share()`, then `absorb(wait_s)` (the sync swarm's one round
+        trip a generation; `wait_s` counts from this node's own report, so it covers a slower
+        peer's evaluation too). A failure is a `PhaseError` naming its phase."""
+        in_phase("share", self.share)
+        return in_phase("absorb", self.absorb, wait_s)
+
     def _broadcast_state(self, weights: bytes) -> None:
         """Send the live state (of the weights hashed as `weights`) and the fitness belief."""
         m, t = self.member, self.member.transport
@@ -158,11 +185,6 @@ class NodeHost:
             elif msg.type == "belief" and msg.fields["name"] == "fitness":
                 self.peer_beliefs[msg.node] = (msg.gen, float(msg.arrays["mean"][0]),
                                                float(msg.arrays["var"][0]))
-
-    def generation(self, wait_s: float) -> dict[str, Any]:
-        """`share()` then `absorb(wait_s)`: one whole generation; returns the trace row."""
-        self.share()
-        return self.absorb(wait_s)
 
     # -- control: signals, adoption, checkpoints ------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError
 
-from .host import NodeHost
+from .host import NodeHost, in_phase
 from .placement import Respawn
 
 NODE_TIMEOUT_S = 3600.0  # a node that answers nothing for this long is given up
@@ -199,17 +199,29 @@ class LocalNodes:
     def call(self, method: str, args: list[tuple] | tuple = (), only: list[int] | None = None,
              on_fault: OnFault | None = None) -> list[Any]:
         idx = list(range(len(self.hosts))) if only is None else list(only)
-        if method == "generation":  # every report sent before any node waits for its peers'
-            shared = self.call("share", only=idx, on_fault=on_fault)
-            ok = [i for i, r in zip(idx, shared, strict=True) if not isinstance(r, BaseException)]
-            got = dict(zip(ok, self.call("absorb", args, only=ok, on_fault=on_fault),
-                           strict=True))
-            return [got.get(i, r) for i, r in zip(idx, shared, strict=True)]
-        out = []
         per = _per_node(args, len(self.hosts))
+        if method == "generation":  # one after another, each would wait for the next's report
+            return self._generation(idx, per, on_fault)
+        return self._each(idx, lambda i: getattr(self.hosts[i], method)(*per[i]), on_fault)
+
+    def _generation(self, idx: list[int], per: list[tuple], on_fault: OnFault | None
+                    ) -> list[Any]:
+        """`NodeHost.generation` on hosts in one thread: every share, then every absorb."""
+        shared = self._each(idx, lambda i: in_phase("share", self.hosts[i].share), on_fault)
+        out: dict[int, Any] = {i: r for i, r in zip(idx, shared, strict=True)
+                               if isinstance(r, BaseException)}
+        ok = [i for i in idx if i not in out]
+        absorbed = self._each(ok, lambda i: in_phase("absorb", self.hosts[i].absorb, *per[i]),
+                              on_fault)
+        out.update(zip(ok, absorbed, strict=True))
+        return [out[i] for i in idx]
+
+    def _each(self, idx: list[int], op: Callable[[int], Any], on_fault: OnFault | None
+              ) -> list[Any]:
+        out = []
         for i in idx:
             try:
-                out.append(getattr(self.hosts[i], method)(*per[i]))
+                out.append(op(i))
             except Exception as e:  # noqa: BLE001 - reported as this node's fault
                 out.append(e)
                 if on_fault is not None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..node import NodeConfig, NodeKeys, SwarmKeyring, TransportConfig
-from .host import NodeHost
+from .host import NodeHost, in_phase
 
 
 @dataclass(repr=False)
@@ -68,24 +68,27 @@ class NodePack:
         every slot, then `absorb` on every slot (a node's absorb waits for its pack-mates'
         reports). While the async loop runs, each slot's call waits for its own node's
         boundary in a thread of its own, so that k nodes take one boundary, not k."""
-        if method == "generation":
-            shared = self._each("share", slots, [()] * len(slots))
+        if method == "generation":  # a failure names its phase, as NodeHost.generation's
+            shared = self._each("share", slots, [()] * len(slots), phased=True)
             ok = [j for j, r in enumerate(shared) if not isinstance(r, BaseException)]
-            absorbed = self._each("absorb", [slots[j] for j in ok], [args[j] for j in ok])
+            absorbed = self._each("absorb", [slots[j] for j in ok], [args[j] for j in ok],
+                                  phased=True)
             for j, r in zip(ok, absorbed, strict=True):
                 shared[j] = r
             return shared
         return self._each(method, slots, args)
 
-    def _each(self, method: str, slots: list[int], args: list[tuple]) -> list[Any]:
+    def _each(self, method: str, slots: list[int], args: list[tuple], phased: bool = False
+              ) -> list[Any]:
         if len(slots) > 1 and any(h.looping for h in self.hosts.values()):
             with ThreadPoolExecutor(len(slots)) as pool:
-                return list(pool.map(lambda s, a: self._one(method, s, a), slots, args))
-        return [self._one(method, s, a) for s, a in zip(slots, args, strict=True)]
+                return list(pool.map(lambda s, a: self._one(method, s, a, phased), slots, args))
+        return [self._one(method, s, a, phased) for s, a in zip(slots, args, strict=True)]
 
-    def _one(self, method: str, slot: int, args: tuple) -> Any:
+    def _one(self, method: str, slot: int, args: tuple, phased: bool = False) -> Any:
         try:
-            return getattr(self._host(slot), method)(*args)
+            op = getattr(self._host(slot), method)
+            return in_phase(method, op, *args) if phased else op(*args)
         except Exception as e:  # noqa: BLE001 - this node's failure, not its pack's
             return portable(e)
 

@@ -207,6 +207,8 @@ class Node:
         self.episodes_used += self._evaluated.returns.size
         self.env_steps += self._evaluated.env_steps
         row.update(episodes=self.episodes_used, env_steps=self.env_steps,
+                   rows_useful=self._evaluated.env_steps,
+                   rows_computed=self._evaluated.rows_computed,
                    bad_obs=int(self._evaluated.bad_obs.sum()),
                    diverged=int(self._evaluated.diverged.sum()),
                    refused=sum(self.refused.values()) - refused_before,

@@ -25,11 +25,24 @@ import torch
 from ..kalman import Gaussian, covariance_intersection
 
 GRID = 1025  # quadrature points for P(best) over +-9 sd: the integrand is smooth
+REACH = 9.0  # sds from its mean beyond which a lineage's density or CDF counts as 0 or 1
+_SERIAL = 32_768  # elements torch computes in one thread (its parallel grain)
 
 
 def ndtr(z: np.ndarray) -> np.ndarray:
     """The standard normal CDF, elementwise."""
     return torch.special.ndtr(torch.from_numpy(np.asarray(z, np.float64))).numpy()
+
+
+def _log_ndtr(z: np.ndarray) -> np.ndarray:
+    """log of the standard normal CDF of each row of z, a block of rows at a time: each call
+    stays under torch's grain for splitting work over threads, which a busy machine's other
+    processes would otherwise stall (a swarm's coordinator shares its cores with nodes)."""
+    out = np.empty_like(z)
+    rows = max(1, _SERIAL // z.shape[1])
+    for a in range(0, z.shape[0], rows):
+        out[a:a + rows] = torch.special.log_ndtr(torch.from_numpy(z[a:a + rows])).numpy()
+    return out
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,9 @@ def fuse_lineages(summaries: Sequence[Summary]) -> dict[str, tuple[float, float,
             groups.setdefault(s.lineage, []).append(s)
     out = {}
     for key, members in groups.items():
+        if len(members) == 1:  # a belief fused with nothing else is itself
+            out[key] = (float(members[0].mean), float(members[0].var), [members[0].node])
+            continue
         g = covariance_intersection([Gaussian(np.array([m.mean]), np.array([m.var]))
                                      for m in members])
         out[key] = (float(g.mean[0]), float(g.full_cov()[0, 0]), sorted(m.node for m in members))
@@ -70,19 +86,28 @@ def fuse_lineages(summaries: Sequence[Summary]) -> dict[str, tuple[float, float,
 
 
 def prob_best(means: Sequence[float], variances: Sequence[float]) -> np.ndarray:
-    """P(i has the highest true value) for independent N(means[i], variances[i])."""
+    """P(i has the highest true value) for independent N(means[i], variances[i]).
+
+    Only x above L = max(mean - 9 sd) matters (below it the lineage reaching L is almost surely
+    above x), and a lineage whose mean + 9 sd is below L is best with P < 1e-18 and is almost
+    surely below any such x: it gets 0 and leaves the product, so the quadrature runs over the
+    lineages that can be best, on [L, max(mean + 9 sd)]."""
     mu, sd = np.asarray(means, float), np.sqrt(np.asarray(variances, float))
     if mu.size == 1:
         return np.ones(1)
-    lo, hi = float((mu - 9 * sd).min()), float((mu + 9 * sd).max())
-    x = np.linspace(lo, hi, GRID)
+    floor = float((mu - REACH * sd).max())
+    live = np.flatnonzero(mu + REACH * sd >= floor)
+    mu, sd = mu[live], sd[live]
+    x = np.linspace(floor, float((mu + REACH * sd).max()), GRID)
     z = (x[None, :] - mu[:, None]) / sd[:, None]
-    log_cdf = np.log(np.clip(ndtr(z), 1e-300, 1.0))  # (n, grid)
+    log_cdf = _log_ndtr(z)  # (n, grid)
     pdf = np.exp(-0.5 * z * z) / (sd[:, None] * math.sqrt(2 * math.pi))
     others = np.exp(log_cdf.sum(0, keepdims=True) - log_cdf)  # prod over j != i
     f = pdf * others
     p = ((f[:, 1:] + f[:, :-1]) * 0.5 * np.diff(x)).sum(1)  # trapezoid rule
-    return p / p.sum()
+    out = np.zeros(len(means))
+    out[live] = p / p.sum()
+    return out
 
 
 def p_greater(m1: float, v1: float, m2: float, v2: float) -> float:

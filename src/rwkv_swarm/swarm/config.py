@@ -136,6 +136,9 @@ class SwarmConfig(ConfigFile):
     secure: bool = True  # CURVE keys for every node; peers without them are refused
     run_dir: str = "runs"  # runs/<run-id>/ holds config.toml, trace.parquet, events.jsonl
     tensorboard: bool = False  # also log scalars under runs/<run-id>/tb (needs tensorboard)
+    trace_flush_s: float = 1.0  # longest the newest trace rows wait in memory before they go to
+    # disk as one Parquet part (a part is also written before every checkpoint and at the end of
+    # a run; 0: a part per generation)
 
     def __post_init__(self) -> None:
         configio.take_tables(self)
@@ -190,6 +193,9 @@ class SwarmConfig(ConfigFile):
         if type(self.checkpoint_every) is not int or self.checkpoint_every < 0:
             raise ConfigError("checkpoint_every", f"got {self.checkpoint_every!r}, expected an "
                                                   "integer >= 0 (0: no checkpoints)")
+        if type(self.trace_flush_s) not in (int, float) or not 0 <= self.trace_flush_s < math.inf:
+            raise ConfigError("trace_flush_s", f"got {self.trace_flush_s!r}, expected a number of "
+                                               "seconds >= 0")
         if not self.wait_s > 0 or not self.run_dir:
             raise ConfigError("wait_s", f"need wait_s > 0 and a run_dir, got {self.wait_s}, "
                                         f"{self.run_dir!r}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .beliefs import Summary, fuse_lineages, lineage_p_best, migrations
+from .board import open_board, write_board
 from .checkpoints import CheckpointStore
 from .config import SwarmConfig
 from .faults import Recovery
@@ -30,8 +32,6 @@ from .topology import neighbours as make_neighbours
 from .trace import EventLog, TraceWriter
 
 SIGNAL_WAIT_S = 600.0  # longest inject() waits for its signal to be applied
-BOARD_SCALARS = ("fitness_mean", "fitness_max", "belief_mean", "belief_var", "sigma", "p_best",
-                 "step_norm", "nis")
 
 
 class Nodes(Protocol):
@@ -74,7 +74,8 @@ class Coordinator:
     def __init__(self, config: SwarmConfig, run_id: str, run_dir: str | Path, nodes: Nodes):
         self.config, self.run_id, self.nodes = config, run_id, nodes
         self.run_dir = Path(run_dir)
-        self.trace, self.events = TraceWriter(self.run_dir), EventLog(self.run_dir)
+        self.trace = TraceWriter(self.run_dir, config.trace_flush_s)
+        self.events = EventLog(self.run_dir)
         self.store = CheckpointStore(self.run_dir)
         self.generation = 0  # the next generation to run
         self.in_flight: int | None = None  # the generation running now
@@ -89,10 +90,16 @@ class Coordinator:
         self._stop = threading.Event()
         self._buffer: list[dict[str, Any]] = []
         self._started = time.time()
-        self._board = self._tensorboard() if config.tensorboard else None
+        self._board = open_board(self.run_dir, self.events) if config.tensorboard else None
         self._decided = -1  # the last generation migrations were decided at
+        self._seen = 0  # rows taken into `last` so far: the beliefs below are of that moment
+        self._beliefs_of: tuple[Any, ...] = ()  # (seen, alive) -> summaries, fused, P(best)
+        self._group_of = {i: g[0] for g in config.groups() for i in g}
         self._target_hit = False
         self.recovery = Recovery(self)  # dead nodes: their peers told, restarted, rejoined
+        # checkpoints go to disk beside the next generation, one at a time, in order
+        self._disk = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        self._writing: Future | None = None
         self._wire(self.neighbour_lists, strict=True)
 
     # -- peers -----------------------------------------------------------------------------------
@@ -216,12 +223,11 @@ class Coordinator:
             return
         with self._lock:
             self.in_flight = gen
-        t0 = time.perf_counter()
-        shared = self.nodes.call("share", only=live, on_fault=self._on_fault("share"))
-        ok = [i for i, r in zip(live, shared, strict=True) if not self._fault(i, r, "share")]
-        rows = self.nodes.call("absorb", (self.config.wait_s,), only=ok,
-                               on_fault=self._on_fault("absorb"))
-        done = [(i, r) for i, r in zip(ok, rows, strict=True) if not self._fault(i, r, "absorb")]
+        t0 = time.perf_counter()  # one round trip: each node shares, then absorbs
+        rows = self.nodes.call("generation", (self.config.wait_s,), only=live,
+                               on_fault=self._on_fault("generation"))
+        done = [(i, r) for i, r in zip(live, rows, strict=True)
+                if not self._fault(i, r, "generation")]
         elapsed = time.perf_counter() - t0
         out = []
         for i, row in done:
@@ -234,16 +240,20 @@ class Coordinator:
     def _finish(self, gen: int, rows: list[dict[str, Any]]) -> None:
         for row in rows:
             self.last[row["node"]] = row
+        self._seen += 1
         self._decide(gen, rows)
         self._write(rows)
         with self._lock:
             self.generation, self.in_flight = gen + 1, None
 
-    def _fault(self, i: int, result: Any, phase: str) -> bool:
-        """Whether `result` is node i's failure (then handled: see `Recovery.lost`)."""
+    def _fault(self, i: int, result: Any, call: str) -> bool:
+        """Whether `result` is node i's failure in `call` (then handled: see `Recovery.lost`;
+        the phase is the one a `PhaseError` names, else the call's)."""
         if not isinstance(result, BaseException):
             return False
-        self.recovery.lost(i, result, phase, restart=self.config.sync)
+        cause = getattr(result, "cause", None)  # Ray's wrapper of what the actor raised
+        phase = getattr(result, "phase", None) or getattr(cause, "phase", None) or call
+        self.recovery.lost(i, result, phase, restart=self.config.sync, call=call)
         return True
 
     def _on_fault(self, phase: str) -> Any:
@@ -256,36 +266,54 @@ class Coordinator:
 
     def _checkpoint(self, force: bool = False) -> None:
         """Between generations, every `checkpoint_every`: each live node's snapshot and the
-        coordinator's state into runs/<id>/checkpoints/."""
+        coordinator's state into runs/<id>/checkpoints/, written while the next generation
+        runs (`settle` waits for them). The trace's rows are on disk before, so that a
+        checkpoint never runs ahead of the trace it is resumed with."""
         every = self.config.checkpoint_every
         if not every or (self.generation % every and not force):
             return
+        self.trace.flush()
         live, snaps = sorted(self.alive), {}
         for i, r in zip(live, self.nodes.call("snapshot", only=live), strict=True):
             if not self._fault(i, r, "snapshot"):
-                self.store.save_node(i, r["generation"], r["snapshot"])
                 snaps[i] = r
-        self.store.save_coordinator(self.generation, self.state_dict())
-        self._save_best(snaps)
+        self.settle()
+        self._writing = self._disk.submit(self._store, self.generation, snaps, self.state_dict(),
+                                          self.best())
+
+    def _store(self, generation: int, snaps: dict[int, dict[str, Any]], state: dict[str, Any],
+               best: dict[str, Any] | None) -> None:
+        for i, r in snaps.items():  # the coordinator's state last: it completes the checkpoint
+            self.store.save_node(i, r["generation"], r["snapshot"])
+        self.store.save_coordinator(generation, state)
+        self._save_best(snaps, best)
         self.trace.compact()
+
+    def settle(self) -> None:
+        """Wait until the checkpoint being written is on disk (raising what writing it
+        raised)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
 
     # -- the result --------------------------------------------------------------------------------
 
     def _wrap_up(self) -> None:
         """At the end of a run() call: the best node's policy from its current weights, and
         the trace's small parts merged."""
+        self.settle()
         best = self.best()
         if best is not None and best["node"] in self.alive:
             (r,) = self.nodes.call("snapshot", only=[best["node"]],
                                    on_fault=self._on_fault("snapshot"))
             if not isinstance(r, BaseException):
-                self._save_best({best["node"]: r})
+                self._save_best({best["node"]: r}, best)
+        self.trace.flush()
         self.trace.compact()
 
-    def _save_best(self, snaps: dict[int, dict[str, Any]]) -> None:
+    def _save_best(self, snaps: dict[int, dict[str, Any]], best: dict[str, Any] | None) -> None:
         """runs/<id>/best/ from the best node's snapshot in `snaps` (see `result.save_best`);
         one that cannot be written is a `warning` event: the run goes on."""
-        best = self.best()
         if best is None or best["node"] not in snaps:
             return
         try:
@@ -310,7 +338,7 @@ class Coordinator:
     def state_dict(self) -> dict[str, Any]:
         """What the coordinator knows that its nodes' snapshots do not (JSON-able)."""
         return {"generation": self.generation, "alive": sorted(self.alive),
-                "neighbours": self.neighbour_lists, "lineage": self.lineage,
+                "neighbours": self.neighbour_lists, "lineage": list(self.lineage),
                 "decided": self._decided, "rows": self.trace.rows,
                 "last": {str(i): r for i, r in self.last.items()}}
 
@@ -333,6 +361,7 @@ class Coordinator:
         with self._lock:
             self.generation, self._decided, self.trace.rows = generation, decided, rows
             self.alive, self.last, self.lineage = alive, last, lineage
+            self._seen += 1
         if lists != self.neighbour_lists:
             self.neighbour_lists = lists
             self._wire(lists)
@@ -352,37 +381,48 @@ class Coordinator:
 
     def summaries(self) -> list[Summary]:
         """Each live node's latest belief (a dead node's last row takes no part)."""
-        groups = {i: g[0] for g in self.config.groups() for i in g}
         out = []
+        consensus = self.config.mode == "consensus"
         for i, row in sorted(self.last.items()):
             if i not in self.alive:  # a dead node's weights cannot be migrated from or to
                 continue
-            lineage = f"group-{groups[i]}" if self.config.mode == "consensus" \
+            lineage = f"group-{self._group_of[i]}" if consensus \
                 else row.get("fingerprint", str(i))
             out.append(Summary(i, lineage, row["belief_mean"], row["belief_var"]))
         return out
+
+    def _beliefs(self) -> tuple[list[Summary], dict[str, Any], dict[int, float], str | None]:
+        """(summaries, fused lineages, each node's P(best), the best lineage), computed once
+        per change of the rows or of the live nodes (a generation asks several times)."""
+        key = (self._seen, frozenset(self.alive))
+        if self._beliefs_of[:1] != (key,):
+            summaries = self.summaries()
+            fused = fuse_lineages(summaries)
+            p_of: dict[int, float] = {}
+            top = None
+            if fused:
+                keys, p = lineage_p_best(fused)
+                p_of = {n: float(pk) for k, pk in zip(keys, p, strict=True) for n in fused[k][2]}
+                top = keys[int(np.argmax(p))]
+            self._beliefs_of = (key, summaries, fused, p_of, top)
+        return self._beliefs_of[1:]
 
     def best(self) -> dict[str, Any] | None:
         """The best live lineage by belief: {"node" (its lowest live node), "p_best",
         "belief_mean", "belief_var" (its fused belief), "generation" (of that node's last row)};
         None before any row."""
-        fused = fuse_lineages(self.summaries())
-        if not fused:
+        _, fused, p_of, top = self._beliefs()
+        if top is None:
             return None
-        keys, p = lineage_p_best(fused)
-        k = int(np.argmax(p))
-        mean, var, members = fused[keys[k]]
+        mean, var, members = fused[top]
         node = min(members)
-        return {"node": node, "p_best": float(p[k]), "belief_mean": float(mean),
+        return {"node": node, "p_best": p_of[node], "belief_mean": float(mean),
                 "belief_var": float(var), "generation": self.last[node].get("generation")}
 
     def _decide(self, gen: int, rows: list[dict[str, Any]]) -> None:
         """P(best) into every row; at the due generations, the gated migrations."""
-        summaries = self.summaries()
-        fused = fuse_lineages(summaries)
+        summaries, fused, p_of, _ = self._beliefs()
         if fused:
-            keys, p = lineage_p_best(fused)
-            p_of = {n: float(pk) for k, pk in zip(keys, p, strict=True) for n in fused[k][2]}
             for row in rows:
                 row["p_best"] = p_of.get(row["node"], math.nan)
         m = self.config.migration
@@ -444,6 +484,7 @@ class Coordinator:
             row["signals"] = ",".join(self._applied_now.pop(row["node"], []))
             self._buffer.append(row)
             self.last[row["node"]] = row
+            self._seen += 1
             self.generation = max(self.generation, row["generation"] + 1)
 
     def _flush(self, final: bool = False) -> None:
@@ -460,23 +501,7 @@ class Coordinator:
     def _write(self, rows: list[dict[str, Any]]) -> None:
         self.trace.write(rows)
         if self._board is not None:
-            for r in rows:
-                for key in BOARD_SCALARS:
-                    value = r.get(key)
-                    if value is not None and math.isfinite(value):
-                        self._board.add_scalar(f"node{r['node']}/{key}", value, r["generation"])
-            self._board.flush()
-
-    def _tensorboard(self) -> Any:
-        """A TensorBoard writer under runs/<id>/tb, or None (with a warning event) when the
-        tensorboard package is not installed."""
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            self.events.write("warning", message=f"tensorboard = true but it cannot be used "
-                                                 f"({e}): pip install tensorboard")
-            return None
-        return SummaryWriter(str(self.run_dir / "tb"))
+            write_board(self._board, rows)
 
     # -- status ----------------------------------------------------------------------------------
 

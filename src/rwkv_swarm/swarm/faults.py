@@ -42,9 +42,11 @@ class Recovery:
         self.delivered: list[Signal] = []  # every signal sent: a restarted node gets them again
         self.phase: tuple[str, float] = ("", time.monotonic())  # the call running, its start
 
-    def lost(self, i: int, error: BaseException, phase: str, restart: bool = True) -> None:
-        """Node i failed (died, or raised in `phase`): out of the swarm, its peers stop waiting
-        for it now, and (when `restart`) a new node i starts from its newest snapshot."""
+    def lost(self, i: int, error: BaseException, phase: str, restart: bool = True,
+             call: str | None = None) -> None:
+        """Node i failed (died, or raised in `phase` of `call`, by default the call named
+        `phase`): out of the swarm, its peers stop waiting for it now, and (when `restart`) a
+        new node i starts from its newest snapshot."""
         c = self.c
         if i not in c.alive:
             return
@@ -52,7 +54,7 @@ class Recovery:
         c.alive.discard(i)
         c.nodes.tell("peer_gone", (c.nodes.names[i],), only=sorted(c.alive))
         gen = c.generation if c.in_flight is None else c.in_flight
-        into = round(now - self.phase[1], 4) if self.phase[0] == phase else None
+        into = round(now - self.phase[1], 4) if self.phase[0] == (call or phase) else None
         c.events.write("fault", generation=gen, node=i, phase=phase, detected_s=into,
                        error=f"{type(error).__name__}: {error}"[:500],
                        restart=restart and self._restart(i, gen, now))
@@ -61,6 +63,7 @@ class Recovery:
         c = self.c
         if self.restarts[i] >= MAX_RESTARTS:
             return False
+        c.settle()  # its newest snapshot may be on its way to disk
         got = c.store.load_node(i)
         snapshot, blob = got if got is not None else (None, None)
         try:

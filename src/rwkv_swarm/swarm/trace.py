@@ -1,13 +1,15 @@
 """A run's record: `trace.parquet` (one row per generation x node) and `events.jsonl`.
 
-`trace.parquet` is a directory of Parquet parts, one written (to a temporary name, then renamed)
-per generation or batch of rows: a part on disk is always complete, so a crash loses at most
-the rows in flight. `TraceWriter.compact` (the coordinator calls it at every checkpoint and at
-the end of a run) merges the small parts into one named by the range of part numbers it covers,
-`part-<first>-<last>.parquet`, then removes the parts it covers: a crash in between leaves both,
-and `load_trace` reads a covered part's rows once, from the widest part that covers them. The
-schema and its version are in docs/trace.md; `load_trace` returns a pyarrow Table sorted by
-(generation, node).
+`trace.parquet` is a directory of Parquet parts, each written to a temporary name, then
+renamed: a part on disk is always complete. `TraceWriter.write` holds rows until a part is due
+(`flush_s` after the last one, or `flush()`: the coordinator flushes before every checkpoint
+and at the end of a run), so a crash loses at most the rows since the last part, all of them
+after the newest checkpoint: a resumed run runs them again. `TraceWriter.compact` (at every
+checkpoint and at the end of a run) merges the newest small parts into one named by the range
+of part numbers it covers, `part-<first>-<last>.parquet`, then removes the parts it covers: a
+crash in between leaves both, and `load_trace` reads a covered part's rows once, from the
+widest part that covers them. The schema and its version are in docs/trace.md; `load_trace`
+returns a pyarrow Table sorted by (generation, node).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ COLUMNS: dict[str, pa.DataType] = {
     "belief_mean": F, "belief_var": F, "gain": F, "innovation": F, "nis": F, "surprised": B,
     "sigma": F, "lr": F, "grad_norm": F, "step_norm": F, "direction_gain": F,
     "expected_change": F, "tied": B, "centre_return": F, "episodes": I, "env_steps": I,
+    "rows_useful": I, "rows_computed": I,
     "absorbed": I, "absorbed_from": I, "refused": I, "missing": I, "bad_obs": I, "diverged": I,
     "migrated_from": I, "p_best": F, "signals": S,
     "evaluate_s": F, "update_s": F, "communicate_s": F, "generation_s": F,
@@ -81,6 +84,9 @@ def _write_part(table: pa.Table, final: Path) -> None:
     os.replace(tmp, final)  # atomic: a reader never sees half a part
 
 
+_FIELDS = [(k, _MISSING[t], {F: float, I: int, B: bool, S: str}[t]) for k, t in COLUMNS.items()]
+
+
 def trace_row(row: dict[str, Any]) -> dict[str, Any]:
     """A node's row (node.Node / Member / NodeHost) in the trace's columns; absent values get
     their column's "does not apply" value (NaN, -1, False, "")."""
@@ -88,56 +94,64 @@ def trace_row(row: dict[str, Any]) -> dict[str, Any]:
     r.setdefault("update_s", r.get("tell_s", 0.0) + r.get("centre_s", 0.0))
     r.setdefault("communicate_s", r.get("wait_s", math.nan))
     out = {}
-    for k, t in COLUMNS.items():
-        v = r.get(k, _MISSING[t])
-        if t == I:
-            v = int(v) if v is not None else -1
-        elif t == F:
-            v = float(v) if v is not None else math.nan
-        elif t == B:
-            v = bool(v)
-        else:
-            v = "" if v is None else str(v)
-        out[k] = v
+    for k, missing, cast in _FIELDS:
+        v = r.get(k)
+        out[k] = missing if v is None else cast(v)
     return out
 
 
 class TraceWriter:
-    """Appends rows to runs/<id>/trace.parquet/ as complete Parquet parts; `compact` merges
-    them."""
+    """Appends rows to runs/<id>/trace.parquet/ as complete Parquet parts, a part at most every
+    `flush_s` seconds (0: one per `write`); `compact` merges them."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, flush_s: float = 0.0):
         self.dir = Path(run_dir) / "trace.parquet"
         self.dir.mkdir(parents=True, exist_ok=True)
         for p in _covered(self.dir):  # finish a compaction a crash interrupted
             p.unlink(missing_ok=True)
         # after the last part there: a truncation may have removed some before it
         self.parts = 1 + max((last for _, last, _ in trace_parts(self.dir)), default=-1)
-        self.rows = 0
+        self.rows = 0  # rows written, held ones included
+        self.flush_s = flush_s
+        self._held: list[dict[str, Any]] = []
+        self._flushed = time.monotonic()
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Take `rows`; they are on disk once a part is due (see the class docstring)."""
         rows = [trace_row(r) for r in rows]
-        if not rows:
+        self._held += rows
+        self.rows += len(rows)
+        if time.monotonic() - self._flushed >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Every row held, on disk now as one part."""
+        self._flushed = time.monotonic()
+        if not self._held:
             return
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        table = pa.Table.from_pylist(self._held, schema=SCHEMA)
         final = self.dir / f"part-{self.parts:06d}.parquet"
         tmp = self.dir / f".{final.name}.tmp"
         pq.write_table(table, tmp)
         os.replace(tmp, final)  # atomic: a reader never sees half a part
         self.parts += 1
-        self.rows += len(rows)
+        self._held = []
 
     def compact(self, max_rows: int = COMPACT_ROWS) -> Path | None:
-        """Merge the trailing parts smaller than `max_rows` rows into one part named by the
-        range they cover, then remove them; returns the merged part (None: nothing to merge).
-        The merged part is on disk before any part it covers goes, so a crash loses nothing,
-        and `trace_parts` never reads a row twice meanwhile."""
-        parts = trace_parts(self.dir)
+        """Merge the newest parts smaller than `max_rows` rows into one part named by the range
+        they cover, then remove them; returns the merged part (None: nothing to merge). An
+        older part joins only while it holds no more rows than the newer ones together, so a
+        row is rewritten about log2(rows) times over a run, not at every compaction. The merged
+        part is on disk before any part it covers goes, so a crash loses nothing, and
+        `trace_parts` never reads a row twice meanwhile."""
         small: list[tuple[int, int, Path]] = []
-        for entry in reversed(parts):
-            if pq.ParquetFile(entry[2]).metadata.num_rows >= max_rows:
+        newer = 0
+        for entry in reversed(trace_parts(self.dir)):
+            rows = pq.ParquetFile(entry[2]).metadata.num_rows
+            if rows >= max_rows or (small and rows > newer):
                 break
             small.insert(0, entry)
+            newer += rows
         if len(small) < 2:
             return None
         table = pa.concat_tables([pq.read_table(p, schema=SCHEMA) for _, _, p in small])
