@@ -61,6 +61,29 @@ def test_every_generation_leaves_one_row_per_node_and_the_peers_hear_each_other(
     assert all(0 <= p <= 1 for p in table["p_best"])
 
 
+def test_a_due_checkpoint_takes_the_snapshots_sent_with_the_generation(tmp_path):
+    """No round trip of its own: the nodes send their snapshots with the generation before a
+    checkpoint, and those are what a snapshot call at that boundary gives."""
+    coordinator, hosts = local_swarm(tmp_path, checkpoint_every=2)
+    calls: list[tuple[str, tuple]] = []
+    call = coordinator.nodes.call
+    coordinator.nodes.call = lambda method, args=(), **kw: calls.append((method, args)) or \
+        call(method, args, **kw)
+    try:
+        coordinator.run(4)
+        now = [h.snapshot()["snapshot"] for h in hosts]
+    finally:
+        for h in hosts:
+            h.close()
+    assert [m for m, _ in calls] == ["snapshot"] + ["generation"] * 4 + ["snapshot"]
+    assert [a[1] for m, a in calls if m == "generation"] == [False, True, False, True]
+    coordinator.settle()
+    store = coordinator.store
+    assert [store.node_generations(i) for i in range(4)] == [[0, 2, 4]] * 4
+    assert [store.load_node(i, 4)[1] for i in range(4)] == now
+    assert "snapshot" not in load_trace(coordinator.run_dir).column_names
+
+
 def test_a_sync_generation_is_one_round_trip_per_node_and_a_failure_names_its_phase(tmp_path):
     coordinator, hosts = local_swarm(tmp_path, checkpoint_every=0)
     calls: list[str] = []

@@ -134,9 +134,10 @@ class NodeHost:
             self.member.share()
             return {"generation": self.member.generation}
 
-    def absorb(self, wait_s: float) -> dict[str, Any]:
+    def absorb(self, wait_s: float, snapshot: bool = False) -> dict[str, Any]:
         """Phase 2: absorb the peers' reports, step; then send the live state and belief.
-        Returns the trace row."""
+        Returns the trace row; with `snapshot`, the row also carries the node's `snapshot()`
+        at this boundary (a checkpoint due now then costs no round trip of its own)."""
         with self._lock:
             row = self.member.absorb(wait_s)
             t0 = time.perf_counter()
@@ -147,14 +148,16 @@ class NodeHost:
             row["fingerprint"] = weights.hex()
             row["name"] = self.name
             row["dropped_by"] = ",".join(f"{k}:{v}" for k, v in sorted(self._dropped().items()))
+            if snapshot:
+                row["snapshot"] = self._snapshot_now()
             return row
 
-    def generation(self, wait_s: float) -> dict[str, Any]:
+    def generation(self, wait_s: float, snapshot: bool = False) -> dict[str, Any]:
         """Both phases in one call: `share()`, then `absorb(wait_s)` (the sync swarm's one round
         trip a generation; `wait_s` counts from this node's own report, so it covers a slower
         peer's evaluation too). A failure is a `PhaseError` naming its phase."""
         in_phase("share", self.share)
-        return in_phase("absorb", self.absorb, wait_s)
+        return in_phase("absorb", self.absorb, wait_s, snapshot)
 
     def _broadcast_state(self, weights: bytes) -> None:
         """Send the live state (of the weights hashed as `weights`) and the fitness belief."""
@@ -272,12 +275,12 @@ class NodeHost:
     def snapshot(self) -> dict[str, Any]:
         """{"generation", "snapshot"}: the node's checkpoint and the signals it applied, at a
         generation boundary; `NodeHost(..., snapshot=...)` continues from it."""
-        def op() -> dict[str, Any]:
-            blob = msgpack.packb({"version": SNAPSHOT_VERSION, "node": self.node.checkpoint(),
-                                  "signals": self.applied_signals}, use_bin_type=True)
-            return {"generation": self.node.generation_count, "snapshot": blob}
+        return self._control(self._snapshot_now)
 
-        return self._control(op)
+    def _snapshot_now(self) -> dict[str, Any]:
+        blob = msgpack.packb({"version": SNAPSHOT_VERSION, "node": self.node.checkpoint(),
+                              "signals": self.applied_signals}, use_bin_type=True)
+        return {"generation": self.node.generation_count, "snapshot": blob}
 
     def rejoin(self, generation: int, source: bytes | None = None) -> dict[str, Any]:
         """Rejoin a swarm that is at `generation` after a restart. A consensus member given

@@ -92,6 +92,8 @@ class Coordinator:
         self._started = time.time()
         self._board = open_board(self.run_dir, self.events) if config.tensorboard else None
         self._decided = -1  # the last generation migrations were decided at
+        # snapshots the nodes sent with the generation before a due checkpoint (node -> it)
+        self._fresh: dict[int, dict[str, Any]] = {}
         self._seen = 0  # rows taken into `last` so far: the beliefs below are of that moment
         self._beliefs_of: tuple[Any, ...] = ()  # (seen, alive) -> summaries, fused, P(best)
         self._group_of = {i: g[0] for g in config.groups() for i in g}
@@ -224,12 +226,14 @@ class Coordinator:
         with self._lock:
             self.in_flight = gen
         t0 = time.perf_counter()  # one round trip: each node shares, then absorbs
-        rows = self.nodes.call("generation", (self.config.wait_s,), only=live,
+        snap = self._due(gen + 1)  # and sends its snapshot when a checkpoint follows
+        rows = self.nodes.call("generation", (self.config.wait_s, snap), only=live,
                                on_fault=self._on_fault("generation"))
         done = [(i, r) for i, r in zip(live, rows, strict=True)
                 if not self._fault(i, r, "generation")]
         elapsed = time.perf_counter() - t0
         out = []
+        self._fresh = {i: row.pop("snapshot") for i, row in done if snap}
         for i, row in done:
             row.update(generation=gen, node=i, generation_s=elapsed, time=time.time(),
                        signals=",".join(self._applied_now.pop(i, [])))
@@ -264,17 +268,30 @@ class Coordinator:
 
     # -- checkpoints -------------------------------------------------------------------------------
 
-    def _checkpoint(self, force: bool = False) -> None:
-        """Between generations, every `checkpoint_every`: each live node's snapshot and the
-        coordinator's state into runs/<id>/checkpoints/, written while the next generation
-        runs (`settle` waits for them). The trace's rows are on disk before, so that a
-        checkpoint never runs ahead of the trace it is resumed with."""
+    def _due(self, generation: int) -> bool:
+        """Whether a checkpoint is due before `generation`."""
         every = self.config.checkpoint_every
-        if not every or (self.generation % every and not force):
+        return bool(every) and generation % every == 0
+
+    def touched(self, node: int) -> None:
+        """Node `node` changed after its generation (it adopted a migrant, or re-synced to its
+        group): the snapshot it sent with that generation no longer stands."""
+        self._fresh.pop(node, None)
+
+    def _checkpoint(self, force: bool = False) -> None:
+        """Between generations, every `checkpoint_every`: each live node's snapshot (sent with
+        the generation just ended, asked for where none stands) and the coordinator's state
+        into runs/<id>/checkpoints/, written while the next generation runs (`settle` waits
+        for them). The trace's rows are on disk before, so that a checkpoint never runs ahead
+        of the trace it is resumed with."""
+        fresh, self._fresh = self._fresh, {}
+        if not (force or self._due(self.generation)):
             return
         self.trace.flush()
-        live, snaps = sorted(self.alive), {}
-        for i, r in zip(live, self.nodes.call("snapshot", only=live), strict=True):
+        live = sorted(self.alive)
+        snaps = {i: fresh[i] for i in live if i in fresh}
+        ask = [i for i in live if i not in snaps]
+        for i, r in zip(ask, self.nodes.call("snapshot", only=ask) if ask else [], strict=True):
             if not self._fault(i, r, "snapshot"):
                 snaps[i] = r
         self.settle()
@@ -432,6 +449,7 @@ class Coordinator:
         self._decided = gen
         by_node = {r["node"]: r for r in rows}
         for mig in migrations(summaries, m.gate, m.fraction, fused):
+            self.touched(mig.dst)
             src_row = self.last[mig.src]
             try:
                 ack = self.nodes.transfer(mig.src, mig.dst, (src_row["belief_mean"],

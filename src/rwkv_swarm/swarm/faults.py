@@ -138,6 +138,7 @@ class Recovery:
             if isinstance(snap, BaseException):
                 continue
             for i in (i for i in have if prints[i] != major):
+                c.touched(i)
                 (out,) = c.nodes.call("rejoin", (c.generation, snap["snapshot"]), only=[i],
                                       on_fault=fault)
                 if not isinstance(out, BaseException):
