@@ -65,7 +65,11 @@ class SimulatedNodes:
         idx = range(len(self.names)) if only is None else only
         self.calls[method] = self.calls.get(method, 0) + 1
         if method in ("absorb", "generation"):
-            return [self._row(i) for i in idx]
+            rows = [self._row(i) for i in idx]
+            if len(args) > 1 and args[1]:  # a checkpoint follows: the snapshot comes along
+                for i, row in zip(idx, rows, strict=True):
+                    row["snapshot"] = {"generation": self.generation[i], "snapshot": b"\0" * 64}
+            return rows
         if method == "share":
             return [{"generation": self.generation[i]} for i in idx]
         if method == "snapshot":
@@ -127,8 +131,8 @@ def memory(n: int, gens: int) -> dict[str, float]:
 def on_ray(n: int, gens: int, checkpoint_every: int) -> dict[str, float]:
     """A real swarm of `n` node actors on this machine's Ray (tiny model, 8 mutants each, short
     SignalEnv segments): the coordinator's wall time per generation outside the nodes' round
-    trips (wall / generations - the mean `generation_s`); the checkpoints' `snapshot` calls
-    count as outside."""
+    trips (wall / generations - the mean `generation_s`); a checkpoint's writing and any
+    `snapshot` call count as outside."""
     import ray
 
     from rwkv_swarm import Swarm, load_trace
