@@ -57,7 +57,7 @@ class SimulatedNodes:
         row.update({k: 3 for k in ROW_INTS})
         row.update(fitness_mean=mean, belief_mean=mean, belief_var=4.0, surprised=False,
                    tied=False, fingerprint=f"{i:016x}{g:016x}", name=self.names[i],
-                   dropped_by="", rows_computed=1000, rows_useful=900)
+                   dropped_by="", signals="", rows_computed=1000, rows_useful=900)
         return row
 
     def call(self, method: str, args: list[tuple] | tuple = (), only: list[int] | None = None,

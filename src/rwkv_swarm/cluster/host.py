@@ -60,6 +60,7 @@ class NodeHost:
                       config=transport or TransportConfig(), insecure=not secure)
         self.member = Member(node, t, swarm)
         self.applied_signals: dict[str, int] = signals  # signal id -> generation applied from
+        self._marks: list[str] = []  # signals applied since the last row: its `signals`
         self.peer_beliefs: dict[str, tuple[int, float, float]] = {}  # (gen, mean, var)
         self._queue: list[tuple[Callable[[], Any], threading.Event, list]] = []
         self._lock = threading.Lock()
@@ -148,6 +149,9 @@ class NodeHost:
             row["fingerprint"] = weights.hex()
             row["name"] = self.name
             row["dropped_by"] = ",".join(f"{k}:{v}" for k, v in sorted(self._dropped().items()))
+            # marked by the node itself: in async mode its row can reach the coordinator
+            # before the signal's acknowledgement does
+            row["signals"], self._marks = ",".join(self._marks), []
             if snapshot:
                 row["snapshot"] = self._snapshot_now()
             return row
@@ -225,6 +229,7 @@ class NodeHost:
                 else:  # the world changes, the node is not told
                     self.node.env.apply_signal(name, params)
                 self.applied_signals[signal_id] = self.node.generation_count
+                self._marks.append(name)
             return {"node": self.name, "generation": self.applied_signals[signal_id], "new": new}
 
         return self._control(op)

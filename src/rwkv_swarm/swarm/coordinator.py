@@ -85,7 +85,6 @@ class Coordinator:
         self.neighbour_lists = config.neighbours()
         self._pending: list[_Pending] = []
         self._topology: list[list[int]] | None = None
-        self._applied_now: dict[int, list[str]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._buffer: list[dict[str, Any]] = []
@@ -178,17 +177,10 @@ class Coordinator:
                     p.error = f"node {t}: {r}"
                     continue
                 p.acks[t] = r["generation"]
-                if r["new"]:
-                    self.note_signal(t, s.name)
             self.events.write("signal", id=s.id, name=s.name, params=s.params,
                               targets=targets, announce=s.announce,
                               injected_during=p.injected_during, applied=p.acks)
             p.done.set()
-
-    def note_signal(self, node: int, name: str) -> None:
-        """Signal `name` applies to `node` from its next row on (the row's `signals`)."""
-        with self._lock:
-            self._applied_now.setdefault(node, []).append(name)
 
     def _boundary(self) -> None:
         self.recovery.rejoin()  # restarted nodes first: this boundary's signals reach them
@@ -235,8 +227,7 @@ class Coordinator:
         out = []
         self._fresh = {i: row.pop("snapshot") for i, row in done if snap}
         for i, row in done:
-            row.update(generation=gen, node=i, generation_s=elapsed, time=time.time(),
-                       signals=",".join(self._applied_now.pop(i, [])))
+            row.update(generation=gen, node=i, generation_s=elapsed, time=time.time())
             out.append(row)
         self._finish(gen, out)
         self.recovery.heal(out)
@@ -499,7 +490,6 @@ class Coordinator:
         """A node's row, in async mode (stale reports were already counted by the node)."""
         row.setdefault("time", time.time())
         with self._lock:
-            row["signals"] = ",".join(self._applied_now.pop(row["node"], []))
             self._buffer.append(row)
             self.last[row["node"]] = row
             self._seen += 1

@@ -173,5 +173,4 @@ class Recovery:
                 return out
             if r["new"]:
                 out.append(s.id)
-                c.note_signal(i, s.name)
         return out
