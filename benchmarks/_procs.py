@@ -47,9 +47,19 @@ def actor_pids(title: str = "ray::NodeActor", root: int | None = None) -> list[i
 
 def rss_mib(pid: int) -> float | None:
     """Resident memory of `pid` in MiB (None when it is gone)."""
+    return _kib_field(f"/proc/{pid}/status", "VmRSS:")
+
+
+def pss_mib(pid: int) -> float | None:
+    """Proportional set size (shared pages split among their users) of `pid`, in MiB."""
+    return _kib_field(f"/proc/{pid}/smaps_rollup", "Pss:")
+
+
+def _kib_field(path: str, key: str) -> float | None:
+    """The kB figure after `key` in a /proc file, in MiB (None when the process is gone)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import ray
 from _cpu import cpu_line
-from _procs import actor_pids, rss_mib
+from _procs import actor_pids, pss_mib, rss_mib
 
 from rwkv_swarm import Swarm, SwarmConfig, load_trace
 from rwkv_swarm.cluster import connect
@@ -45,17 +45,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "swarm256.toml"
 IMPORT = ("import time, ray; t = time.perf_counter(); import rwkv_swarm.cluster.actor; "
           "print(time.perf_counter() - t)")
-
-
-def pss_mib(pid: int) -> float | None:
-    """Proportional set size (shared pages split among their users) of `pid`, in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def cpu_s(pid: int) -> float:

@@ -27,6 +27,23 @@ def kernel_paths(tmp_path_factory):
     paths.set_default(None)
 
 
+@pytest.fixture
+def rigged_paths(kernel_paths):
+    """rig(seconds) makes every path measurement answer `seconds(name)` for each candidate;
+    returns the list it fills with the sorted candidates of each measurement."""
+    def rig(seconds):
+        measured: list[list[str]] = []
+
+        def record(candidates):
+            measured.append(sorted(candidates))
+            return {name: seconds(name) for name in candidates}
+
+        kernel_paths.measure = record
+        return measured
+
+    return rig
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole session (2 CPUs, and the CUDA devices PyTorch sees, so that

@@ -140,14 +140,8 @@ def test_a_rollout_hands_observations_on_the_states_device(compact):
     assert np.isfinite(r.returns).all()
 
 
-def test_the_row_path_never_picks_the_native_kernel_for_another_device(kernel_paths):
-    measured = []
-
-    def record(candidates):
-        measured.append(sorted(candidates))
-        return {name: 1.0 if name == "torch" else 0.5 for name in candidates}
-
-    kernel_paths.measure = record
+def test_the_row_path_never_picks_the_native_kernel_for_another_device(rigged_paths):
+    measured = rigged_paths(lambda name: 1.0 if name == "torch" else 0.5)
     cpu = Population(RWKV7(MODEL), seed=1, sigma=0.05, size=8)
     meta = Population(RWKV7(MODEL).to("meta"), seed=1, sigma=0.05, size=8)
     assert meta.row_path(8) == "torch"

@@ -56,14 +56,8 @@ def test_cuda_graph_step_equals_eager_step_and_sees_weight_updates(cfg):
                  model.step_torch(xs[0].cuda(), graph_state)[0], **TOL)
 
 
-def test_a_cuda_step_replays_a_graph_where_measured_faster(kernel_paths):
-    measured = []
-
-    def record(candidates):
-        measured.append(sorted(candidates))
-        return {name: 0.5 if name == "graph" else 1.0 for name in candidates}
-
-    kernel_paths.measure = record
+def test_a_cuda_step_replays_a_graph_where_measured_faster(rigged_paths):
+    measured = rigged_paths(lambda name: 0.5 if name == "graph" else 1.0)
     model = nontrivial(CONTROL).cuda()
     x = torch.randn(3, CONTROL.input_dim, generator=torch.Generator().manual_seed(6)).cuda()
     state = model.zero_state(3)
@@ -137,14 +131,8 @@ def test_cuda_graph_rows_equal_the_torch_rows_at_every_batch_and_see_weight_upda
                  pop.step_rows(x, state, members, path="torch")[0], **TOL)
 
 
-def test_cuda_row_path_is_measured_between_torch_and_the_graph_never_native(kernel_paths):
-    measured = []
-
-    def record(candidates):
-        measured.append(sorted(candidates))
-        return {name: 0.5 if name == "graph" else 1.0 for name in candidates}
-
-    kernel_paths.measure = record
+def test_cuda_row_path_is_measured_between_torch_and_the_graph_never_native(rigged_paths):
+    measured = rigged_paths(lambda name: 0.5 if name == "graph" else 1.0)
     pop = population("cuda")
     assert pop.row_path(8) == "graph"
     assert measured == [["graph", "torch"]]
