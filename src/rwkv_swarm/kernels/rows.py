@@ -171,15 +171,15 @@ def _forms(pop: Population, rows: int):
 
 def as_members(pop: Population, members: object, rows: int) -> torch.Tensor:
     """Member indices as an int64 CPU tensor of `rows` entries in [0, P), or ValueError."""
-    m = torch.as_tensor(np.asarray(members) if not isinstance(members, torch.Tensor)
-                        else members)
+    m = members if isinstance(members, torch.Tensor) else torch.as_tensor(np.asarray(members))
     if m.dim() != 1 or m.shape[0] != rows or m.dtype.is_floating_point or m.dtype == torch.bool:
         raise ValueError(f"members must be {rows} integer member indices (one per row), got "
                          f"{m.dtype} {tuple(m.shape)}")
     m = m.long()
-    if rows and (int(m.min()) < 0 or int(m.max()) >= pop.size):
-        raise ValueError(f"members must lie in [0, {pop.size}), got values "
-                         f"{int(m.min())}..{int(m.max())}")
+    if rows:
+        low, high = (int(v) for v in torch.aminmax(m))
+        if low < 0 or high >= pop.size:
+            raise ValueError(f"members must lie in [0, {pop.size}), got values {low}..{high}")
     return m
 
 
