@@ -130,7 +130,8 @@ class Node:
         P, E = hi - lo, c.episodes
         start = self.live_state.repeat(P * E) if self.env.persistent \
             else self.model.zero_state(P * E)
-        member_of = torch.arange(lo, hi).repeat_interleave(E)  # copy m * E + e: member lo + m
+        # copy m * E + e: member lo + m (int32: what the native row kernel reads)
+        member_of = torch.arange(lo, hi, dtype=torch.int32).repeat_interleave(E)
         # one path for the whole rollout: on the native path a row's bits never depend on the
         # batch, so compacting to the live copies leaves their returns as they were
         path = pop.row_path(P * E)
