@@ -121,7 +121,7 @@ class _Run:
             actions = out.detach().cpu().numpy()
         else:
             if self.live < self.compact * len(self.rows):
-                self._keep(np.flatnonzero(self.alive[self.rows]))
+                self._keep(self.alive[self.rows])
             if self.compacted:
                 obs = obs[self.rows]
             out, self.batch = policy(self._upload(obs), self.batch, self.rows)
@@ -142,9 +142,9 @@ class _Run:
         x = torch.from_numpy(np.ascontiguousarray(obs))
         return x if self.on_cpu else x.to(self.device)
 
-    def _keep(self, keep: np.ndarray) -> None:
-        """Compact the batch to its rows `keep`; the others' states go back to `full`."""
-        drop = np.setdiff1d(np.arange(len(self.rows)), keep)
+    def _keep(self, live: np.ndarray) -> None:
+        """Compact the batch to its `live` rows; the others' states go back to `full`."""
+        keep, drop = np.flatnonzero(live), np.flatnonzero(~live)
         if self.batch is not self.full and len(drop):
             self.full.assign(torch.from_numpy(self.rows[drop]), self.batch.select(drop))
         self.batch = self.batch.select(keep)
