@@ -111,6 +111,8 @@ class ActionMap:
                 random = np.minimum((noise[:, 1] * self.action_dim).astype(np.int64),
                                     self.action_dim - 1)
                 act = np.where(replace, random, act)
+            if self._start == 0 and act.dtype == np.int64:  # argmax's own indices
+                return act
             return (act + self._start).astype(np.int64)
         act = self._low + (np.tanh(out) + 1.0) * 0.5 * (self._high - self._low)
         if noise is not None:
