@@ -89,10 +89,13 @@ def old_policy(pop: Population):
 
 
 def new_policy(pop: Population, path: str):
-    member_of = torch.arange(pop.size)
+    member_of = torch.arange(pop.size, dtype=torch.int32)
+    batch: list = [None, member_of]  # as Node.evaluate: members gathered once per compaction
 
     def policy(obs: torch.Tensor, state, rows):
-        return pop.step_rows(obs, state, member_of[rows], inplace=True, path=path)
+        if rows is not batch[0]:
+            batch[:] = rows, member_of[torch.from_numpy(rows)]
+        return pop.step_rows(obs, state, batch[1], inplace=True, path=path)
     return policy
 
 

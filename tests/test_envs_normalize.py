@@ -72,3 +72,22 @@ def test_state_round_trip_keeps_pending_and_committed_statistics():
     assert norm.normalize(x).tobytes() == twin.normalize(x).tobytes()
     with pytest.raises(ValueError, match="dim"):
         RunningNorm(3).load_state_dict(norm.state_dict())
+
+
+@pytest.mark.parametrize("rows", [2, 3, 17, 64, 257])
+def test_statistics_and_normalisation_have_the_bits_of_numpys_mean_and_clip(rows):
+    """The per-step forms are numpy's mean, sum and clip without their wrappers: same bits."""
+    rng = np.random.default_rng(rows)
+    norm = RunningNorm(4, clip=2.0)
+    norm.observe(rng.normal(0.5, 3.0, (40, 4)))
+    norm.commit()
+    x = rng.normal(0.0, 4.0, (rows, 4))[:, [0, 2, 1, 3]]  # a gathered (copied) batch
+    x[0, :2] = [np.nan, -0.0]
+    shift, inv = norm.mean.copy(), 1.0 / np.sqrt(norm.var + norm.eps)
+    np.testing.assert_array_equal(norm.normalize(x), np.clip((x - shift) * inv, -2.0, 2.0))
+    before, y = norm.pending, x[1:]
+    norm.observe(y)
+    mb = y.mean(axis=0)
+    assert before[0] == 0 and norm.pending[0] == len(y)
+    np.testing.assert_array_equal(norm.pending[1], mb)
+    np.testing.assert_array_equal(norm.pending[2], np.square(y - mb).sum(axis=0))

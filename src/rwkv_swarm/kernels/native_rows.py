@@ -11,6 +11,7 @@ vector (base + s sigma eps), built once per population and weights.
 from __future__ import annotations
 
 import ctypes
+import operator
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from .population import Population
 
 VW = 16  # pad to 16 floats: a vector with AVX-512, two without; the kernel pads to its own
+_DATA_PTR, _VERSION = torch.Tensor.data_ptr, operator.attrgetter("_version")
 TILE = 32  # rows per tile: their activations stay in L2 through every layer
 # the C enums' order (rwkv7_rows.c)
 MATS = ("att.receptance.weight", "att.key.weight", "att.value.weight", "att.output.weight",
@@ -66,7 +68,7 @@ class RowStep:
             raise RuntimeError("the native RWKV-7 kernels are not available (see the log)")
         self.model = model
         self._params = list(model.parameters())
-        self._key: list | None = None
+        self._key: tuple[list, list] | None = None
         self._pop_key: tuple | None = None
         cfg = model.config
         self._mat_names, self._vec_names = _names(cfg)
@@ -76,8 +78,9 @@ class RowStep:
         self._dims = [cfg.n_embd, cfg.n_head, cfg.head_size, cfg.n_layer, cfg.ffn_dim, d["w"],
                       d["a"], d["v"], d["g"], self._n_out, self._in0, 1, TILE]
 
-    def _weights_key(self) -> list:
-        return [(p.data_ptr(), p._version) for p in self._params]
+    def _weights_key(self) -> tuple[list, list]:
+        # every step checks this: map keeps the loops over the parameters in C
+        return list(map(_DATA_PTR, self._params)), list(map(_VERSION, self._params))
 
     def _pack_weights(self) -> None:
         """Packed matrices and base vectors, rebuilt when any parameter changed."""
@@ -151,16 +154,17 @@ class RowStep:
         x = x.contiguous()
         if member is None:
             member = torch.full((R,), -1, dtype=torch.int32)
-        ins = [t.contiguous() for t in state.tensors()]
-        if inplace and all(a is b for a, b in zip(ins, state.tensors(), strict=True)):
+        tensors = state.tensors()
+        ins = [t.contiguous() for t in tensors]
+        if inplace and all(map(operator.is_, ins, tensors)):
             new = state
         else:
             new = RWKV7State(*(torch.empty_like(t) for t in ins))
         out = torch.empty(R, self._n_out)
         rc = native.load().rwkv7_rows(
             R, self._cdims, self._mats, self._mat_dims, self._vecs, self._strides,
-            member.data_ptr(), self._sigma, x.data_ptr(), *(t.data_ptr() for t in ins),
-            *(t.data_ptr() for t in new.tensors()), out.data_ptr(), threads)
+            member.data_ptr(), self._sigma, x.data_ptr(), *map(_DATA_PTR, ins),
+            *map(_DATA_PTR, new.tensors()), out.data_ptr(), threads)
         if rc != 0:
             raise MemoryError("native RWKV-7 row step could not allocate its scratch buffers")
         return out, new

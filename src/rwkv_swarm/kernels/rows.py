@@ -101,7 +101,8 @@ def step_native(pop: Population, x: torch.Tensor, state: RWKV7State, members: to
     if pop.model.config.token_mode:
         with torch.no_grad():
             x = RowOps(pop, members.long()).embed(x.unsqueeze(1))[:, 0]
-    member = members.to(torch.int32).contiguous()
+    member = members if members.dtype == torch.int32 else members.to(torch.int32)
+    member = member.contiguous()
     with torch.no_grad():
         return row_step(pop.model)(x, state, member, pop, threads, inplace)
 
@@ -170,16 +171,18 @@ def _forms(pop: Population, rows: int):
 
 
 def as_members(pop: Population, members: object, rows: int) -> torch.Tensor:
-    """Member indices as an int64 CPU tensor of `rows` entries in [0, P), or ValueError."""
-    m = torch.as_tensor(np.asarray(members) if not isinstance(members, torch.Tensor)
-                        else members)
+    """Member indices as an integer tensor (int32 kept: the native kernel's type, else int64)
+    of `rows` entries in [0, P), or ValueError."""
+    m = members if isinstance(members, torch.Tensor) else torch.as_tensor(np.asarray(members))
     if m.dim() != 1 or m.shape[0] != rows or m.dtype.is_floating_point or m.dtype == torch.bool:
         raise ValueError(f"members must be {rows} integer member indices (one per row), got "
                          f"{m.dtype} {tuple(m.shape)}")
-    m = m.long()
-    if rows and (int(m.min()) < 0 or int(m.max()) >= pop.size):
-        raise ValueError(f"members must lie in [0, {pop.size}), got values "
-                         f"{int(m.min())}..{int(m.max())}")
+    if m.dtype != torch.int32:
+        m = m.long()
+    if rows:
+        low, high = (int(v) for v in torch.aminmax(m))
+        if low < 0 or high >= pop.size:
+            raise ValueError(f"members must lie in [0, {pop.size}), got values {low}..{high}")
     return m
 
 
@@ -195,7 +198,7 @@ def step(pop: Population, x: torch.Tensor, state: RWKV7State, members: object,
     if path not in ("torch", "graph"):  # "native:<n>", or a forced step path "rows:<n>"
         return step_native(pop, x, state, m, native.threads_of(path), inplace)
     out = state if inplace else state.empty_like()
-    m = m.to(x.device, non_blocking=True)
+    m = m.to(x.device, torch.long, non_blocking=True)
     if path == "graph":
         if pop._graphs is None:  # captured for this population: its noise is fixed
             pop._graphs = CudaGraphRows(step_torch)

@@ -130,13 +130,18 @@ class Node:
         P, E = hi - lo, c.episodes
         start = self.live_state.repeat(P * E) if self.env.persistent \
             else self.model.zero_state(P * E)
-        member_of = torch.arange(lo, hi).repeat_interleave(E)  # copy m * E + e: member lo + m
+        # copy m * E + e: member lo + m (int32: what the native row kernel reads)
+        member_of = torch.arange(lo, hi, dtype=torch.int32).repeat_interleave(E)
         # one path for the whole rollout: on the native path a row's bits never depend on the
         # batch, so compacting to the live copies leaves their returns as they were
         path = pop.row_path(P * E)
 
+        batch: list = [None, member_of]  # the rows last stepped and their members
+
         def policy(obs: torch.Tensor, state: RWKV7State, rows: np.ndarray | None = None):
-            members = member_of if rows is None else member_of[rows]  # None: every copy
+            if rows is not None and rows is not batch[0]:  # None: every copy
+                batch[:] = rows, member_of[torch.from_numpy(rows)]  # new after a compaction
+            members = member_of if rows is None else batch[1]
             return pop.step_rows(obs, state, members, inplace=rows is not None, path=path)
 
         # keys: a copy's episode; paired, both members of an antithetic pair meet the same ones

@@ -83,67 +83,79 @@ def rollout(env: Environment, policy: Policy | RowPolicy, n: int, seed: int, sta
         run.record(reward, done)
         if on_step is not None:
             on_step(t)
-        if not run.alive.any():
+        if not run.live:
             break
     return run.result()
 
 
 class _Run:
-    """One rollout's bookkeeping: returns, the live copies, and (compacting) the batch's rows."""
+    """One rollout's bookkeeping: returns, the live copies, and (compacting) the batch's rows.
+    Every copy outside the batch is done, so the batch holds all `live` copies."""
 
     def __init__(self, n: int, state: RWKV7State, compact: float):
         self.n, self.compact = n, compact
         self.returns = np.zeros(n)
         self.steps = np.zeros(n, dtype=np.int64)
         self.alive = np.ones(n, dtype=bool)
+        self.live = n  # copies alive
         self.diverged = np.zeros(n, dtype=bool)
         self.bad_obs = np.zeros(n, dtype=bool)
         self.full = state  # n rows: where rows dropped from the batch leave their state
         self.batch = state  # the rows computed
         self.rows = np.arange(n)
+        self.compacted = False  # whether the batch is less than all n copies
         self.computed = 0  # rows computed, over the whole run
+        self.device = state.device
+        self.on_cpu = self.device.type == "cpu"
 
     def clean(self, obs: np.ndarray) -> np.ndarray:
+        if np.isfinite(obs).all():
+            return obs
         bad = ~np.isfinite(obs).all(axis=1)
-        if bad.any():
-            self.bad_obs |= bad & self.alive
-            obs = np.where(bad[:, None], 0.0, obs).astype(np.float32)
-        return obs
+        self.bad_obs |= bad & self.alive
+        return np.where(bad[:, None], 0.0, obs).astype(np.float32)
 
     def act(self, policy: Policy | RowPolicy, obs: np.ndarray) -> np.ndarray:
         if not self.compact:
             out, self.batch = policy(self._upload(obs), self.batch)
             actions = out.detach().cpu().numpy()
         else:
-            live = self.alive[self.rows]
-            if live.sum() < self.compact * len(self.rows):
-                self._keep(np.flatnonzero(live))
-            out, self.batch = policy(self._upload(obs[self.rows]), self.batch, self.rows)
-            actions = np.zeros((self.n, out.shape[1]), dtype=np.float32)
-            actions[self.rows] = out.detach().cpu().numpy()
+            if self.live < self.compact * len(self.rows):
+                self._keep(self.alive[self.rows])
+            if self.compacted:
+                obs = obs[self.rows]
+            out, self.batch = policy(self._upload(obs), self.batch, self.rows)
+            actions = out.detach().cpu().numpy()
+            if self.compacted:
+                every = np.zeros((self.n, actions.shape[1]), dtype=np.float32)
+                every[self.rows] = actions
+                actions = every
         self.computed += len(self.rows)
+        if np.isfinite(actions).all():
+            return actions
         bad = ~np.isfinite(actions).all(axis=1)
-        if bad.any():
-            self.diverged |= bad & self.alive & ~self.bad_obs
-            actions = np.where(bad[:, None], 0.0, actions)
-        return actions
+        self.diverged |= bad & self.alive & ~self.bad_obs
+        return np.where(bad[:, None], 0.0, actions)
 
     def _upload(self, obs: np.ndarray) -> torch.Tensor:
         """Observations as a tensor on the batch state's device (the policy's)."""
-        return torch.from_numpy(np.ascontiguousarray(obs)).to(self.batch.device)
+        x = torch.from_numpy(np.ascontiguousarray(obs))
+        return x if self.on_cpu else x.to(self.device)
 
-    def _keep(self, keep: np.ndarray) -> None:
-        """Compact the batch to its rows `keep`; the others' states go back to `full`."""
-        drop = np.setdiff1d(np.arange(len(self.rows)), keep)
+    def _keep(self, live: np.ndarray) -> None:
+        """Compact the batch to its `live` rows; the others' states go back to `full`."""
+        keep, drop = np.flatnonzero(live), np.flatnonzero(~live)
         if self.batch is not self.full and len(drop):
             self.full.assign(torch.from_numpy(self.rows[drop]), self.batch.select(drop))
         self.batch = self.batch.select(keep)
         self.rows = self.rows[keep]
+        self.compacted = True
 
     def record(self, reward: np.ndarray, done: np.ndarray) -> None:
         self.returns += np.where(self.alive, reward, 0.0)
         self.steps += self.alive
         self.alive &= ~np.asarray(done, dtype=bool)
+        self.live = int(np.count_nonzero(self.alive))
 
     def result(self) -> Rollout:
         state = self.batch

@@ -13,9 +13,8 @@ from gymnasium import spaces
 
 from ._imports import import_user_module
 from ._util import copy_int_seed, copy_seed
+from .cartpole import CartPoleVector
 
-# Vector entry points whose copies we can seed one by one (gymnasium seeds a vector env with
-# one generator for all copies, so copy i would depend on n): entry point -> per-copy seeder.
 _CARTPOLE_VECTOR = "gymnasium.envs.classic_control.cartpole:CartPoleVectorEnv"
 NOISE_BLOCK = 64  # steps of noise drawn per copy at a time (amortises per-copy generator calls)
 
@@ -112,6 +111,8 @@ class ActionMap:
                 random = np.minimum((noise[:, 1] * self.action_dim).astype(np.int64),
                                     self.action_dim - 1)
                 act = np.where(replace, random, act)
+            if self._start == 0 and act.dtype == np.int64:  # argmax's own indices
+                return act
             return (act + self._start).astype(np.int64)
         act = self._low + (np.tanh(out) + 1.0) * 0.5 * (self._high - self._low)
         if noise is not None:
@@ -140,48 +141,51 @@ class CopyNoise:
         return self._buf[:, self._t - 1]
 
 
-def _seed_cartpole(env: Any, seeds: list[int]) -> np.ndarray:
+def _cartpole_starts(seeds: list[int]) -> np.ndarray:
     # CartPoleEnv.reset(seed=s) draws its state as default_rng(s).uniform(-0.05, 0.05, 4):
     # replaying that per copy makes copy i identical to a single env seeded with seeds[i]
-    env.reset(seed=seeds[0])
-    env.state = np.stack([np.random.default_rng(s).uniform(-0.05, 0.05, 4) for s in seeds], 1)
-    return env.state.T.astype(np.float32)
+    return np.stack([np.random.default_rng(s).uniform(-0.05, 0.05, 4) for s in seeds], 1)
 
 
-_VECTOR_SEEDERS: dict[str, Callable[[Any, list[int]], np.ndarray]] = {
-    _CARTPOLE_VECTOR: _seed_cartpole,
+# Vector entry points we step with a world of our own, seedable copy by copy (gymnasium seeds a
+# vector env with one generator for all copies, so copy i would depend on n): entry point ->
+# (the numpy world, doing the entry point's arithmetic; the copies' start states from seeds).
+_VECTOR_WORLDS: dict[str, tuple[type, Callable[[list[int]], np.ndarray]]] = {
+    _CARTPOLE_VECTOR: (CartPoleVector, _cartpole_starts),
 }
 
 
 def vector_supported(spec: gym.envs.registration.EnvSpec, kwargs: dict[str, Any]) -> bool:
-    """Whether `spec` has a vector entry point we can seed per copy that accepts `kwargs`."""
+    """Whether `spec` has a vector entry point we step ourselves that accepts `kwargs`."""
     entry = spec.vector_entry_point
-    if not isinstance(entry, str) or entry not in _VECTOR_SEEDERS:
+    if not isinstance(entry, str) or entry not in _VECTOR_WORLDS:
         return False
-    params = inspect.signature(gym.envs.registration.load_env_creator(entry)).parameters
-    return set(kwargs) <= set(params)
+    params = inspect.signature(_VECTOR_WORLDS[entry][0]).parameters
+    return set(spec.kwargs) | set(kwargs) <= set(params)
 
 
 class VectorBackend:
-    """All n copies in one gymnasium vector env (autoreset is masked by the caller)."""
+    """All n copies in one numpy world doing the arithmetic of the id's gymnasium vector env
+    (an ended copy is masked by the caller)."""
 
     def __init__(self, spec: gym.envs.registration.EnvSpec, n: int, kwargs: dict[str, Any]):
         self.n = n
-        self._seeder = _VECTOR_SEEDERS[spec.vector_entry_point]  # type: ignore[index]
-        self.env = gym.make_vec(spec.id, num_envs=n, vectorization_mode="vector_entry_point",
-                                **kwargs)
+        world, self._starts = _VECTOR_WORLDS[spec.vector_entry_point]  # type: ignore[index]
+        kw = {**spec.kwargs, **kwargs}
+        if spec.max_episode_steps is not None:  # as gymnasium.make_vec passes it
+            kw.setdefault("max_episode_steps", spec.max_episode_steps)
+        self.env = world(n, **kw)
         self.observation_space = self.env.single_observation_space
         self.action_space = self.env.single_action_space
 
     def reset(self, seed: int, keys: list[int]) -> np.ndarray:
-        return self._seeder(self.env, [copy_int_seed(seed, k) for k in keys])
+        return self.env.reset_to(self._starts([copy_int_seed(seed, k) for k in keys]))
 
     def step(self, actions: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, ...]:
-        obs, reward, term, trunc, _ = self.env.step(actions)
-        return obs, np.asarray(reward, dtype=np.float64), np.logical_or(term, trunc)
+        return self.env.step(actions, live)
 
     def close(self) -> None:
-        self.env.close()
+        pass
 
 
 class ListBackend:

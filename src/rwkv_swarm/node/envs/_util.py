@@ -44,7 +44,8 @@ def check_outputs(outputs: Any, n: int, action_dim: int) -> np.ndarray:
     if arr.shape != (n, action_dim):
         raise ValueError(f"outputs must have shape (n, action_dim) = ({n}, {action_dim}), "
                          f"got {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+    if arr.dtype.kind != "f" and (not np.issubdtype(arr.dtype, np.number)
+                                  or np.issubdtype(arr.dtype, np.complexfloating)):
         raise ValueError(f"outputs must be real numbers, got dtype {arr.dtype}")
     arr = arr.astype(np.float64, copy=False)
     if not np.isfinite(arr).all():

@@ -71,8 +71,9 @@ class GymConfig:
     action_noise: float = 0.0
     # extra keyword arguments for gymnasium.make (e.g. {"sutton_barto_reward": True})
     env_kwargs: dict[str, Any] = field(default_factory=dict)
-    # "auto": gymnasium's vectorised implementation where one exists (CartPole), else one env
-    # per copy; "vector" / "list": force a path ("vector" fails where none exists)
+    # "auto": all copies in one numpy world where the id has one (CartPole: gymnasium's
+    # vector env's arithmetic), else one gymnasium env per copy; "vector" / "list": force a
+    # path ("vector" fails where none exists)
     vectorize: str = "auto"
 
     def __post_init__(self) -> None:
@@ -185,7 +186,7 @@ class GymEnv:
 
     @property
     def vectorized(self) -> bool:
-        """Whether copies run in gymnasium's vectorised implementation."""
+        """Whether copies run in one vectorised numpy world (not one gymnasium env each)."""
         return self._use_vector
 
     def reset(self, n: int, seed: int, keys: Sequence[int] | None = None) -> np.ndarray:
