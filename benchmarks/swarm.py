@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -341,6 +343,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--tmp", default="/tmp/rwkv-swarm-bench")
     args = ap.parse_args()
+    if "peer" in args.tasks.split(",") and importlib.util.find_spec("evotorch") is None:
+        sys.exit("the peer task runs EvoTorch: pip install -e '.[bench]', or leave peer out "
+                 "of --tasks")
     torch.set_num_threads(1)
     print(cpu_line(), flush=True)
     # a Ray of its own on this machine (EvoTorch's actors use it too), shut down at the end

@@ -66,11 +66,11 @@ def comparable(run_dir) -> dict:
     return {k: v for k, v in t.items() if k not in TIME_DEPENDENT}
 
 
-@pytest.mark.parametrize("mode", ["gossip", "consensus"])
+@pytest.mark.parametrize("mode, packings", [("gossip", (2, 4)), ("consensus", (1, 4))])
 def test_two_sync_runs_with_one_seed_leave_identical_traces_whatever_the_packing(
-        ray_session, tmp_path, mode):
+        ray_session, tmp_path, mode, packings):
     traces = []
-    for k in (1, 2):  # four actors of one node, two of two: the same swarm
+    for k in packings:  # e.g. four actors of one node, one of four: the same swarm
         with Swarm.launch(config(tmp_path / str(k), mode=mode, seed=3,
                                  resources=packed(k))) as swarm:
             swarm.run(3)

@@ -57,6 +57,7 @@ def started(runs, timeout_s):
 """
 # `rwkv-swarm inject RUN_ID ARGS...`, as the CLI's entry point runs it
 INJECT = WHEN_STARTED + """
+import rwkv_swarm.swarm.api  # the CLI imports torch and Ray only when a verb needs them
 from rwkv_swarm.swarm.commands.cli import main
 info = started(sys.argv[1], float(sys.argv[2]))
 sys.exit(main(["inject", info["run_id"], *sys.argv[3:], "--runs-dir", sys.argv[1]]))
