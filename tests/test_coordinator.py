@@ -4,6 +4,7 @@ signals once per target at a boundary, the trace and event log, refusals counted
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -185,7 +186,13 @@ def test_a_report_or_state_of_another_model_is_refused_and_counted(swarm, tmp_pa
         plain_a.set_peers([b.name], [])
         b.set_peers([plain_a.name], [])
         b.share()
-        b.absorb(0.0)  # b's report, state and belief now wait at plain_a
+        b.absorb(0.0)  # b's report, state and belief now on their way to plain_a
+        # the state leaves after the report: absorb may end before it arrives, and the drain
+        # that counts it would miss it; so it is received first
+        deadline = time.monotonic() + 30
+        while not any(m.type == "state" for m in plain_a.member.other):
+            assert time.monotonic() < deadline, "b's state never reached plain_a"
+            plain_a.member.service(100)
         plain_a.share()
         row = plain_a.absorb(5.0)
         assert row["absorbed_from"] == 1 and row["absorbed"] == 0
