@@ -48,6 +48,20 @@ def in_phase(phase: str, op: Callable[..., Any], *args: Any) -> Any:
         raise PhaseError(phase, f"{type(e).__name__}: {e}") from e
 
 
+def each_generation(keys: list[Any], phase: Callable[[str, list[Any], list[tuple]], list[Any]],
+                    args: list[tuple]) -> list[Any]:
+    """`NodeHost.generation` on several hosts of one process: `share` on every one, then
+    `absorb(*args[j])` on those that shared (run one after another, a host's absorb would wait
+    for a report not sent yet). `phase(method, keys, args)` runs one phase on some of them,
+    each failure as its result."""
+    out = phase("share", keys, [()] * len(keys))
+    ok = [j for j, r in enumerate(out) if not isinstance(r, BaseException)]
+    absorbed = phase("absorb", [keys[j] for j in ok], [args[j] for j in ok])
+    for j, r in zip(ok, absorbed, strict=True):
+        out[j] = r
+    return out
+
+
 class NodeHost:
     """One swarm node: its member, its peers' latest beliefs, its control queue."""
 

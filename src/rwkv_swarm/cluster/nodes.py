@@ -15,7 +15,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError
 
-from .host import NodeHost, in_phase
+from .host import NodeHost, each_generation, in_phase
 from .placement import Respawn
 
 NODE_TIMEOUT_S = 3600.0  # a node that answers nothing for this long is given up
@@ -206,15 +206,12 @@ class LocalNodes:
 
     def _generation(self, idx: list[int], per: list[tuple], on_fault: OnFault | None
                     ) -> list[Any]:
-        """`NodeHost.generation` on hosts in one thread: every share, then every absorb."""
-        shared = self._each(idx, lambda i: in_phase("share", self.hosts[i].share), on_fault)
-        out: dict[int, Any] = {i: r for i, r in zip(idx, shared, strict=True)
-                               if isinstance(r, BaseException)}
-        ok = [i for i in idx if i not in out]
-        absorbed = self._each(ok, lambda i: in_phase("absorb", self.hosts[i].absorb, *per[i]),
-                              on_fault)
-        out.update(zip(ok, absorbed, strict=True))
-        return [out[i] for i in idx]
+        def phase(method: str, ids: list[int], args: list[tuple]) -> list[Any]:
+            by = dict(zip(ids, args, strict=True))
+            return self._each(ids, lambda i: in_phase(method, getattr(self.hosts[i], method),
+                                                      *by[i]), on_fault)
+
+        return each_generation(idx, phase, [per[i] for i in idx])
 
     def _each(self, idx: list[int], op: Callable[[int], Any], on_fault: OnFault | None
               ) -> list[Any]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..node import NodeConfig, NodeKeys, SwarmKeyring, TransportConfig
-from .host import NodeHost, in_phase
+from .host import NodeHost, each_generation, in_phase
 
 
 @dataclass(repr=False)
@@ -69,13 +69,7 @@ class NodePack:
         reports). While the async loop runs, each slot's call waits for its own node's
         boundary in a thread of its own, so that k nodes take one boundary, not k."""
         if method == "generation":  # a failure names its phase, as NodeHost.generation's
-            shared = self._each("share", slots, [()] * len(slots), phased=True)
-            ok = [j for j, r in enumerate(shared) if not isinstance(r, BaseException)]
-            absorbed = self._each("absorb", [slots[j] for j in ok], [args[j] for j in ok],
-                                  phased=True)
-            for j, r in zip(ok, absorbed, strict=True):
-                shared[j] = r
-            return shared
+            return each_generation(slots, lambda m, s, a: self._each(m, s, a, phased=True), args)
         return self._each(method, slots, args)
 
     def _each(self, method: str, slots: list[int], args: list[tuple], phased: bool = False
