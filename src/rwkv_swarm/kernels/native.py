@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
 # one library; the headers are part of its key
-SOURCES = ("rwkv7_step.c", "rwkv7_seq.c", "rwkv7_rows.c")
+SOURCES = ("rwkv7_step.c", "rwkv7_seq.c", "rwkv7_rows.c", "rwkv7_cartpole.c")
 CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-std=gnu11"]
 # OpenMP teams on PyTorch's own libgomp (csrc/team.h); without it, one thread per call
 OPENMP = (["-fopenmp"], ["-fopenmp-simd"])
@@ -95,7 +95,8 @@ def load() -> ctypes.CDLL | None:
     signatures = {"rwkv7_step": [i32, ptr, ptr, ptr] + [ptr] * 8 + [i32],
                   "rwkv7_wkv": [i32] * 4 + [ptr] * 9 + [i32],
                   "rwkv7_low_rank": [i32] * 5 + [ptr] * 4 + [ctypes.c_float, i32],
-                  "rwkv7_rows": [i32] + [ptr] * 6 + [ctypes.c_float] + [ptr] * 8 + [i32]}
+                  "rwkv7_rows": [i32] + [ptr] * 6 + [ctypes.c_float] + [ptr] * 8 + [i32],
+                  "rwkv7_cartpole_run": [ptr, i32, i32] + [ptr] * 5 + [ctypes.c_float]}
     for name, argtypes in signatures.items():
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = ctypes.c_int, argtypes

@@ -142,6 +142,13 @@ class RowStep:
         self._sigma = pop.sigma if pop is not None else 0.0
         self._pop_key = (pop,)
 
+    def tables(self, pop: Population | None) -> tuple:
+        """The kernel's weight arguments (dims, mats, mat_dims, vecs, strides, sigma) for these
+        weights and `pop`, as rwkv7_rows and the native rollout take them."""
+        self._pack_weights()
+        self._tables(pop)
+        return (self._cdims, self._mats, self._mat_dims, self._vecs, self._strides, self._sigma)
+
     def __call__(self, x: torch.Tensor, state: RWKV7State, member: torch.Tensor | None = None,
                  pop: Population | None = None, threads: int = 1, inplace: bool = False
                  ) -> tuple[torch.Tensor, RWKV7State]:

@@ -29,6 +29,7 @@ import torch
 
 from ..kernels import RWKV7, RWKV7State
 from . import checkpoint as ckpt
+from . import native_rollout
 from .config import STRATEGIES, NodeConfig
 from .environment import Environment
 from .envs import env_spec, make_env
@@ -147,8 +148,13 @@ class Node:
         # keys: a copy's episode; paired, both members of an antithetic pair meet the same ones
         keys = [((lo + m) // (2 if c.paired_episodes else 1)) * E + e
                 for m in range(P) for e in range(E)]
-        self._evaluated = rollout(self.env, policy, P * E, self._eval_seed(), start,
-                                  c.max_steps, keys, on_step, compact=COMPACT_BELOW)
+        if native_rollout.usable(self.env, pop, path):  # the same bits, without Python a step
+            self._evaluated = native_rollout.native_rollout(
+                self.env, pop, member_of, P * E, self._eval_seed(), start, c.max_steps, keys,
+                on_step, COMPACT_BELOW, path)
+        else:
+            self._evaluated = rollout(self.env, policy, P * E, self._eval_seed(), start,
+                                      c.max_steps, keys, on_step, compact=COMPACT_BELOW)
         self._fitness = self._evaluated.returns.reshape(P, E).mean(axis=1)
         self._stage = "evaluated"
         self._times["evaluate_s"] = time.perf_counter() - t0

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "rows.h"
 #include "team.h"
 #include "vmath.h"
 
@@ -43,25 +44,6 @@ enum { GV_LN0W, GV_LN0B, GV_LNOW, GV_LNOB, GV_ENCB, NGVEC };
 #endif
 #endif
 
-typedef struct {
-    const float *w;             /* packed W^T (in, ld), zero beyond `out` */
-    const float *left, *right;  /* noise (pairs, rank, in), (pairs, rank, out), or NULL */
-    int in, out, ld;
-} Mat;
-
-typedef struct {
-    int R, C, H, N, L, F, D[4], n_out, in0, rank, tile;
-    float sigma;
-    const int *member;                 /* (R,): member per row, -1 for none */
-    const Mat *mat;                    /* L * NMAT + NGMAT */
-    const float *const *vp;            /* L * NVEC + NGVEC vectors */
-    const int64_t *vs;                 /* their strides per member (0: shared) */
-    const float *x_in;                 /* (R, in0) observations, or (R, C) embedded */
-    const float *att_in, *wkv_in, *ffn_in;
-    float *att_out, *wkv_out, *ffn_out, *out;
-    size_t per_thread;
-    float *scratch;
-} Rows;
 
 /* A tile's activations, each (tile, ld) with ld = C rounded up to a vector unless noted. */
 typedef struct {
@@ -341,41 +323,67 @@ static void rows_thread(void *arg, int tid, Team *team) {
     }
 }
 
-/* R rows, one token each. dims: C, H, N, L, F, Dw, Da, Dv, Dg, n_out, in0 (0: x_in is already
- * embedded, (R, C)), rank, tile. mats: 3 pointers (packed W^T, left, right) per matrix and
- * mat_dims: (in, out, ld) per matrix, L * NMAT + NGMAT of them. vecs / vec_strides: L * NVEC +
- * NGVEC. States (L, R, ...) in and out may be the same memory. Returns 0, or -1 when memory
- * ran out. */
-int rwkv7_rows(int R, const int *dims, const void *const *mats, const int *mat_dims,
-               const float *const *vecs, const int64_t *vec_strides, const int *member,
-               float sigma, const float *x_in, const float *att_in, const float *wkv_in,
-               const float *ffn_in, float *att_out, float *wkv_out, float *ffn_out, float *out,
-               int threads) {
-    Rows s = {.R = R, .C = dims[0], .H = dims[1], .N = dims[2], .L = dims[3], .F = dims[4],
-              .D = {dims[5], dims[6], dims[7], dims[8]}, .n_out = dims[9], .in0 = dims[10],
-              .rank = dims[11], .tile = dims[12], .sigma = sigma, .member = member, .vp = vecs,
-              .vs = vec_strides, .x_in = x_in, .att_in = att_in, .wkv_in = wkv_in,
-              .ffn_in = ffn_in, .att_out = att_out, .wkv_out = wkv_out, .ffn_out = ffn_out,
-              .out = out};
-    if (R <= 0) return 0;
-    s.tile = (s.tile + RB - 1) / RB * RB;  /* whole groups of rows */
-    if (s.tile > R) s.tile = R;
-    const int n_mat = s.L * NMAT + NGMAT, tiles = (R + s.tile - 1) / s.tile;
+/* Prepares row steps of up to `cap` rows. dims: C, H, N, L, F, Dw, Da, Dv, Dg, n_out, in0 (0:
+ * x_in is already embedded, (R, C)), rank, tile. mats: 3 pointers (packed W^T, left, right)
+ * per matrix and mat_dims: (in, out, ld) per matrix, L * NMAT + NGMAT of them. vecs /
+ * vec_strides: L * NVEC + NGVEC. Returns 0, or -1 when memory ran out (nothing to free). */
+int rows_prepare(Rows *s, int cap, const int *dims, const void *const *mats,
+                 const int *mat_dims, const float *const *vecs, const int64_t *vec_strides,
+                 float sigma, int threads) {
+    *s = (Rows){.C = dims[0], .H = dims[1], .N = dims[2], .L = dims[3], .F = dims[4],
+                .D = {dims[5], dims[6], dims[7], dims[8]}, .n_out = dims[9], .in0 = dims[10],
+                .rank = dims[11], .tile = dims[12], .sigma = sigma, .vp = vecs,
+                .vs = vec_strides};
+    if (cap < 1) cap = 1;
+    s->tile0 = (s->tile + RB - 1) / RB * RB;  /* whole groups of rows */
+    s->tile = s->tile0 > cap ? cap : s->tile0;
+    const int n_mat = s->L * NMAT + NGMAT, tiles = (cap + s->tile - 1) / s->tile;
     Mat *mat = malloc(sizeof(Mat) * n_mat);
     if (!mat) return -1;
     for (int j = 0; j < n_mat; j++)
         mat[j] = (Mat){mats[3 * j], mats[3 * j + 1], mats[3 * j + 2], mat_dims[3 * j],
                        mat_dims[3 * j + 1], mat_dims[3 * j + 2]};
-    s.mat = mat;
-    threads = team_size(threads < tiles ? threads : tiles);
-    s.per_thread = tile_floats(&s);
-    s.scratch = calloc(s.per_thread * threads, sizeof(float));
-    if (!s.scratch) {
+    s->mat = mat;
+    s->threads = team_size(threads < tiles ? threads : tiles);
+    s->per_thread = tile_floats(s);
+    s->scratch = calloc(s->per_thread * s->threads, sizeof(float));
+    if (!s->scratch) {
         free(mat);
         return -1;
     }
-    team_run(threads, rows_thread, &s);
-    free(s.scratch);
-    free(mat);
+    return 0;
+}
+
+/* R <= cap rows, one token each; states (L, R, ...) in and out may be the same memory. */
+void rows_run(Rows *s, int R, const int *member, const float *x_in, const float *att_in,
+              const float *wkv_in, const float *ffn_in, float *att_out, float *wkv_out,
+              float *ffn_out, float *out) {
+    if (R <= 0) return;
+    s->R = R, s->member = member, s->x_in = x_in, s->out = out;
+    s->att_in = att_in, s->wkv_in = wkv_in, s->ffn_in = ffn_in;
+    s->att_out = att_out, s->wkv_out = wkv_out, s->ffn_out = ffn_out;
+    s->tile = s->tile0 > R ? R : s->tile0;  /* within the scratch: tile0 or cap rows, at most */
+    const int tiles = (R + s->tile - 1) / s->tile;
+    team_run(s->threads < tiles ? s->threads : tiles, rows_thread, s);
+}
+
+void rows_release(Rows *s) {
+    free(s->scratch);
+    free((void *)s->mat);
+    s->scratch = NULL, s->mat = NULL;
+}
+
+/* R rows, one token each (rows_prepare's arguments, then rows_run's). Returns 0, or -1 when
+ * memory ran out. */
+int rwkv7_rows(int R, const int *dims, const void *const *mats, const int *mat_dims,
+               const float *const *vecs, const int64_t *vec_strides, const int *member,
+               float sigma, const float *x_in, const float *att_in, const float *wkv_in,
+               const float *ffn_in, float *att_out, float *wkv_out, float *ffn_out, float *out,
+               int threads) {
+    Rows s;
+    if (R <= 0) return 0;
+    if (rows_prepare(&s, R, dims, mats, mat_dims, vecs, vec_strides, sigma, threads)) return -1;
+    rows_run(&s, R, member, x_in, att_in, wkv_in, ffn_in, att_out, wkv_out, ffn_out, out);
+    rows_release(&s);
     return 0;
 }

@@ -32,6 +32,7 @@ from ._util import (
     config_with,
     finite,
 )
+from .cartpole import CartPoleVector
 from .normalize import RunningNorm
 
 VECTORIZE_MODES = ("auto", "vector", "list")
@@ -234,6 +235,32 @@ class GymEnv:
             self.norm.observe(x[live])
             x = self.norm.normalize(x)
         return x.astype(np.float32)
+
+    def native_cartpole(self) -> dict[str, Any] | None:
+        """What a native rollout needs to step these copies itself (node/native_rollout.py),
+        or None where only `step` can: copies in the numpy CartPole world (cartpole.py) with
+        no observation or action noise, set or pending. "cart": that world (the last reset's),
+        "keep": the kept entries, "norm": the RunningNorm (None: observations not normalised).
+        """
+        backend = self._backend
+        if not (isinstance(backend, VectorBackend) and isinstance(backend.env, CartPoleVector)):
+            return None
+        if any({**self._noise, **self._pending}.values()):
+            return None
+        return {"cart": backend.env, "keep": self._keep,
+                "norm": self.norm if self.config.normalize_obs else None}
+
+    def finish_native(self, obs: np.ndarray, done: np.ndarray, pending: np.ndarray,
+                      steps: int) -> None:
+        """Take the copies back from a native rollout: their last observations (n, d), which
+        are done, the pending statistics (count, mean (d,), m2 (d,) in one array) and the
+        steps taken since the reset."""
+        self._obs, self._done = obs, done
+        if self.config.normalize_obs:
+            d = self.observation_dim
+            self.norm.replace_pending([(float(pending[0]), pending[1:1 + d], pending[1 + d:])])
+        assert isinstance(self._backend, VectorBackend)
+        self._backend.env.steps[:] = steps
 
     def end_generation(self) -> None:
         """Fold the observations seen since the last call into the normalisation statistics."""
