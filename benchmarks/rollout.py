@@ -5,7 +5,10 @@ For (C, L, P) = (16, 1, 32), (64, 2, 256), (128, 4, 1024), on CartPole and Signa
 - old: every row stepped until the longest episode ends, through the pair-structured
   PyTorch population forward (`Population.forward`, one token), as before the row kernel;
 - new: `Population.step_rows` on its measured path, the batch compacted to its live copies
-  (`rollout(..., compact=COMPACT_BELOW)`), as `Node.evaluate` runs it.
+  (`rollout(..., compact=COMPACT_BELOW)`), the Python loop `Node.evaluate` runs in worlds
+  the native loop does not cover;
+- loop (CartPole on the CPU): the native rollout (node/native_rollout.py), world and row
+  step in one C loop, as `Node.evaluate` runs it there; bit for bit "new"'s returns.
 
 Reported per case: useful env steps/s (steps of live copies), computed rows/s, the useful
 share of rows computed, the new/old ratio, and the GEMM roofline: the same arithmetic at the
@@ -14,7 +17,7 @@ population step (no environment) at each size, old and new.
 
 CartPole episodes come from a centre evolved for a few generations first (a fresh policy's
 episodes all end in about 10 steps; a half-trained one's spread out, which is what compaction
-is for). Old and new alternate round by round; medians of the rounds. Prints the CPU line and,
+is for). The arms alternate round by round; medians of the rounds. Prints the CPU line and,
 last, one JSON line.
 
 On `--device cuda` the node, its populations and rollouts live on the GPU ("new" is then the
@@ -40,6 +43,7 @@ from kernels import machine, refuse_missing_cuda
 
 from rwkv_swarm.kernels import RWKV7, Population, RWKV7Config
 from rwkv_swarm.node import KalmanESConfig, Node, NodeConfig
+from rwkv_swarm.node import native_rollout as nr
 from rwkv_swarm.node.envs import make_env
 from rwkv_swarm.node.rollout import COMPACT_BELOW, rollout
 
@@ -99,11 +103,15 @@ def new_policy(pop: Population, path: str):
     return policy
 
 
-def run_rollout(pop: Population, env: str, new: bool) -> dict:
+def run_rollout(pop: Population, env: str, kind: str) -> dict:
     world = make_env(ENVS[env])
     start = pop.model.zero_state(pop.size)
     t = time.perf_counter()
-    if new:
+    if kind == "loop":
+        r = nr.native_rollout(world, pop, torch.arange(pop.size, dtype=torch.int32), pop.size,
+                              11, start, MAX_STEPS, None, None, COMPACT_BELOW,
+                              pop.row_path(pop.size))
+    elif kind == "new":
         r = rollout(world, new_policy(pop, pop.row_path(pop.size)), pop.size, 11, start,
                     MAX_STEPS, compact=COMPACT_BELOW)
     else:
@@ -170,10 +178,13 @@ def step_times(C: int, L: int, P: int, rounds: int) -> dict:
 def rollout_case(C: int, L: int, P: int, env: str, rounds: int, warm: int) -> dict:
     model = warm_model(C, L, env, warm)
     pop = Population(model, seed=3, sigma=SIGMA, size=P, include=INCLUDE)
-    runs: dict[str, list[dict]] = {"old": [], "new": []}
+    kinds = ["old", "new"]
+    if nr.usable(make_env(ENVS[env]), pop, pop.row_path(P)):
+        kinds.append("loop")
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
     for i in range(rounds):
-        for kind in (("old", "new") if i % 2 == 0 else ("new", "old")):
-            runs[kind].append(run_rollout(pop, env, kind == "new"))
+        for kind in (kinds if i % 2 == 0 else kinds[::-1]):
+            runs[kind].append(run_rollout(pop, env, kind))
     out = {"mean_episode": runs["new"][0]["mean_ep"], "longest": runs["new"][0]["max_ep"],
            "path": pop.row_path(P)}
     for kind, rs in runs.items():
@@ -181,6 +192,10 @@ def rollout_case(C: int, L: int, P: int, env: str, rounds: int, warm: int) -> di
         out[kind] = {"useful_per_s": rs[0]["useful"] / s, "computed_per_s": rs[0]["computed"] / s,
                      "useful_share": rs[0]["useful"] / rs[0]["computed"], "seconds": s}
     out["ratio"] = out["new"]["useful_per_s"] / out["old"]["useful_per_s"]
+    if "loop" in runs:
+        out["loop_over_new"] = out["loop"]["useful_per_s"] / out["new"]["useful_per_s"]
+        out["loop_same_returns"] = bool(np.array_equal(runs["loop"][0]["returns"],
+                                                       runs["new"][0]["returns"]))
     out["same_returns"] = float(np.mean(np.isclose(runs["old"][0]["returns"],
                                                    runs["new"][0]["returns"], rtol=1e-4)))
     rate = gemm_rate(rounds)
@@ -219,12 +234,16 @@ def main(argv: list[str] | None = None) -> dict:
         for env in ENVS:
             r = rollout_case(C, L, P, env, args.rounds, args.warm)
             result["rollouts"][f"{env}-C{C}-L{L}-P{P}"] = r
-            o, n = r["old"], r["new"]
             print(f"  {env:8} C={C:<3} L={L} P={P:<5} episodes mean {r['mean_episode']:.0f} "
                   f"longest {r['longest']}")
-            for kind, v in (("old", o), ("new", n)):
-                print(f"    {kind}: {v['useful_per_s']:10.0f} | {v['computed_per_s']:10.0f} | "
-                      f"{v['useful_share']:.2f}")
+            for kind in ("old", "new", "loop"):
+                if kind in r:
+                    v = r[kind]
+                    print(f"    {kind:4}: {v['useful_per_s']:10.0f} | "
+                          f"{v['computed_per_s']:10.0f} | {v['useful_share']:.2f}")
+            if "loop" in r:
+                print(f"    loop/new useful steps/s x{r['loop_over_new']:.1f}, returns "
+                      f"{'bitwise equal' if r['loop_same_returns'] else 'DIFFERENT'}")
             print(f"    new/old useful steps/s x{r['ratio']:.1f}; roofline "
                   f"{r['roofline_rows_per_s']:.0f} rows/s (GEMM {r['gemm_gflops']:.0f} GFLOP/s); "
                   f"returns equal (1e-4) for {r['same_returns']:.0%} of copies")

@@ -179,7 +179,13 @@ class VectorBackend:
         self.action_space = self.env.single_action_space
 
     def reset(self, seed: int, keys: list[int]) -> np.ndarray:
-        return self.env.reset_to(self._starts([copy_int_seed(seed, k) for k in keys]))
+        # copies with one key (a pair's two members) start alike: draw each start once
+        unique = list(dict.fromkeys(keys))
+        starts = self._starts([copy_int_seed(seed, k) for k in unique])
+        if len(unique) < len(keys):
+            column = {k: i for i, k in enumerate(unique)}
+            starts = starts[:, [column[k] for k in keys]]
+        return self.env.reset_to(starts)
 
     def step(self, actions: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, ...]:
         return self.env.step(actions, live)

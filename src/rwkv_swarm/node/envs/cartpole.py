@@ -39,7 +39,8 @@ class CartPoleVector:
 
     def reset_to(self, state: np.ndarray) -> np.ndarray:
         """Start every copy at `state` (4, n); returns the observations (n, 4) float32."""
-        self.state = np.array(state, dtype=np.float64)
+        # C order: the native rollout steps it in place
+        self.state = np.array(state, dtype=np.float64, order="C")
         self.steps[:] = 0
         return self.state.T.astype(np.float32)
 
