@@ -3,6 +3,8 @@
 adapter's observation pipeline, the rest of `GymEnv.step`), the policy (the row kernel's call
 and the Python around it) and the rollout's own bookkeeping (the remainder: masks, returns,
 compaction, obs -> tensor). Microseconds per environment step, medians over repeated rollouts.
+Beside it, the same rollout through the native loop (node/native_rollout.py: world and row
+step in one C loop, what `Node.evaluate` runs on CartPole), alternating with the Python one.
 
     python benchmarks/step_cost.py [--sizes 16,1,64 64,2,256] [--reps 9]
 """
@@ -22,6 +24,7 @@ import rwkv_swarm.kernels.native_rows as native_rows
 import rwkv_swarm.node.envs._gym_backends as backends
 import rwkv_swarm.node.envs.gym as gym_env
 from rwkv_swarm.kernels import Population, native
+from rwkv_swarm.node import native_rollout as nr
 from rwkv_swarm.node.envs import make_env
 from rwkv_swarm.node.rollout import COMPACT_BELOW, rollout
 
@@ -68,13 +71,23 @@ def case(C: int, L: int, P: int, reps: int) -> dict:
         ACC["total"] = ACC.get("total", 0.0) + time.perf_counter() - t
         return r
 
+    def loop() -> float:
+        world = make_env(bench.ENVS["cartpole"])
+        t = time.perf_counter()
+        nr.native_rollout(world, pop, torch.arange(P, dtype=torch.int32), P, 11,
+                          model.zero_state(P), bench.MAX_STEPS, None, None, COMPACT_BELOW, path)
+        return time.perf_counter() - t
+
     r = one()
-    steps, runs = int(r.steps.max()), []
+    loop()
+    steps, runs, loops = int(r.steps.max()), [], []
     for _ in range(reps):
         ACC.clear()
         one()
         runs.append(dict(ACC))
+        loops.append(loop())
     us = {k: statistics.median(x[k] for x in runs) / steps * 1e6 for k in runs[0]}
+    us["loop"] = statistics.median(loops) / steps * 1e6
     us["bookkeeping"] = us["total"] - us["env"] - us["policy"]
     us["env_rest"] = us["env"] - us["backend"] - us["observe"]
     us["policy_python"] = us["policy"] - us["kernel"]
@@ -91,7 +104,7 @@ def main() -> None:
     instrument()
     print(cpu_line())
     print("us per step: total | env (world, observe, rest) | policy (kernel, python) | "
-          "bookkeeping | all but the kernel")
+          "bookkeeping | all but the kernel || native loop, whole step (python / native)")
     for size in args.sizes:
         C, L, P = (int(v) for v in size.split(","))
         r = case(C, L, P, args.reps)
@@ -99,7 +112,8 @@ def main() -> None:
         print(f"  C={C:<3} L={L} P={P:<4} ({r['steps']} steps, {r['rows_per_step']:.1f} rows a "
               f"step): {u['total']:4.0f} | {u['env']:3.0f} ({u['backend']:.0f}, "
               f"{u['observe']:.0f}, {u['env_rest']:.0f}) | {u['policy']:3.0f} ({u['kernel']:.0f}, "
-              f"{u['policy_python']:.0f}) | {u['bookkeeping']:3.0f} | {u['fixed']:.0f}")
+              f"{u['policy_python']:.0f}) | {u['bookkeeping']:3.0f} | {u['fixed']:.0f} || "
+              f"{u['loop']:.1f} (x{u['total'] / u['loop']:.1f})")
 
 
 if __name__ == "__main__":
