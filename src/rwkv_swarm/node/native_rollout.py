@@ -15,6 +15,7 @@ Everything else runs `rollout`.
 from __future__ import annotations
 
 import ctypes
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -25,7 +26,8 @@ from ..kernels.native_rows import row_step
 from .envs.gym import GymEnv
 from .rollout import Rollout
 
-CHUNK = 16  # steps per call into C: `on_step` runs between calls (a node's transport)
+CALL_S = 0.005  # about this long per call into C: `on_step` (a node's transport) runs between
+MAX_CHUNK = 256  # steps per call at most
 _P = ctypes.c_void_p
 _I32, _I64, _F64 = ctypes.c_int32, ctypes.c_int64, ctypes.c_double
 
@@ -56,7 +58,8 @@ def native_rollout(env: GymEnv, pop: Population, members: torch.Tensor, n: int, 
                    path: str = "native:1") -> Rollout:
     """`rollout(env, <pop.step_rows on `path`>, n, seed, state, max_steps, keys, on_step,
     compact)` in one C loop: copy i is member `members[i]` (int32, (n,)). `on_step(t)` runs
-    every CHUNK steps and after the last (not after every step)."""
+    between calls into C, about every CALL_S seconds, and after the last step (not after
+    every step)."""
     if not usable(env, pop, path):
         raise ValueError("the native rollout needs a GymEnv over the numpy CartPole world with "
                          "no noise, a control-mode model on the CPU and a native row path, got "
@@ -70,11 +73,15 @@ def native_rollout(env: GymEnv, pop: Population, members: torch.Tensor, n: int, 
     tables = row_step(pop.model).tables(pop)
     threads = native.threads_of(path) or 1
     fn = native.load().rwkv7_cartpole_run
+    chunk = 1
     while run.live > 0 and run.t < max_steps:
-        if fn(ctypes.byref(run), CHUNK, threads, *tables) != 0:
+        t0, steps0 = time.perf_counter(), run.t
+        if fn(ctypes.byref(run), chunk, threads, *tables) != 0:
             raise MemoryError("the native rollout could not allocate the row kernel's scratch")
         if on_step is not None:
             on_step(run.t - 1)
+        per_step = (time.perf_counter() - t0) / max(1, run.t - steps0)
+        chunk = max(1, min(MAX_CHUNK, int(CALL_S / max(per_step, 1e-7))))
     b = keep
     env.finish_native(b["obs"], ~b["alive"].astype(bool), b["pending"], run.t)
     returns = b["returns"]
