@@ -256,6 +256,40 @@ class Population:
             sd[t.name] += scale * delta
         return sd
 
+    def _factors(self, squared: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Each matrix target's noise as one product's operands, built once per population:
+        (A (m, P/2 * r), B (P/2 * r, n)) with column p * r + k of A and row p * r + k of B
+        pair p's k-th factors; `squared`: the factors of E_p[i,j]^2 (rank r^2)."""
+        key = "_sq" if squared else "_lin"
+        cache = self.__dict__.setdefault("_factor_cache", {})
+        if key not in cache:
+            out = {}
+            for t in self.targets:
+                if t.kind == "vector":
+                    continue
+                A, Bn = self.noise[t.name]  # (P/2, m, r), (P/2, n, r)
+                if squared:
+                    A = (A.unsqueeze(-1) * A.unsqueeze(-2)).flatten(2)  # (P/2, m, r^2)
+                    Bn = (Bn.unsqueeze(-1) * Bn.unsqueeze(-2)).flatten(2)
+                m, n = t.shape
+                out[t.name] = (A.permute(1, 0, 2).reshape(m, -1).contiguous(),
+                               Bn.permute(0, 2, 1).reshape(-1, n).contiguous())
+            cache[key] = out
+        return cache[key]
+
+    def _weighted_sum(self, c: torch.Tensor, squared: bool) -> dict[str, torch.Tensor]:
+        """sum_p c_p E_p (or E_p^2 elementwise, `squared`) per target tensor."""
+        factors, out = self._factors(squared), {}
+        for t in self.targets:
+            if t.kind == "vector":
+                (eps,) = self.noise[t.name]
+                out[t.name] = torch.tensordot(c, eps ** 2 if squared else eps, dims=1)
+            else:
+                A, B = factors[t.name]
+                per_pair = A.shape[1] // c.numel()  # r (or r^2) factors a pair
+                out[t.name] = (A * (c if per_pair == 1 else c.repeat_interleave(per_pair))) @ B
+        return out
+
     def gradient(self, u: Sequence[float] | torch.Tensor) -> dict[str, torch.Tensor]:
         """ES gradient estimate 1/(P sigma) sum_j u_j s_j A_p B_p^T, per target tensor."""
         u = torch.as_tensor(u, dtype=torch.float32, device=self.device).flatten()
@@ -264,17 +298,7 @@ class Population:
         if not torch.isfinite(u).all():
             raise ValueError("u has non-finite entries")
         d = (u[0::2] - u[1::2]) / (self.size * self.sigma)  # (P/2,): antithetic differences
-        grads = {}
-        for t in self.targets:
-            parts = self.noise[t.name]
-            if t.kind == "vector":
-                grads[t.name] = torch.tensordot(d, parts[0], dims=1)
-            else:
-                A, Bn = parts  # (P/2, m, r), (P/2, n, r)
-                m, n = t.shape
-                lhs = (A * d.view(-1, 1, 1)).permute(1, 0, 2).reshape(m, -1)  # (m, P/2 * r)
-                grads[t.name] = lhs @ Bn.permute(0, 2, 1).reshape(-1, n)  # (m, n)
-        return grads
+        return self._weighted_sum(d, squared=False)
 
     def gradient_variance(self, u: Sequence[float] | torch.Tensor
                           ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -290,21 +314,9 @@ class Population:
         if pairs < 2:
             raise ValueError(f"a variance needs at least 2 antithetic pairs, got {pairs}")
         w = ((u[0::2] - u[1::2]) / (2 * self.sigma)) ** 2 / pairs  # weights of mean_p c_p^2
-        var = {}
-        for t in self.targets:
-            parts = self.noise[t.name]
-            if t.kind == "vector":
-                second = torch.tensordot(w, parts[0] ** 2, dims=1)
-            else:
-                A, Bn = parts  # (P/2, m, r), (P/2, n, r)
-                AA = (A.unsqueeze(-1) * A.unsqueeze(-2)).flatten(2)  # (P/2, m, r^2)
-                BB = (Bn.unsqueeze(-1) * Bn.unsqueeze(-2)).flatten(2)
-                m, n = t.shape
-                lhs = (AA * w.view(-1, 1, 1)).permute(1, 0, 2).reshape(m, -1)
-                second = lhs @ BB.permute(0, 2, 1).reshape(-1, n)
-            g = grads[t.name]
-            var[t.name] = (second - g * g).clamp_min(0) * (pairs / (pairs - 1)) / pairs
-        return grads, var
+        second = self._weighted_sum(w, squared=True)
+        return grads, {name: (second[name] - g * g).clamp_min(0) * (pairs / (pairs - 1)) / pairs
+                       for name, g in grads.items()}
 
     def update(self, u: Sequence[float] | torch.Tensor, lr: float) -> dict[str, torch.Tensor]:
         """Add lr * gradient(u) to the model's weights in place; returns the step taken."""
