@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from test_kernels_model import nontrivial
@@ -208,3 +209,21 @@ def test_both_low_rank_forms_add_the_same_terms(rank):
         out = base.clone()
         low_rank_torch(out, rows, left, right, sign, form)
         assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_pair_noise_is_a_fresh_philox_draw_in_any_order_and_thread():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rwkv_swarm.kernels.population import pair_noise
+
+    def fresh(seed: int, pair: int, size: int) -> np.ndarray:
+        key = np.array([seed & (2**64 - 1), pair], dtype=np.uint64)
+        return np.random.Generator(np.random.Philox(key=key)).standard_normal(
+            size, dtype=np.float32)
+
+    cases = [(s, p, n) for s in (0, 7, -3, 2**63 + 5) for p in (0, 1, 9) for n in (1, 422, 3000)]
+    for case in cases + cases[::-1]:  # each draw starts afresh, whatever ran before
+        assert np.array_equal(pair_noise(*case), fresh(*case))
+    with ThreadPoolExecutor(4) as pool:
+        drawn = list(pool.map(lambda c: pair_noise(*c), cases * 8))
+    assert all(np.array_equal(d, fresh(*c)) for d, c in zip(drawn, cases * 8, strict=True))
