@@ -231,3 +231,25 @@ def test_all_pairs_tied_is_a_missing_measurement_not_a_zero_gradient():
     assert torch.equal(db.mean, mean) and torch.equal(es.noise_var, noise_var)
     assert bool((db.var >= var).all())  # predicted only: uncertainty grew, nothing was measured
     assert info.direction_gain == 0.0 and info.step_norm > 0.0  # keeps walking the filtered way
+
+
+def test_noise_drawn_ahead_is_the_next_generations_own_and_only_it_takes_it():
+    def strategy():
+        return KalmanES(RWKV7(CFG, seed=1, init="live"), KalmanESConfig(population=8, seed=4))
+
+    ahead, plain = strategy(), strategy()
+    for s in (ahead, plain):
+        s.ask()
+    ahead.draw_ahead()  # for generation 1, drawn while generation 0 is still pending
+    drawn = ahead._drawn[1]
+    for s in (ahead, plain):
+        s.tell(np.arange(8.0))
+        s.ask()
+    assert ahead.population._noise is drawn  # taken, not drawn again
+    for name, parts in plain.population.noise.items():
+        assert all(torch.equal(a, b) for a, b in zip(parts, drawn[name], strict=True))
+    ahead.draw_ahead()
+    ahead._drawn = (("another seed",), ahead._drawn[1])  # not the next generation's key
+    ahead.tell(np.arange(8.0)[::-1].copy())
+    ahead.ask()
+    assert ahead.population._noise is None  # not taken: drawn afresh when needed

@@ -139,6 +139,12 @@ class Population:
         flat = np.stack([pair_noise(self.seed, p, self.noise_size) for p in pairs])
         return self._split(torch.from_numpy(flat).to(self.device))
 
+    def adopt_noise(self, noise: dict[str, tuple[torch.Tensor, ...]]) -> None:
+        """Take `noise`, another population's `noise` of the same seed, size and targets, as
+        this one's (drawn ahead of time: a node draws the next generation's while it waits)."""
+        if self._noise is None:
+            self._noise = noise
+
     @property
     def noise(self) -> dict[str, tuple[torch.Tensor, ...]]:
         if self._noise is None:

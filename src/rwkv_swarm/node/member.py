@@ -137,6 +137,8 @@ class Member:
         start = time.monotonic()
         deadline = start + wait_s
         t0 = time.perf_counter()
+        if self._missing(gen, expected, start):  # work the next generation needs anyway
+            self.node.strategy.draw_ahead()
         while self._missing(gen, expected, start):
             left = deadline - time.monotonic()
             if left <= 0:

@@ -97,6 +97,11 @@ class Mutants:
     def population(self, model: RWKV7) -> Population:
         return Population(model, self.seed, self.sigma, self.size, self.rank, self.include)
 
+    @property
+    def key(self) -> tuple:
+        """What the noise depends on: seed, size, rank and groups (not sigma)."""
+        return (self.seed, self.size, self.rank, self.include)
+
 
 @dataclass
 class Measurement:
@@ -182,6 +187,7 @@ class Strategy:
         self.calibration = Calibration()
         self._pending: Mutants | None = None
         self._population: Population | None = None
+        self._drawn: tuple[tuple, dict] | None = None  # draw_ahead's (key, noise)
         self._measured: Measurement | None = None
         self.relevance = Relevance()  # how much of each neighbour's signal is ours (fusion.py)
         self.reference: torch.Tensor | None = None  # an average of past directions
@@ -201,7 +207,20 @@ class Strategy:
                                     c.sigma * self._sigma_scale(), c.population, c.rank,
                                     tuple(c.include))
             self._population = self._pending.population(self.model)
+            drawn, self._drawn = self._drawn, None
+            if drawn is not None and drawn[0] == self._pending.key:
+                self._population.adopt_noise(drawn[1])
         return self._pending
+
+    def draw_ahead(self) -> None:
+        """Draw the next generation's noise now (it depends on the seed alone, not on this
+        step): a node waiting for its peers' reports has the time. `ask` takes it when the next
+        generation is the one it was drawn for."""
+        c = self.config
+        seed = derive_seed(c.seed, c.stream, self.generation + 1)
+        ahead = Mutants(self.generation + 1, seed, 1.0, c.population, c.rank, tuple(c.include))
+        if self._drawn is None or self._drawn[0] != ahead.key:
+            self._drawn = (ahead.key, ahead.population(self.model).noise)
 
     @property
     def population(self) -> Population:
