@@ -25,3 +25,14 @@ def test_rejects_bad_arguments():
         chi2_quantile(1.0, 1)
     with pytest.raises(ValueError, match="dof must be 1 or greater"):
         chi2_quantile(0.5, 0)
+
+
+@pytest.mark.parametrize("p", [0.9, 0.99, 0.999])
+@pytest.mark.parametrize("dof", [0.5, 0.9, 1.0, 2.5, 7.3, 30.0, 1000.0, 5e6])
+def test_f1_quantile_is_scipys_f_quantile(p, dof):
+    from scipy.stats import f
+
+    from rwkv_swarm.kalman._stats import f1_quantile
+
+    # q = dof (1 - x) / x from x near 1: x's last bit is worth about dof * 1e-16 of q
+    assert f1_quantile(p, dof) == pytest.approx(f.ppf(p, 1, dof), rel=max(1e-10, dof * 1e-14))
