@@ -69,7 +69,7 @@ def native_rollout(env: GymEnv, pop: Population, members: torch.Tensor, n: int, 
     obs = env.reset(n, seed) if keys is None else env.reset(n, seed, keys)
     world = env.native_cartpole()
     assert world is not None  # usable() said so before the reset
-    run, keep = _prepare(world, pop, members, n, obs, state, max_steps, compact)
+    run, bufs = _prepare(world, pop, members, n, obs, state, max_steps, compact)
     tables = row_step(pop.model).tables(pop)
     threads = native.threads_of(path) or 1
     fn = native.load().rwkv7_cartpole_run
@@ -82,12 +82,11 @@ def native_rollout(env: GymEnv, pop: Population, members: torch.Tensor, n: int, 
             on_step(run.t - 1)
         per_step = (time.perf_counter() - t0) / max(1, run.t - steps0)
         chunk = max(1, min(MAX_CHUNK, int(CALL_S / max(per_step, 1e-7))))
-    b = keep
-    env.finish_native(b["obs"], ~b["alive"].astype(bool), b["pending"], run.t)
-    returns = b["returns"]
-    diverged, bad_obs = b["diverged"].astype(bool), b["bad_obs"].astype(bool)
+    env.finish_native(bufs["obs"], ~bufs["alive"].astype(bool), bufs["pending"], run.t)
+    returns = bufs["returns"]
+    diverged, bad_obs = bufs["diverged"].astype(bool), bufs["bad_obs"].astype(bool)
     returns[diverged | bad_obs] = np.nan
-    return Rollout(returns, b["steps"], b["full"], diverged, bad_obs, int(run.computed))
+    return Rollout(returns, bufs["steps"], bufs["full"], diverged, bad_obs, int(run.computed))
 
 
 def _prepare(world: dict, pop: Population, members: torch.Tensor, n: int, obs: np.ndarray,
@@ -103,8 +102,8 @@ def _prepare(world: dict, pop: Population, members: torch.Tensor, n: int, obs: n
         raise ValueError("the native rollout steps a float32 state on the CPU")
     batch, full = _owned(state), _owned(state)
     b = {"keep": np.ascontiguousarray(world["keep"], dtype=np.int64),
-         "shift": np.ascontiguousarray(norm._shift if norm else np.zeros(d)),
-         "inv_std": np.ascontiguousarray(norm._inv_std if norm else np.ones(d)),
+         "shift": np.ascontiguousarray(norm.scaling[0] if norm else np.zeros(d)),
+         "inv_std": np.ascontiguousarray(norm.scaling[1] if norm else np.ones(d)),
          "pending": np.concatenate([[norm.pending[0]], *norm.pending[1:]]) if norm
          else np.zeros(1 + 2 * d),
          "cart": world["cart"].state, "obs": np.array(obs, dtype=np.float32, order="C"),

@@ -58,6 +58,11 @@ class RunningNorm:
         self._inv_std = 1.0 / np.sqrt(var + self.eps)
 
     @property
+    def scaling(self) -> tuple[np.ndarray, np.ndarray]:
+        """(shift, inv_std): normalize(x) is clip((x - shift) * inv_std), frozen until commit."""
+        return self._shift, self._inv_std
+
+    @property
     def var(self) -> np.ndarray:
         """Committed population variance (ones before any data was committed)."""
         return self.m2 / self.count if self.count > 0 else np.ones(self.dim)
