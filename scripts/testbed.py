@@ -297,18 +297,21 @@ def stop_processes(state: dict[str, Any]) -> None:
     """SIGTERM the recorded `ray start` processes, the head's last (each stops what it started,
     in a second or two; signalling their children as well would leave the raylets waiting for
     a GCS that is gone), then SIGKILL whatever is still inside the testbed's namespaces after
-    STOP_GRACE_S: every process there was started by this testbed or through `exec`. A host
-    whose `ray start` is gone already (one Ray declared dead after a cut) has nothing left to
-    stop its leftovers (Ray's agents), so they are not waited for."""
+    STOP_GRACE_S: every process there was started by this testbed or through `exec`. Nothing
+    is waited for that cannot stop in order: what is left on a host whose `ray start` is gone
+    already, and anything at all once the head's processes (its GCS) are gone (a host Ray
+    declared dead after a cut keeps its raylet and actors: they stop only when killed)."""
     stopping = set()
     for r in reversed(state.get("ray", [])):
         if start_time(r["pid"]) == r["start"]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(r["pid"], signal.SIGTERM)
             stopping.add(find_host(state, r["host"])["ns"])
+    head = state["hosts"][0]["ns"]
     spaces = [h["ns"] for h in state["hosts"]] + [state["switch"]]
     deadline = time.monotonic() + STOP_GRACE_S
-    while any(netns_pids(ns) for ns in stopping) and time.monotonic() < deadline:
+    while (any(netns_pids(ns) for ns in stopping) and (head not in stopping or netns_pids(head))
+           and time.monotonic() < deadline):
         time.sleep(0.2)
     for ns in spaces:
         for pid in netns_pids(ns):
