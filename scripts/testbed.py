@@ -205,9 +205,9 @@ def ray_command(state: dict[str, Any], h: dict[str, Any], cpus: float, head: boo
 
 
 def start_ray(state: dict[str, Any], h: dict[str, Any], cpus: float, head: bool,
-              state_dir: Path) -> None:
+              state_dir: Path) -> subprocess.Popen:
     """`ray start --block` inside the host, in a session of its own; the pid is recorded
-    before anything else happens, then we wait for Ray's "started" line."""
+    before anything else happens (`started` waits for Ray's "started" line)."""
     log_path = state_dir / f"{h['name']}.log"
     cmd = ["ip", "netns", "exec", h["ns"], *ray_command(state, h, cpus, head, state_dir)]
     env = host_env(state) | (HEALTH_CHECK if state.get("health_check", "fast") == "fast" else {})
@@ -216,6 +216,12 @@ def start_ray(state: dict[str, Any], h: dict[str, Any], cpus: float, head: bool,
                              env=env, start_new_session=True)
     state["ray"].append({"host": h["name"], "pid": p.pid, "start": start_time(p.pid)})
     save_state(state_dir, state)
+    return p
+
+
+def started(p: subprocess.Popen, h: dict[str, Any], state_dir: Path) -> None:
+    """Wait for the "started" line of host h's `ray start` (process p)."""
+    log_path = state_dir / f"{h['name']}.log"
     deadline = time.monotonic() + START_TIMEOUT_S
     while "Ray runtime started" not in log_path.read_text(errors="replace"):
         if p.poll() is not None or time.monotonic() > deadline:
@@ -278,8 +284,13 @@ def up(state_dir: Path, prefix: str, hosts: int, port: int, cpus: float,
         token = Path(state["token"])
         token.touch(mode=0o600)
         token.write_text(secrets.token_hex(32))
-        for i, h in enumerate(state["hosts"]):
-            start_ray(state, h, cpus, head=i == 0, state_dir=state_dir)
+        head, *others = state["hosts"]
+        started(start_ray(state, head, cpus, head=True, state_dir=state_dir), head, state_dir)
+        # the other hosts join the head together
+        joining = [(start_ray(state, h, cpus, head=False, state_dir=state_dir), h)
+                   for h in others]
+        for p, h in joining:
+            started(p, h, state_dir)
         wait_for_nodes(state)
     except BaseException:
         down(state_dir, keep=True)  # the logs stay for the error; `down` removes them
@@ -297,14 +308,21 @@ def stop_processes(state: dict[str, Any]) -> None:
     """SIGTERM the recorded `ray start` processes, the head's last (each stops what it started,
     in a second or two; signalling their children as well would leave the raylets waiting for
     a GCS that is gone), then SIGKILL whatever is still inside the testbed's namespaces after
-    STOP_GRACE_S: every process there was started by this testbed or through `exec`."""
+    STOP_GRACE_S: every process there was started by this testbed or through `exec`. Nothing
+    is waited for that cannot stop in order: what is left on a host whose `ray start` is gone
+    already, and anything at all once the head's processes (its GCS) are gone (a host Ray
+    declared dead after a cut keeps its raylet and actors: they stop only when killed)."""
+    stopping = set()
     for r in reversed(state.get("ray", [])):
         if start_time(r["pid"]) == r["start"]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(r["pid"], signal.SIGTERM)
+            stopping.add(find_host(state, r["host"])["ns"])
+    head = state["hosts"][0]["ns"]
     spaces = [h["ns"] for h in state["hosts"]] + [state["switch"]]
     deadline = time.monotonic() + STOP_GRACE_S
-    while any(netns_pids(ns) for ns in spaces) and time.monotonic() < deadline:
+    while (any(netns_pids(ns) for ns in stopping) and (head not in stopping or netns_pids(head))
+           and time.monotonic() < deadline):
         time.sleep(0.2)
     for ns in spaces:
         for pid in netns_pids(ns):

@@ -44,6 +44,23 @@ def verb(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=VERB_S)
 
 
+def verbs(cwd: Path, *commands: tuple[tuple[str, ...], dict[str, str]]
+          ) -> list[subprocess.CompletedProcess]:
+    """Several `rwkv-swarm` commands at once (args, env added), as from several shells: each
+    in a process of its own, started together; their results in order."""
+    procs = [subprocess.Popen([*CLI, *args], cwd=cwd, env={**shell_env(), **env},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for args, env in commands]
+    try:
+        outs = [p.communicate(timeout=VERB_S) for p in procs]
+        return [subprocess.CompletedProcess(p.args, p.returncode, *out)
+                for p, out in zip(procs, outs, strict=True)]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 def session_pids(sid: int) -> list[int]:
     """The live (not zombie) processes of session `sid`."""
     pids = []
@@ -112,38 +129,36 @@ def test_an_embedded_run_is_reached_from_other_shells_until_its_launcher_is_kill
         run_dir = tmp_path / "runs" / run_id
         assert (info["embedded"], info["auth"], info["pid"]) == (True, "token", proc.pid)
 
-        out = verb(tmp_path, "status", run_id)
-        assert out.returncode == 0, out.stderr[-2000:]
-        assert f"run {run_id}: generation" in out.stdout
-        out = verb(tmp_path, "inject", run_id, "freq_shift", "freq=0.021,0.047,0.25")
-        assert out.returncode == 0, out.stderr[-2000:]
-        assert "applied from the next generation" in out.stdout
-        assert signal_events(run_dir) == ["freq_shift"]
-
-        out = verb(tmp_path, "inject", run_id, "gravity", "g=3")
-        assert out.returncode == 2
-        assert "unknown signal 'gravity'" in out.stderr and "'freq_shift'" in out.stderr
+        # five other shells at once
+        status, inject, gravity, summary, stranger = verbs(
+            tmp_path, (("status", run_id), {}),
+            (("inject", run_id, "freq_shift", "freq=0.021,0.047,0.25"), {}),
+            (("inject", run_id, "gravity", "g=3"), {}), (("trace", "summary", run_id), {}),
+            (("status", run_id), {"RAY_AUTH_TOKEN": "0" * 32}))  # not the run's token
+        assert status.returncode == 0, status.stderr[-2000:]
+        assert f"run {run_id}: generation" in status.stdout
+        assert inject.returncode == 0, inject.stderr[-2000:]
+        assert "applied from the next generation" in inject.stdout
+        assert gravity.returncode == 2
+        assert "unknown signal 'gravity'" in gravity.stderr and "'freq_shift'" in gravity.stderr
+        assert summary.returncode == 0 and "best_fitness" in summary.stdout
+        assert stranger.returncode == 2
+        assert (f"run {run_id}'s Ray uses another auth token than this shell's (from "
+                "RAY_AUTH_TOKEN)") in stranger.stderr
         # in this process, which has no Ray: refused before any connection is tried
         assert main(["inject", run_id, "freq_shift", "freq=0.9",
                      "--runs-dir", str(tmp_path / "runs")]) == 2
         assert "freqs must all be < 0.5" in capsys.readouterr().err
-        assert signal_events(run_dir) == ["freq_shift"]  # nothing sent for either
-
-        out = verb(tmp_path, "trace", "summary", run_id)
-        assert out.returncode == 0 and "best_fitness" in out.stdout
-        out = verb(tmp_path, "status", run_id, RAY_AUTH_TOKEN="0" * 32)  # not the run's token
-        assert out.returncode == 2
-        assert (f"run {run_id}'s Ray uses another auth token than this shell's (from "
-                "RAY_AUTH_TOKEN)") in out.stderr
+        assert signal_events(run_dir) == ["freq_shift"]  # the good one; nothing for either other
 
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        out = verb(tmp_path, "status", run_id)
-        assert out.returncode == 2, out.stdout
+        status, inject = verbs(tmp_path, (("status", run_id), {}),
+                               (("inject", run_id, "amplitude", "scale=2"), {}))
+        assert status.returncode == 2, status.stdout
         died = f"run {run_id}'s launcher died (pid {proc.pid} on {socket.gethostname()} is gone"
-        assert died in out.stderr and f"`rwkv-swarm resume {run_id}`" in out.stderr
-        out = verb(tmp_path, "inject", run_id, "amplitude", "scale=2")
-        assert out.returncode == 2 and died in out.stderr
+        assert died in status.stderr and f"`rwkv-swarm resume {run_id}`" in status.stderr
+        assert inject.returncode == 2 and died in inject.stderr
 
 
 def free_port() -> int:
@@ -181,11 +196,11 @@ def test_a_run_on_a_cluster_is_reached_from_other_shells_and_told_ended_after_ct
             run_id, info = wait_for_run(tmp_path / "runs", proc, tmp_path / "launcher.log")
             assert info["embedded"] is False and info["address"].endswith(f":{port}")
             assert (info["auth"], info["token_path"]) == ("token", str(token))
-            out = verb(tmp_path, "status", run_id, "--json")
-            assert out.returncode == 0, out.stderr[-2000:]
-            assert json.loads(out.stdout)["run_id"] == run_id
-            out = verb(tmp_path, "inject", run_id, "amplitude", "scale=2")
-            assert out.returncode == 0, out.stderr[-2000:]
+            status, inject = verbs(tmp_path, (("status", run_id, "--json"), {}),
+                                   (("inject", run_id, "amplitude", "scale=2"), {}))
+            assert status.returncode == 0, status.stderr[-2000:]
+            assert json.loads(status.stdout)["run_id"] == run_id
+            assert inject.returncode == 0, inject.stderr[-2000:]
 
             proc.send_signal(signal.SIGINT)  # Ctrl-C
             assert proc.wait(timeout=START_S) == 130

@@ -5,11 +5,13 @@ parser, scripts with --help (their imports and argument parsing run)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -34,7 +36,22 @@ def test_python_block_runs_as_written(ray_session, code, tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
 
 
-def check(argv: list[str]) -> None:
+def help_of(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def helps():
+    """`SCRIPT --help` of every script the bash blocks run, each in a process of its own, as
+    many at once as there are CPUs: script -> its future result."""
+    scripts = {argv[1] for line in BASH for part in line.split("&&")
+               if len(argv := shlex.split(part)) > 1 and argv[0].endswith("python")}
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        yield {s: pool.submit(help_of, s) for s in sorted(scripts)}
+
+
+def check(argv: list[str], helps: dict[str, Future]) -> None:
     if argv[0] == "make":
         done = subprocess.run(["make", "-n", *argv[1:]], cwd=ROOT, capture_output=True,
                               text=True)
@@ -51,12 +68,11 @@ def check(argv: list[str]) -> None:
     else:
         assert argv[0].endswith("python"), f"unexpected command {argv[0]!r}"
         assert (ROOT / argv[1]).exists(), f"{argv[1]} does not exist"
-        done = subprocess.run([sys.executable, str(ROOT / argv[1]), "--help"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        done = helps[argv[1]].result()
         assert done.returncode == 0, done.stderr[-500:]
 
 
 @pytest.mark.parametrize("line", BASH)
-def test_bash_command_is_valid(line):
+def test_bash_command_is_valid(line, helps):
     for part in line.split("&&"):
-        check(shlex.split(part))
+        check(shlex.split(part), helps)

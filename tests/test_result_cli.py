@@ -25,9 +25,10 @@ resources = {cpus = 0.5}
 SCRIPT = """
 import sys
 from rwkv_swarm.node.policy import Policy
-policy = Policy.load(sys.argv[1])
-returns = policy.play(episodes=2)
-print(policy.origin["node"], policy.origin["generation"], *returns)
+for path in sys.argv[1:]:
+    policy = Policy.load(path)
+    returns = policy.play(episodes=2)
+    print(policy.origin["node"], policy.origin["generation"], *returns)
 assert "ray" not in sys.modules, "the policy needs no Ray"
 """
 
@@ -57,11 +58,14 @@ def test_run_export_then_a_plain_script_plays_the_policy_without_ray(tmp_path):
     assert len(returns) == 2
 
     first = [line.split("return ")[1] for line in returns]
-    for file, node in ((tmp_path / "best.pt", best["node"]), (tmp_path / "policy.pt", 1)):
-        script = subprocess.run([sys.executable, "-c", SCRIPT, str(file)], cwd=ROOT,
-                                capture_output=True, text=True, timeout=WAIT_S)
-        assert script.returncode == 0, script.stderr[-3000:]
-        name, generation, *values = script.stdout.split()
+    files = {tmp_path / "best.pt": best["node"], tmp_path / "policy.pt": 1}
+    script = subprocess.run([sys.executable, "-c", SCRIPT, *map(str, files)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=WAIT_S)
+    assert script.returncode == 0, script.stderr[-3000:]
+    lines = script.stdout.splitlines()
+    assert len(lines) == len(files)
+    for line, node in zip(lines, files.values(), strict=True):
+        name, generation, *values = line.split()
         assert name == f"node-{node}" and int(generation) == 4
         assert len(values) == 2 and all(float(v) <= 0 for v in values)  # -(x - target)^2
         if node == best["node"]:  # play: the same policy and episodes (seeds 0 and 1)
