@@ -202,8 +202,9 @@ def reached(runs: Path, generation: int) -> bool:
 def test_a_run_killed_with_its_ray_is_resumed_from_another_process(tmp_path):
     runs = tmp_path / "runs"
     path = tmp_path / "swarm.toml"
+    gens = 40  # the kill lands after checkpoint 4 at the earliest, and well before the end
     # a trace part per generation: the rows of generation 4 are seen before checkpoint 8
-    path.write_text(config(runs, mode="consensus", generations=10, checkpoint_every=4,
+    path.write_text(config(runs, mode="consensus", generations=gens, checkpoint_every=4,
                            trace_flush_s=0.0).to_toml())
     launcher = cli("run", str(path), "--quiet", out=tmp_path / "run.log")
     try:
@@ -215,7 +216,9 @@ def test_a_run_killed_with_its_ray_is_resumed_from_another_process(tmp_path):
     finally:
         kill_all(launcher)  # its Ray and every node with it
     (run_dir,) = runs.iterdir()
-    assert CheckpointStore(run_dir).latest_complete(2) == 4 and last_generation(run_dir) < 8
+    # how far the run got before the kill depends on the machine; what follows holds for any
+    ckpt, last = CheckpointStore(run_dir).latest_complete(2), last_generation(run_dir)
+    assert ckpt is not None and ckpt >= 4 and ckpt % 4 == 0 and last < gens - 1, (ckpt, last)
     resumer = cli("resume", run_dir.name, "--runs-dir", str(runs), "--quiet",
                   out=tmp_path / "resume.log")
     try:
@@ -224,9 +227,10 @@ def test_a_run_killed_with_its_ray_is_resumed_from_another_process(tmp_path):
         kill_all(resumer)
     t = load_trace(run_dir).to_pydict()
     assert list(zip(t["generation"], t["node"], strict=True)) == \
-        [(g, n) for g in range(10) for n in range(2)]  # every one once, none lost, none twice
+        [(g, n) for g in range(gens) for n in range(2)]  # every one once, none lost, none twice
     (event,) = [e for e in read_events(run_dir) if e["kind"] == "resume"]
-    assert event["from_generation"] == 4 and event["rows_dropped"] >= 2
-    assert "resumed from generation 4" in (tmp_path / "resume.log").read_text()
+    assert event["from_generation"] == ckpt
+    assert event["rows_dropped"] == 2 * max(0, last - ckpt + 1)  # the rows after it, exactly
+    assert f"resumed from generation {ckpt}" in (tmp_path / "resume.log").read_text()
     info = json.loads((run_dir / "run.json").read_text())
-    assert info["pid"] == resumer.pid and info["resumed"][0]["from_generation"] == 4
+    assert info["pid"] == resumer.pid and info["resumed"][0]["from_generation"] == ckpt
