@@ -117,6 +117,7 @@ class Population:
         self._noise: dict[str, tuple[torch.Tensor, ...]] | None = None
         self._noise_t: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._graphs = None  # rows.CudaGraphRows once a step takes the "graph" path
+        self._factor_cache: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
 
     # -- noise ---------------------------------------------------------------------------------
 
@@ -276,8 +277,7 @@ class Population:
         """Each matrix target's noise as one product's operands, built once per population:
         (A (m, P/2 * r), B (P/2 * r, n)) with column p * r + k of A and row p * r + k of B
         pair p's k-th factors; `squared`: the factors of E_p[i,j]^2 (rank r^2)."""
-        key = "_sq" if squared else "_lin"
-        cache = self.__dict__.setdefault("_factor_cache", {})
+        key, cache = ("squared" if squared else "plain"), self._factor_cache
         if key not in cache:
             out = {}
             for t in self.targets:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..kernels import RWKV7, RWKV7State
+from ..kernels import RWKV7, Population, RWKV7State
 from . import checkpoint as ckpt
 from . import native_rollout
 from .config import STRATEGIES, NodeConfig
@@ -137,24 +137,17 @@ class Node:
         # batch, so compacting to the live copies leaves their returns as they were
         path = pop.row_path(P * E)
 
-        batch: list = [None, member_of]  # the rows last stepped and their members
-
-        def policy(obs: torch.Tensor, state: RWKV7State, rows: np.ndarray | None = None):
-            if rows is not None and rows is not batch[0]:  # None: every copy
-                batch[:] = rows, member_of[torch.from_numpy(rows)]  # new after a compaction
-            members = member_of if rows is None else batch[1]
-            return pop.step_rows(obs, state, members, inplace=rows is not None, path=path)
-
         # keys: a copy's episode; paired, both members of an antithetic pair meet the same ones
         keys = [((lo + m) // (2 if c.paired_episodes else 1)) * E + e
                 for m in range(P) for e in range(E)]
+        seed = self._eval_seed()
         if native_rollout.usable(self.env, pop, path):  # the same bits, without Python a step
             self._evaluated = native_rollout.native_rollout(
-                self.env, pop, member_of, P * E, self._eval_seed(), start, c.max_steps, keys,
-                on_step, COMPACT_BELOW, path)
+                self.env, pop, member_of, P * E, seed, start, c.max_steps, keys, on_step,
+                COMPACT_BELOW, path)
         else:
-            self._evaluated = rollout(self.env, policy, P * E, self._eval_seed(), start,
-                                      c.max_steps, keys, on_step, compact=COMPACT_BELOW)
+            self._evaluated = rollout(self.env, _row_policy(pop, member_of, path), P * E, seed,
+                                      start, c.max_steps, keys, on_step, compact=COMPACT_BELOW)
         self._fitness = self._evaluated.returns.reshape(P, E).mean(axis=1)
         self._stage = "evaluated"
         self._times["evaluate_s"] = time.perf_counter() - t0
@@ -336,3 +329,16 @@ class Node:
         was checkpointed on). Malformed bytes raise ValueError("not a node checkpoint: <what
         is wrong>")."""
         return ckpt.load(cls, blob, env, device)
+
+
+def _row_policy(pop: Population, member_of: torch.Tensor, path: str) -> Callable:
+    """The population's row step as `rollout`'s policy: copy i is member `member_of[i]`; the
+    members of a compacted batch's rows are gathered once per compaction."""
+    batch: list = [None, member_of]  # the rows last stepped and their members
+
+    def policy(obs: torch.Tensor, state: RWKV7State, rows: np.ndarray | None = None):
+        if rows is not None and rows is not batch[0]:  # None: every copy
+            batch[:] = rows, member_of[torch.from_numpy(rows)]  # new after a compaction
+        members = member_of if rows is None else batch[1]
+        return pop.step_rows(obs, state, members, inplace=rows is not None, path=path)
+    return policy

@@ -4,6 +4,7 @@ fitness predictions."""
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 OPTIMIZERS = ("adam", "sgd", "clipup")
 
 
-class PlainOptimizer:
+class PlainOptimizer(ABC):
     """The part of `torch.optim.Optimizer` a strategy uses (`param_groups`, `state`, `step`,
     `state_dict` in torch's format), over one group of parameters, without torch.optim: its
     methods import torch's compiler (torch._dynamo) the first time one runs, a second of CPU
@@ -54,8 +55,9 @@ class PlainOptimizer:
                               "params": g["params"]}
                              for s, g in zip(saved, self.param_groups, strict=True)]
 
+    @abstractmethod
     def step(self) -> None:
-        raise NotImplementedError
+        """One step of the rule over every parameter that has a gradient."""
 
 
 def _like(value: Any, p: torch.Tensor) -> Any:

@@ -203,9 +203,7 @@ class Strategy:
         if self._pending is None:
             self.fitness_belief.predict(expected_change=self.expected_change)
             self._on_predict()
-            self._pending = Mutants(self.generation, derive_seed(c.seed, c.stream, self.generation),
-                                    c.sigma * self._sigma_scale(), c.population, c.rank,
-                                    tuple(c.include))
+            self._pending = self._mutants(self.generation, c.sigma * self._sigma_scale())
             self._population = self._pending.population(self.model)
             drawn, self._drawn = self._drawn, None
             if drawn is not None and drawn[0] == self._pending.key:
@@ -216,11 +214,14 @@ class Strategy:
         """Draw the next generation's noise now (it depends on the seed alone, not on this
         step): a node waiting for its peers' reports has the time. `ask` takes it when the next
         generation is the one it was drawn for."""
-        c = self.config
-        seed = derive_seed(c.seed, c.stream, self.generation + 1)
-        ahead = Mutants(self.generation + 1, seed, 1.0, c.population, c.rank, tuple(c.include))
+        ahead = self._mutants(self.generation + 1, 1.0)  # sigma scales the noise, later
         if self._drawn is None or self._drawn[0] != ahead.key:
             self._drawn = (ahead.key, ahead.population(self.model).noise)
+
+    def _mutants(self, generation: int, sigma: float) -> Mutants:
+        c = self.config
+        return Mutants(generation, derive_seed(c.seed, c.stream, generation), sigma,
+                       c.population, c.rank, tuple(c.include))
 
     @property
     def population(self) -> Population:

@@ -155,7 +155,7 @@ static int physics(CartRun *r, int i, int action) {
     return fabs(s[i]) > X_THRESHOLD || fabs(s[2 * n + i]) > theta_threshold;
 }
 
-/* Row `k` of the step's kept raw values for copy i (float32 observation, then float64). */
+/* Copy i's kept raw values into `row` (the float32 observation, then float64). */
 static void keep_raw(const CartRun *r, int i, double *row) {
     for (int j = 0; j < r->n_keep; j++)
         row[j] = (double)(float)r->cart[(size_t)r->keep[j] * r->n + i];
