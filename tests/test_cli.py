@@ -92,6 +92,17 @@ def test_a_finished_run_is_told_from_its_files_alone(tmp_path, capsys):
     assert told in capsys.readouterr().err
 
 
+def test_trace_summary_of_a_run_without_a_generation_says_so(tmp_path, capsys):
+    """A run that has recorded nothing yet is told apart from a directory that is no run."""
+    ended_run(tmp_path / "runs")
+    assert main(["trace", "summary", "r1", "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "r1 has recorded no generation yet" in err and "a run directory?" not in err
+    (tmp_path / "elsewhere").mkdir()
+    assert main(["trace", "summary", str(tmp_path / "elsewhere")]) == 2
+    assert f"is {tmp_path / 'elsewhere'} a run directory?" in capsys.readouterr().err
+
+
 def test_a_launcher_whose_pid_names_another_process_now_is_dead(tmp_path, capsys):
     """pid reuse: this process's pid, recorded with another start time, is another launcher."""
     run_dir = tmp_path / "r2"

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from rwkv_swarm.swarm import read_events, runinfo
 from rwkv_swarm.swarm.commands.cli import main
+from rwkv_swarm.swarm.trace import last_generation
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "rwkv_swarm.swarm.commands.cli"]
@@ -116,6 +117,15 @@ def wait_for_run(runs: Path, proc: subprocess.Popen, log: Path) -> tuple[str, di
     return found[0].parent.name, json.loads(found[0].read_text())
 
 
+def wait_for_trace(run_dir: Path, proc: subprocess.Popen, log: Path) -> None:
+    """Until the run's trace holds its first generation (what `trace summary` reads)."""
+    deadline = time.monotonic() + START_S
+    while last_generation(run_dir) is None:
+        assert proc.poll() is None, f"the launcher exited: {log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, "timed out waiting for the first generation"
+        time.sleep(0.2)
+
+
 def signal_events(run_dir: Path) -> list[str]:
     return [e["name"] for e in read_events(run_dir) if e["kind"] == "signal"]
 
@@ -128,6 +138,7 @@ def test_an_embedded_run_is_reached_from_other_shells_until_its_launcher_is_kill
         run_id, info = wait_for_run(tmp_path / "runs", proc, log)
         run_dir = tmp_path / "runs" / run_id
         assert (info["embedded"], info["auth"], info["pid"]) == (True, "token", proc.pid)
+        wait_for_trace(run_dir, proc, log)
 
         # five other shells at once
         status, inject, gravity, summary, stranger = verbs(

@@ -119,14 +119,17 @@ def test_trace_rows_wait_for_a_part_but_a_checkpoint_never_runs_ahead_of_them(tm
     finally:
         for h in hosts:
             h.close()
-    # rows held until the checkpoint: on disk, exactly the generations before it
-    assert seen == [(1, None, 0), (2, 1, 2), (3, 1, 2), (4, 3, 4), (5, 3, 4)]
+    # the first generation's rows at once (a run has a trace from its first generation), the
+    # others held until the checkpoint: on disk, exactly the generations before it
+    assert seen == [(1, 0, 0), (2, 1, 2), (3, 1, 2), (4, 3, 4), (5, 3, 4)]
     t = load_trace(coordinator.run_dir).to_pydict()
     assert sorted(zip(t["generation"], t["node"], strict=True)) == \
         [(g, n) for g in range(5) for n in range(4)]  # the held ones written at the end
-    # a part per checkpoint, merged at the next; the last (4 rows) is not merged into 16 rows
+    # part 0: generation 0 (4 rows); 1: generation 1 (4, at checkpoint 2, merged with part 0
+    # there); 2: generations 2-3 (8, at checkpoint 4, merged with the 8 before); 3: generation 4
+    # (4, at the end: not merged into 16 rows)
     parts = trace_parts(coordinator.run_dir / "trace.parquet")
-    assert [(first, last) for first, last, _ in parts] == [(0, 1), (2, 2)]
+    assert [(first, last) for first, last, _ in parts] == [(0, 2), (3, 3)]
 
 
 def test_a_signal_is_applied_once_per_target_at_the_next_boundary(swarm):

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from test_exchange import TINY, consensus_group
+from test_exchange import CARTPOLE, TINY, consensus_group
 
 from rwkv_swarm.kernels import RWKV7Config
 from rwkv_swarm.node import (
@@ -62,6 +62,26 @@ def test_a_consensus_group_over_zeromq_stays_one_node_and_equals_the_big_one(clo
         assert all(r["absorbed_from"] == 2 and r["missing"] == 0 for r in rows)
         assert {fingerprint(m.node.model) for m in closing} == {fingerprint(single.model)}
     assert all(r["received"] >= 6 and r["dropped"] == 0 for r in rows)
+
+
+def test_a_report_that_came_before_its_sender_was_reported_gone_is_absorbed(closing):
+    """The coordinator tells a member its peer is dead after the peer's report came in: the
+    member absorbs the report, as a peer that read it earlier did, so the group stays one."""
+    group = consensus_group(2, 8, seed=3, env=CARTPOLE)
+    closing += members_of(group)
+    a, b = closing
+    a.set_peers(group=[b.name])
+    b.set_peers(group=[a.name])
+    a.share()
+    b.share()
+    deadline = time.monotonic() + WAIT_S  # b's report in a's socket, not yet read by a
+    while a.transport._poller.poll(0) == [] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # what made it readable may have been a heartbeat: the report is behind
+    a.gone(b.name)
+    rows = [a.absorb(wait_s=WAIT_S), b.absorb(wait_s=WAIT_S)]
+    assert [r["absorbed_from"] for r in rows] == [1, 1]
+    assert fingerprint(a.node.model) == fingerprint(b.node.model)
 
 
 class SlowEnv:

@@ -65,8 +65,9 @@ def test_best_checkpoint_policy_and_best_dir_of_a_running_swarm(ray_session, tmp
                     strict=True):
         assert np.array_equal(a.numpy(), b.numpy())
     parts = trace_parts(swarm.run_dir / "trace.parquet")
-    # a part per checkpoint's rows (generations 0-1, 2-3), compacted at the end
-    assert [(f, last) for f, last, _ in parts] == [(0, 1)]
+    # a part for the first generation's rows, one per checkpoint's (generation 1, 2-3),
+    # compacted at the end
+    assert [(f, last) for f, last, _ in parts] == [(0, 2)]
     assert load_trace(swarm.run_dir).num_rows == 8
     assert not list((swarm.run_dir / "best").glob(".*.tmp"))
 

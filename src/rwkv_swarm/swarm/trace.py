@@ -102,7 +102,8 @@ def trace_row(row: dict[str, Any]) -> dict[str, Any]:
 
 class TraceWriter:
     """Appends rows to runs/<id>/trace.parquet/ as complete Parquet parts, a part at most every
-    `flush_s` seconds (0: one per `write`); `compact` merges them."""
+    `flush_s` seconds (0: one per `write`), the first write's at once (a run has a trace from
+    its first generation); `compact` merges them."""
 
     def __init__(self, run_dir: str | Path, flush_s: float = 0.0):
         self.dir = Path(run_dir) / "trace.parquet"
@@ -114,7 +115,7 @@ class TraceWriter:
         self.rows = 0  # rows written, held ones included
         self.flush_s = flush_s
         self._held: list[dict[str, Any]] = []
-        self._flushed = time.monotonic()
+        self._flushed = -math.inf
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
         """Take `rows`; they are on disk once a part is due (see the class docstring)."""
@@ -126,9 +127,9 @@ class TraceWriter:
 
     def flush(self) -> None:
         """Every row held, on disk now as one part."""
-        self._flushed = time.monotonic()
         if not self._held:
             return
+        self._flushed = time.monotonic()
         table = pa.Table.from_pylist(self._held, schema=SCHEMA)
         final = self.dir / f"part-{self.parts:06d}.parquet"
         tmp = self.dir / f".{final.name}.tmp"
@@ -170,6 +171,9 @@ def load_trace(run_dir: str | Path) -> pa.Table:
     for attempt in range(_READ_TRIES):
         parts = trace_parts(path)
         if not parts:
+            if (Path(run_dir) / "run.json").exists():
+                raise FileNotFoundError(f"run {run_dir} has recorded no generation yet (its "
+                                        f"trace starts with its first generation)")
             raise FileNotFoundError(f"no trace in {path} (is {run_dir} a run directory?)")
         try:
             table = pa.concat_tables([pq.read_table(p, schema=SCHEMA) for _, _, p in parts])
