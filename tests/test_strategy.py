@@ -248,6 +248,14 @@ def test_noise_drawn_ahead_is_the_next_generations_own_and_only_it_takes_it():
     assert ahead.population._noise is drawn  # taken, not drawn again
     for name, parts in plain.population.noise.items():
         assert all(torch.equal(a, b) for a, b in zip(parts, drawn[name], strict=True))
+    ahead.tell(np.arange(8.0))
+    plain.tell(np.arange(8.0))
+    ahead.draw_ahead()  # between generations: for the next one, generation 2
+    drawn = ahead._drawn[1]
+    assert ahead.ask() is not None and ahead.population._noise is drawn
+    plain.ask()
+    for name, parts in plain.population.noise.items():
+        assert all(torch.equal(a, b) for a, b in zip(parts, drawn[name], strict=True))
     ahead.draw_ahead()
     ahead._drawn = (("another seed",), ahead._drawn[1])  # not the next generation's key
     ahead.tell(np.arange(8.0)[::-1].copy())

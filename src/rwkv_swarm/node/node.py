@@ -137,10 +137,7 @@ class Node:
         # batch, so compacting to the live copies leaves their returns as they were
         path = pop.row_path(P * E)
 
-        # keys: a copy's episode; paired, both members of an antithetic pair meet the same ones
-        keys = [((lo + m) // (2 if c.paired_episodes else 1)) * E + e
-                for m in range(P) for e in range(E)]
-        seed = self._eval_seed()
+        keys, seed = self._episode_keys(), self._eval_seed()
         if native_rollout.usable(self.env, pop, path):  # the same bits, without Python a step
             self._evaluated = native_rollout.native_rollout(
                 self.env, pop, member_of, P * E, seed, start, c.max_steps, keys, on_step,
@@ -156,6 +153,27 @@ class Node:
     def _eval_seed(self) -> int:
         c = self.config
         return derive_seed(c.seed, c.lineage, self.generation_count, 2)
+
+    def _episode_keys(self) -> list[int]:
+        """Copy m * E + e's episode: paired, both members of an antithetic pair meet the same
+        ones."""
+        c = self.config
+        (lo, hi), E = c.members, c.episodes
+        return [((lo + m) // (2 if c.paired_episodes else 1)) * E + e
+                for m in range(hi - lo) for e in range(E)]
+
+    def prepare_next(self) -> None:
+        """Draw what the next generation needs that its seed alone decides: its mutants' noise
+        and, in a world that starts its episodes afresh and can draw them ahead, their starts.
+        A node idle between generations calls it (from another thread: nothing else here
+        changes meanwhile); `begin` and `evaluate` take what it drew only if it is still what
+        they need."""
+        self._require("idle", "prepare_next()")
+        self.strategy.draw_ahead()
+        prepare = getattr(self.env, "prepare_reset", None)
+        if prepare is not None and not self.env.persistent:
+            lo, hi = self.config.members
+            prepare((hi - lo) * self.config.episodes, self._eval_seed(), self._episode_keys())
 
     def report(self) -> Report:
         """This generation as the neighbours receive it (the wire's `fitness` message). A

@@ -211,10 +211,10 @@ class Strategy:
         return self._pending
 
     def draw_ahead(self) -> None:
-        """Draw the next generation's noise now (it depends on the seed alone, not on this
-        step): a node waiting for its peers' reports has the time. `ask` takes it when the next
-        generation is the one it was drawn for."""
-        ahead = self._mutants(self.generation + 1, 1.0)  # sigma scales the noise, later
+        """Draw the noise of the next generation not yet asked for now (it depends on the seed
+        alone, not on a step): a node waiting for its peers' reports, or idle between
+        generations, has the time. `ask` takes it when its generation is the one drawn for."""
+        ahead = self._mutants(self.generation + (self._pending is not None), 1.0)  # sigma: later
         if self._drawn is None or self._drawn[0] != ahead.key:
             self._drawn = (ahead.key, ahead.population(self.model).noise)
 
