@@ -186,6 +186,8 @@ def test_what_a_node_draws_between_generations_is_taken_and_changes_nothing():
             # for the arguments this generation's reset and ask will have
             assert backend._ahead[:2] == (ahead._eval_seed(), tuple(ahead._episode_keys()))
             assert drawn[0] == ahead.strategy._mutants(ahead.strategy.generation, 1.0).key
+            rows = ahead.model._rows  # packed for the weights the generation runs
+            assert rows._key == rows._weights_key()
         rows = [n.generation() for n in (ahead, plain)]
         if g:
             assert backend._ahead is None and ahead.strategy._drawn is None  # both taken

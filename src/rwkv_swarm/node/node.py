@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..kernels import RWKV7, Population, RWKV7State
+from ..kernels import RWKV7, Population, RWKV7State, native_rows
 from . import checkpoint as ckpt
 from . import native_rollout
 from .config import STRATEGIES, NodeConfig
@@ -170,6 +170,7 @@ class Node:
         they need."""
         self._require("idle", "prepare_next()")
         self.strategy.draw_ahead()
+        native_rows.repack(self.model)  # the stepped weights, for the native row kernel
         prepare = getattr(self.env, "prepare_reset", None)
         if prepare is not None and not self.env.persistent:
             lo, hi = self.config.members
