@@ -126,15 +126,13 @@ class Measurement:
     def gradient(self) -> torch.Tensor:
         """1/(P sigma) sum_j u_j s_j E_j, flat (d,)."""
         if self._grad is None:
-            self._grad = self.population.flatten(self.population.gradient(self.shaped))
+            self._grad = self.population.flat_gradient(self.shaped)
         return self._grad
 
     def variance(self) -> torch.Tensor:
         """The estimate's exact per-coordinate variance, flat (d,)."""
         if self._var is None:
-            grads, var = self.population.gradient_variance(self.shaped)
-            self._grad = self.population.flatten(grads)
-            self._var = self.population.flatten(var)
+            self._grad, self._var = self.population.flat_gradient_variance(self.shaped)
         return self._var
 
 
@@ -291,7 +289,7 @@ class Strategy:
         """First-order prediction of the step's fitness change: g_raw . delta, in raw units."""
         finite = np.isfinite(m.fitness)
         raw = np.where(finite, m.fitness - m.fitness[finite].mean(), 0.0)
-        g_raw = m.population.flatten(m.population.gradient(raw))
+        g_raw = m.population.flat_gradient(raw)
         delta = torch.cat([d.flatten() for d in deltas])
         return float(torch.dot(g_raw.double(), delta.double()))
 
