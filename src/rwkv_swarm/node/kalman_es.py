@@ -107,7 +107,7 @@ class KalmanES(Strategy):
             if db.mean is None:  # and nothing known: the mutants all behave alike
                 self._widen()
             return db.direction.to(dtype), 0.0
-        fused = self.combine(m, absorbed) if absorbed else (m.gradient(), m.variance())
+        fused = self.combine(m, absorbed) if absorbed else m.estimate()
         if fused is None:  # tied, and no neighbour's estimate counts: nothing measured
             return db.direction.to(dtype), 0.0
         g, var = fused

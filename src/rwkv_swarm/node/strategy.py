@@ -131,9 +131,14 @@ class Measurement:
 
     def variance(self) -> torch.Tensor:
         """The estimate's exact per-coordinate variance, flat (d,)."""
+        return self.estimate()[1]
+
+    def estimate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(`gradient()`, `variance()`), computed together: one pass over the pairs' noise."""
         if self._var is None:
             self._grad, self._var = self.population.flat_gradient_variance(self.shaped)
-        return self._var
+        assert self._grad is not None
+        return self._grad, self._var
 
 
 @dataclass(frozen=True)
@@ -357,7 +362,7 @@ class Strategy:
         """This generation's estimate with the neighbours' (config.fusion): (g, V) flat, None
         when nothing was measured. A generation whose pairs all tied contributes nothing of
         its own (its variance of 0 would claim an exact gradient of 0)."""
-        g, v = (None, None) if m.tied else (m.gradient(), m.variance())
+        g, v = (None, None) if m.tied else m.estimate()
         if self.config.fusion == "mean":
             return mean_estimates(g, v, absorbed) if g is not None or absorbed else None
         return fuse_estimates(g, v, absorbed, self.relevance, self._reference())
