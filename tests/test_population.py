@@ -210,6 +210,21 @@ def test_gradient_and_variance_equal_the_per_pair_reference_on_both_paths(path, 
         assert_close(pop.gradient(u)[t.name].double(), c.mean(0), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("path", SUM_PATHS)
+def test_sums_prepared_ahead_give_the_same_bits(path):
+    model = nontrivial(CONTROL, seed=2)
+    u = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    out = []
+    for prepare in (False, True):
+        pop = Population(model, seed=6, sigma=0.05, size=8, rank=2, include=GROUPS)
+        pop.sum_path = path
+        if prepare:
+            pop.prepare_sums()
+            assert pop._flat_cache if path == "flat" else len(pop._factor_cache) == 2
+        out.append((*pop.flat_gradient_variance(u), pop.flat_gradient(-u)))
+    assert all(torch.equal(a, b) for a, b in zip(*out, strict=True))
+
+
 def test_the_sum_path_is_flat_for_the_tiny_model_and_factor_for_a_big_one():
     from rwkv_swarm.swarm.config import TINY_MODEL
 

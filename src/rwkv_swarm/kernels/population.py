@@ -342,6 +342,16 @@ class Population:
             cache[key] = E
         return cache[key]
 
+    def prepare_sums(self) -> None:
+        """Build now what the sums over pairs read on this population's `sum_path` (E and
+        E^2, or the plain and squared factors), e.g. while a node waits for its peers; results
+        do not change."""
+        if self.sum_path == "flat":
+            self._flat(squared=True)
+        else:
+            self._factors(squared=False)
+            self._factors(squared=True)
+
     def _weighted_sum(self, c: torch.Tensor, squared: bool) -> torch.Tensor:
         """sum_p c_p E_p (or E_p^2 elementwise, `squared`), flat (dim,) in target order, on
         the population's `sum_path`."""

@@ -222,6 +222,12 @@ class Strategy:
         if self._drawn is None or self._drawn[0] != ahead.key:
             self._drawn = (ahead.key, ahead.population(self.model).noise)
 
+    def prepare_step(self) -> None:
+        """Build what this generation's step sums over (the pending population's noise
+        products) now: a node waiting for its peers' reports has the time."""
+        if self._population is not None:
+            self._population.prepare_sums()
+
     def _mutants(self, generation: int, sigma: float) -> Mutants:
         c = self.config
         return Mutants(generation, derive_seed(c.seed, c.stream, generation), sigma,
