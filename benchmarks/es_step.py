@@ -30,7 +30,7 @@ from rwkv_swarm.kernels import RWKV7, Population, RWKV7Config
 from rwkv_swarm.kernels.population import SUM_PATHS, sum_path
 from rwkv_swarm.node import ExchangeConfig, KalmanESConfig, Node, NodeConfig
 
-SIZES = ["16,1,64", "16,1,256", "32,1,64", "32,2,128", "64,1,64", "64,2,64", "64,2,128",
+SIZES = ["16,1,32", "16,1,64", "16,1,128", "16,1,192", "16,1,256", "32,1,64", "64,2,64",
          "64,2,256"]
 
 
