@@ -254,7 +254,7 @@ def test_a_range_of_members_runs_exactly_as_those_members_of_the_whole_populatio
 
 @pytest.mark.parametrize("rank", [1, 3, 6])
 def test_both_low_rank_forms_add_the_same_terms(rank):
-    from rwkv_swarm.kernels.population import low_rank_torch
+    from rwkv_swarm.kernels.low_rank import low_rank_torch
 
     g = torch.Generator().manual_seed(rank)
     rows, left = torch.randn(4, 6, 10, generator=g), torch.randn(4, 10, rank, generator=g)

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import native_ops, paths, rows
+from . import native_ops, rows
 from .config import ROW_BLOCK
+from .low_rank import cuda_low_rank_form, low_rank_path, low_rank_torch
 from .model import (
     GROUPS,
     LORA_NAMES,
@@ -40,11 +41,8 @@ from .model import (
 from .state import RWKV7State
 
 _MASK64 = (1 << 64) - 1
-SMALL_RANK = 4  # up to this rank, low-rank terms run as rank-1 elementwise passes
-# sums over the pairs' noise take the flat path up to this many floats of materialized noise
-# (pairs x perturbed weights): on a 2-CPU EPYC, flat / factor was 0.4-0.5 up to 187k floats,
-# 1.1-1.5 from 281k (fresh buffers of a MB or more are first touched page by page) and 13 at
-# 16M (benchmarks/es_step.py, docs/benchmarks.md)
+# floats of materialized noise (pairs x perturbed weights) up to which sums take the flat path:
+# flat / factor 0.35-0.45 up to 187k, 1.3 at 281k, 13.6 at 16M (docs/benchmarks.md)
 FLAT_SUM_MAX = 200_000
 SUM_PATHS = ("flat", "factor")
 
@@ -113,8 +111,8 @@ class Population:
 
     `forward`/`step` run all mutants in one batched pass; `materialize(j)` gives mutant j's
     full weights (tests, export); `gradient(u)` / `update(u, lr)` turn per-mutant fitness
-    weights u into the ES step lr/(P sigma) sum_j u_j s_j A_p B_p^T (`flat_gradient(u)`: the
-    same, flat in target order). Sums over pairs take the path `sum_path` decides.
+    weights u into the ES step lr/(P sigma) sum_j u_j s_j A_p B_p^T (`flat_gradient(u)`: flat),
+    summing over pairs on the path `sum_path` decides.
     """
 
     def __init__(self, model: RWKV7, seed: int, sigma: float, size: int, rank: int = 1,
@@ -324,9 +322,7 @@ class Population:
         key, cache = ("squared" if squared else "plain"), self._flat_cache
         if key not in cache:
             if squared:
-                E = self._flat(False)
-                cache[key] = E * E
-                return cache[key]
+                return cache.setdefault(key, self._flat(False) * self._flat(False))
             pairs = self.size // 2
             E, i = torch.empty(pairs, self.dim, device=self.device), 0
             for t in self.targets:
@@ -343,14 +339,11 @@ class Population:
         return cache[key]
 
     def prepare_sums(self) -> None:
-        """Build now what the sums over pairs read on this population's `sum_path` (E and
-        E^2, or the plain and squared factors), e.g. while a node waits for its peers; results
-        do not change."""
-        if self.sum_path == "flat":
-            self._flat(squared=True)
-        else:
-            self._factors(squared=False)
-            self._factors(squared=True)
+        """Build what the sums over pairs read (E and E^2, or the plain and squared factors)
+        now, e.g. while a node waits for its peers; no result changes."""
+        build = self._flat if self.sum_path == "flat" else self._factors
+        for squared in (False, True):
+            build(squared)
 
     def _weighted_sum(self, c: torch.Tensor, squared: bool) -> torch.Tensor:
         """sum_p c_p E_p (or E_p^2 elementwise, `squared`), flat (dim,) in target order, on
@@ -395,9 +388,7 @@ class Population:
 
         The estimate is the mean over pairs of c_p = (u_2p - u_2p+1) / (2 sigma) E_p with
         E_p = A_p B_p^T; its variance is var_p(c_p) / (P/2). The second moment needs only the
-        squared factors: E_p[i,j]^2 = sum_{r,s} A_ir A_is B_jr B_js, one matmul per target
-        (on the flat path, one matrix-vector product with E^2).
-        """
+        squared factors, E_p[i,j]^2 = sum_{r,s} A_ir A_is B_jr B_js (flat path: E^2)."""
         pairs = self.size // 2
         if pairs < 2:
             raise ValueError(f"a variance needs at least 2 antithetic pairs, got {pairs}")
@@ -511,66 +502,3 @@ class PopulationOps(PerturbedNorms, Ops):
         for i in range(r):
             out.addcmul_(rows[:, :, i:i + 1], Bn[:, None, :, i])
         return y
-
-
-def low_rank_torch(out: torch.Tensor, rows: torch.Tensor, left: torch.Tensor,
-                   right: torch.Tensor, sign: torch.Tensor, form: str | None = None) -> None:
-    """out (P/2, 2M, n) += s sigma (rows left) right^T in place, per pair; rows (P/2, 2M, m),
-    left (P/2, m, r), right (P/2, n, r), sign (1, 2, 1, 1) = [sigma, -sigma].
-
-    `form` "bmm": two batched GEMMs; "rank1": per rank, a multiply-sum and an addcmul. By
-    default rank1 up to SMALL_RANK: MKL's batched GEMM with an inner size of 1 was 5-8x
-    slower on these shapes (docs/benchmarks.md); CUDA devices measure it (cuda_low_rank_form).
-    """
-    P2, r = left.shape[0], left.shape[-1]
-    if (form or ("bmm" if r > SMALL_RANK else "rank1")) == "bmm":
-        xr = torch.bmm(rows, left)  # (P/2, 2M, r)
-        xr = (xr.view(P2, 2, -1, r) * sign).view(P2, -1, r)
-        out.baddbmm_(xr, right.transpose(1, 2))
-        return
-    for i in range(r):
-        xr = (rows * left[:, None, :, i]).sum(-1)  # (P/2, 2M)
-        xr = (xr.view(P2, 2, -1) * sign[..., 0]).view(P2, -1, 1)
-        out.addcmul_(xr, right[:, None, :, i])
-
-
-def cuda_low_rank_form(shape: torch.Size, n_out: int, rank: int, device: torch.device) -> str:
-    """"rank1" or "bmm" for the low-rank terms of rows of `shape` (P/2, 2M, n_in) on a CUDA
-    device: measured once per device and shape, every call waiting for the device."""
-    P2, rows, n_in = shape
-    chooser = paths.default_chooser()
-    key = ("low_rank_cuda", P2, rows, n_in, n_out, rank, str(device))
-    if key not in chooser.memo:
-        x = torch.randn(P2, rows, n_in, device=device)
-        y = torch.zeros(P2, rows, n_out, device=device)
-        left = torch.randn(P2, n_in, rank, device=device)
-        right = torch.randn(P2, n_out, rank, device=device)
-        sign = torch.tensor([0.1, -0.1], device=device).view(1, 2, 1, 1)
-        cands = {form: lambda form=form: (low_rank_torch(y, x, left, right, sign, form),
-                                          torch.cuda.synchronize(device))
-                 for form in ("rank1", "bmm")}
-        sizes = {"pairs": P2, "rows": rows, "in": n_in, "out": n_out, "rank": rank,
-                 "device": torch.cuda.get_device_name(device)}
-        chooser.memo[key] = chooser.choose("low_rank_cuda", sizes, cands)
-    return chooser.memo[key]
-
-
-def low_rank_path(n_in: int, n_out: int, rank: int, rows: int) -> str:
-    """"torch" or "native:<threads>" for the low-rank terms of an (n_out x n_in) target with
-    `rows` activation rows per pair; measured once per CPU on a ROW_BLOCK-row block."""
-    rows = 1 << (rows - 1).bit_length()
-    return native_ops.memo_choose("low_rank",
-                                  {"in": n_in, "out": n_out, "rank": rank, "rows": rows},
-                                  lambda: _low_rank_forms(n_in, n_out, rank, rows))
-
-
-def _low_rank_forms(n_in: int, n_out: int, rank: int, rows: int):
-    """The PyTorch and native forms on a synthetic block of ROW_BLOCK rows."""
-    g = torch.Generator().manual_seed(0)
-    pairs = max(1, ROW_BLOCK // rows)
-    x, y = torch.randn(pairs, rows, n_in, generator=g), torch.zeros(pairs, rows, n_out)
-    left, right = torch.randn(pairs, n_in, rank), torch.randn(pairs, n_out, rank)
-    lt, rt = left.transpose(1, 2).contiguous(), right.transpose(1, 2).contiguous()
-    sign = torch.tensor([0.1, -0.1]).view(1, 2, 1, 1)
-    return (lambda: low_rank_torch(y, x, left, right, sign),
-            lambda n: native_ops.low_rank(y, x, lt, rt, 0.1, n))
