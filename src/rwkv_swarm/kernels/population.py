@@ -324,7 +324,7 @@ class Population:
             if squared:
                 return cache.setdefault(key, self._flat(False) * self._flat(False))
             pairs = self.size // 2
-            E, i = torch.empty(pairs, self.dim, device=self.device), 0
+            E, i = torch.empty(pairs, self.dim, dtype=torch.float32, device=self.device), 0
             for t in self.targets:
                 n, parts = math.prod(t.shape), self.noise[t.name]
                 out = E[:, i:i + n].view(pairs, *t.shape)  # written in place: no concatenation
