@@ -226,7 +226,7 @@ def test_the_cuda_measurements_build_and_run_their_candidates(kernel_paths, monk
     """The CUDA-only choices' code, run on the CPU with CUDA's calls stubbed: each candidate
     is called; one that fails (no CUDA streams here) is never chosen."""
     from rwkv_swarm.kernels import cuda_graph, rows
-    from rwkv_swarm.kernels.population import cuda_low_rank_form
+    from rwkv_swarm.kernels.low_rank import cuda_low_rank_form
 
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "stub")

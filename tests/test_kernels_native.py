@@ -9,7 +9,7 @@ from test_kernels_paths import Timings
 from torch.testing import assert_close
 
 from rwkv_swarm.kernels import native_ops, paths, wkv
-from rwkv_swarm.kernels.population import low_rank_torch
+from rwkv_swarm.kernels.low_rank import low_rank_torch
 
 pytestmark = needs_native
 

@@ -9,6 +9,7 @@ from test_kernels_model import nontrivial
 from torch.testing import assert_close
 
 from rwkv_swarm.kernels import GROUPS, RWKV7, Population, RWKV7Config, apply_update
+from rwkv_swarm.kernels.population import FLAT_SUM_MAX, SUM_PATHS, sum_path
 
 CONTROL = RWKV7Config(n_embd=128, n_layer=2, input_dim=5, output_dim=3)
 TOKEN = RWKV7Config(n_embd=64, n_layer=2, head_size=32, vocab_size=40)
@@ -103,9 +104,11 @@ def test_noise_entries_have_the_documented_scale():
     assert abs(B.mean().item()) < 0.01 and abs(B.var().item() - 1.0) < 0.02
 
 
-def test_update_with_equal_fitness_inside_each_pair_is_exactly_zero():
+@pytest.mark.parametrize("path", SUM_PATHS)
+def test_update_with_equal_fitness_inside_each_pair_is_exactly_zero(path):
     model = RWKV7(CONTROL)
     pop = Population(model, seed=4, sigma=0.05, size=8, include=GROUPS)
+    pop.sum_path = path
     u = torch.tensor([0.3, 0.3, -1.0, -1.0, 2.5, 2.5, 0.0, 0.0])
     for name, g in pop.gradient(u).items():
         assert torch.equal(g, torch.zeros_like(g)), name
@@ -166,20 +169,74 @@ def test_cache_blocking_on_cpu_does_not_change_results(monkeypatch):
     assert_close(plain_blocked_state.ffn_x_prev, plain_state.ffn_x_prev, **tol)
 
 
+def per_pair_terms(pop: Population, u: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The reference: c_p = (u_2p - u_2p+1) / (2 sigma) E_p per pair (pairs, *shape), float64,
+    E_p read off materialized mutants of a model with all-zero weights (mutant = sigma E_p)."""
+    params = dict(pop.model.named_parameters())
+    assert all(not p.any() for p in params.values())
+    mutants = [pop.materialize(2 * p) for p in range(pop.size // 2)]
+    u = u.double()
+    return {t.name: torch.stack([(u[2 * p] - u[2 * p + 1]) / (2 * pop.sigma)
+                                 * m[t.name].double() / pop.sigma
+                                 for p, m in enumerate(mutants)]) for t in pop.targets}
+
+
+def zero_model(cfg: RWKV7Config) -> RWKV7:
+    model = RWKV7(cfg, seed=1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    return model
+
+
+@pytest.mark.parametrize("path", SUM_PATHS)
 @pytest.mark.parametrize("rank", [1, 3])
-def test_gradient_variance_equals_the_sample_variance_of_per_pair_terms(rank):
-    model = RWKV7(CONTROL, seed=1)
+def test_gradient_and_variance_equal_the_per_pair_reference_on_both_paths(path, rank):
     P, sigma = 12, 0.1
-    pop = Population(model, seed=5, sigma=sigma, size=P, rank=rank, include=GROUPS)
+    pop = Population(zero_model(CONTROL), seed=5, sigma=sigma, size=P, rank=rank,
+                     include=GROUPS)
+    pop.sum_path = path  # forced: both paths against the one reference
     u = torch.randn(P, generator=torch.Generator().manual_seed(3))
+    terms = per_pair_terms(pop, u)
     grads, var = pop.gradient_variance(u)
-    for name in ("blocks.0.att.key.weight", "blocks.1.att.w1", "blocks.0.ln1.weight"):
-        terms = torch.stack([
-            (u[2 * p] - u[2 * p + 1]) / (2 * sigma) * (pop.materialize(2 * p)[name]
-                                                        - dict(model.named_parameters())[name])
-            / sigma for p in range(P // 2)])
-        assert_close(grads[name], terms.mean(0), atol=1e-5, rtol=1e-4)
-        assert_close(var[name], terms.var(0, correction=1) / (P // 2), atol=1e-6, rtol=1e-3)
+    flat_g, flat_v = pop.flat_gradient_variance(u)
+    assert torch.equal(flat_g, pop.flatten(grads)) and torch.equal(flat_v, pop.flatten(var))
+    assert torch.equal(pop.flat_gradient(u), flat_g)
+    for t in pop.targets:
+        c = terms[t.name]
+        assert_close(grads[t.name].double(), c.mean(0), atol=1e-6, rtol=1e-5)
+        assert_close(var[t.name].double(), c.var(0, correction=1) / (P // 2), atol=1e-6,
+                     rtol=1e-4)
+        assert_close(pop.gradient(u)[t.name].double(), c.mean(0), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("path", SUM_PATHS)
+def test_sums_prepared_ahead_give_the_same_bits(path):
+    model = nontrivial(CONTROL, seed=2)
+    u = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    out = []
+    for prepare in (False, True):
+        pop = Population(model, seed=6, sigma=0.05, size=8, rank=2, include=GROUPS)
+        pop.sum_path = path
+        if prepare:
+            pop.prepare_sums()
+            assert pop._flat_cache if path == "flat" else len(pop._factor_cache) == 2
+        out.append((*pop.flat_gradient_variance(u), pop.flat_gradient(-u)))
+    assert all(torch.equal(a, b) for a, b in zip(*out, strict=True))
+
+
+def test_the_sum_path_is_flat_for_the_tiny_model_and_factor_for_a_big_one():
+    from rwkv_swarm.swarm.config import TINY_MODEL
+
+    tiny = RWKV7(RWKV7Config(**TINY_MODEL, input_dim=4, output_dim=2))
+    assert Population(tiny, 0, 0.05, 64, include=GROUPS).sum_path == "flat"
+    assert Population(RWKV7(CONTROL), 0, 0.05, 256, include=GROUPS).sum_path == "factor"
+    assert sum_path(1000, FLAT_SUM_MAX // 1000) == "flat"
+    assert sum_path(1000, FLAT_SUM_MAX // 1000 + 1) == "factor"
+    pop = Population(tiny, 0, 0.05, 8)
+    pop.sum_path = "dense"
+    with pytest.raises(ValueError, match="sum_path must be one of .*'dense'"):
+        pop.gradient(torch.ones(8))
 
 
 def test_a_range_of_members_runs_exactly_as_those_members_of_the_whole_population():
@@ -197,7 +254,7 @@ def test_a_range_of_members_runs_exactly_as_those_members_of_the_whole_populatio
 
 @pytest.mark.parametrize("rank", [1, 3, 6])
 def test_both_low_rank_forms_add_the_same_terms(rank):
-    from rwkv_swarm.kernels.population import low_rank_torch
+    from rwkv_swarm.kernels.low_rank import low_rank_torch
 
     g = torch.Generator().manual_seed(rank)
     rows, left = torch.randn(4, 6, 10, generator=g), torch.randn(4, 10, rank, generator=g)

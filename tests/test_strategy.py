@@ -261,3 +261,44 @@ def test_noise_drawn_ahead_is_the_next_generations_own_and_only_it_takes_it():
     ahead.tell(np.arange(8.0)[::-1].copy())
     ahead.ask()
     assert ahead.population._noise is None  # not taken: drawn afresh when needed
+
+
+def reference_gradient(pop, u: np.ndarray) -> torch.Tensor:
+    """1/(P sigma) sum_j u_j s_j E_j flat in target order, float64, from the pairs' noise."""
+    noise, u = pop.pair_noise(range(pop.size // 2)), torch.as_tensor(u, dtype=torch.float64)
+    parts = []
+    for t in pop.targets:
+        n = [x.double() for x in noise[t.name]]
+        E = n[0] if t.kind == "vector" else n[0] @ n[1].transpose(1, 2)  # (pairs, *shape)
+        parts.append(torch.tensordot(u[0::2] - u[1::2], E, dims=1).flatten())
+    return torch.cat(parts) / (pop.size * pop.sigma)
+
+
+@pytest.mark.parametrize("strategy, extra", [
+    (LowRankES, {}), (KalmanES, {}), (KalmanES, {"weight_decay": 0.1}),
+    (KalmanES, {"step_rule": "optimizer", "optimizer": "sgd"})],
+    ids=["lowrank-adam", "kalman-snr", "kalman-snr-decay", "kalman-sgd"])
+def test_step_reports_the_weight_change_it_made_and_predicts_from_the_raw_gradient(
+        strategy, extra):
+    config = (ESConfig if strategy is LowRankES else KalmanESConfig)(
+        population=8, seed=4, lr=0.01, **extra)
+    es = strategy(RWKV7(CFG, seed=2), config)
+    flat = lambda: torch.cat([p.detach().double().flatten() for p in es.params])  # noqa: E731
+    fitness = np.random.default_rng(5).normal(size=8)
+    fitness[3] = np.nan  # a diverged mutant: no raw fitness of its own in the prediction
+    for _ in range(2):  # the second step runs on moments / beliefs that hold something
+        before = flat()
+        es.ask()
+        pop = es.population
+        info = es.tell(fitness)
+        fitness = fitness[::-1].copy()
+    delta = flat() - before
+    assert info.step_norm == pytest.approx(float(delta.norm()), rel=1e-6)
+    f = fitness[::-1]
+    raw = np.where(np.isfinite(f), f - f[np.isfinite(f)].mean(), 0.0)
+    g_raw = reference_gradient(pop, raw)
+    assert abs(es.raw_prediction - float(g_raw @ delta)) <= 1e-5 * g_raw.norm() * delta.norm()
+    if extra.get("weight_decay") and strategy is KalmanES:
+        m, R = es.direction_belief.mean.double(), es.noise_var.double()
+        expected = before * (1 - 0.01 * 0.1) + 0.01 * m / torch.sqrt(m * m + R)
+        torch.testing.assert_close(flat(), expected, atol=1e-6, rtol=0)

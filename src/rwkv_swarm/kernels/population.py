@@ -14,6 +14,7 @@ order: a matrix takes m*r numbers for A (row-major) then n*r for B; a vector tak
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import native_ops, paths, rows
+from . import native_ops, rows
 from .config import ROW_BLOCK
+from .low_rank import cuda_low_rank_form, low_rank_path, low_rank_torch
 from .model import (
     GROUPS,
     LORA_NAMES,
@@ -39,7 +41,10 @@ from .model import (
 from .state import RWKV7State
 
 _MASK64 = (1 << 64) - 1
-SMALL_RANK = 4  # up to this rank, low-rank terms run as rank-1 elementwise passes
+# floats of materialized noise (pairs x perturbed weights) up to which sums take the flat path:
+# flat / factor 0.35-0.45 up to 187k, 1.3 at 281k, 13.6 at 16M (docs/benchmarks.md)
+FLAT_SUM_MAX = 200_000
+SUM_PATHS = ("flat", "factor")
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,15 @@ def targets_for(model: RWKV7, rank: int, include: Sequence[str]) -> list[Target]
 _PHILOX = threading.local()  # one generator per thread, re-keyed per pair
 
 
+def sum_path(pairs: int, dim: int) -> str:
+    """How a population of `pairs` antithetic pairs perturbing `dim` weights sums over its
+    pairs' noise: "flat" (every pair's perturbation materialized once, (pairs, dim), then one
+    matrix-vector product a sum) while that is at most FLAT_SUM_MAX floats, else "factor" (one
+    product of rank-r factors per matrix target). Sizes alone decide: every node of a
+    consensus group takes the same path, so their sums agree bit for bit."""
+    return "flat" if pairs * dim <= FLAT_SUM_MAX else "factor"
+
+
 def pair_noise(seed: int, pair: int, size: int) -> np.ndarray:
     """The flat float32 standard-normal draw of antithetic pair `pair` under `seed`: that of a
     fresh `Philox(key=(seed, pair))` (re-keying one costs a tenth of making one)."""
@@ -97,7 +111,8 @@ class Population:
 
     `forward`/`step` run all mutants in one batched pass; `materialize(j)` gives mutant j's
     full weights (tests, export); `gradient(u)` / `update(u, lr)` turn per-mutant fitness
-    weights u into the ES step lr/(P sigma) sum_j u_j s_j A_p B_p^T.
+    weights u into the ES step lr/(P sigma) sum_j u_j s_j A_p B_p^T (`flat_gradient(u)`: flat),
+    summing over pairs on the path `sum_path` decides.
     """
 
     def __init__(self, model: RWKV7, seed: int, sigma: float, size: int, rank: int = 1,
@@ -114,10 +129,13 @@ class Population:
         if not self.targets:
             raise ValueError(f"groups {self.include} select no parameters of this model")
         self.noise_size = sum(t.size for t in self.targets)
+        self.dim = sum(math.prod(t.shape) for t in self.targets)  # perturbed weights
+        self.sum_path = sum_path(size // 2, self.dim)  # tests may force either of SUM_PATHS
         self._noise: dict[str, tuple[torch.Tensor, ...]] | None = None
         self._noise_t: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._graphs = None  # rows.CudaGraphRows once a step takes the "graph" path
         self._factor_cache: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._flat_cache: dict[str, torch.Tensor] = {}
 
     # -- noise ---------------------------------------------------------------------------------
 
@@ -258,6 +276,11 @@ class Population:
         """Per-target tensors (e.g. `gradient`'s) as one flat vector, in target order."""
         return torch.cat([per_target[t.name].flatten() for t in self.targets])
 
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A flat vector (dim,) in target order as per-target tensors (views of it)."""
+        parts = flat.split([math.prod(t.shape) for t in self.targets])
+        return {t.name: part.view(t.shape) for t, part in zip(self.targets, parts, strict=True)}
+
     # -- mutants and the update ----------------------------------------------------------------
 
     def materialize(self, j: int) -> dict[str, torch.Tensor]:
@@ -293,46 +316,93 @@ class Population:
             cache[key] = out
         return cache[key]
 
-    def _weighted_sum(self, c: torch.Tensor, squared: bool) -> dict[str, torch.Tensor]:
-        """sum_p c_p E_p (or E_p^2 elementwise, `squared`) per target tensor."""
-        factors, out = self._factors(squared), {}
+    def _flat(self, squared: bool) -> torch.Tensor:
+        """Every pair's perturbation E_p = A_p B_p^T (vectors: eps_p), or E_p^2 elementwise
+        (`squared`), flat in target order: (P/2, dim), built once per population."""
+        key, cache = ("squared" if squared else "plain"), self._flat_cache
+        if key not in cache:
+            if squared:
+                return cache.setdefault(key, self._flat(False) * self._flat(False))
+            pairs = self.size // 2
+            E, i = torch.empty(pairs, self.dim, dtype=torch.float32, device=self.device), 0
+            for t in self.targets:
+                n, parts = math.prod(t.shape), self.noise[t.name]
+                out = E[:, i:i + n].view(pairs, *t.shape)  # written in place: no concatenation
+                if t.kind == "vector":
+                    out.copy_(parts[0])
+                elif self.rank == 1:  # an outer product: elementwise, 2.5x a batched GEMM's speed
+                    torch.mul(parts[0], parts[1].transpose(1, 2), out=out)
+                else:
+                    out.copy_(torch.bmm(parts[0], parts[1].transpose(1, 2)))
+                i += n
+            cache[key] = E
+        return cache[key]
+
+    def prepare_sums(self) -> None:
+        """Build what the sums over pairs read (E and E^2, or the plain and squared factors)
+        now, e.g. while a node waits for its peers; no result changes."""
+        build = self._flat if self.sum_path == "flat" else self._factors
+        for squared in (False, True):
+            build(squared)
+
+    def _weighted_sum(self, c: torch.Tensor, squared: bool) -> torch.Tensor:
+        """sum_p c_p E_p (or E_p^2 elementwise, `squared`), flat (dim,) in target order, on
+        the population's `sum_path`."""
+        if self.sum_path == "flat":
+            return c @ self._flat(squared)
+        if self.sum_path != "factor":
+            raise ValueError(f"sum_path must be one of {SUM_PATHS}, got {self.sum_path!r}")
+        factors, out = self._factors(squared), []
         for t in self.targets:
             if t.kind == "vector":
                 (eps,) = self.noise[t.name]
-                out[t.name] = torch.tensordot(c, eps ** 2 if squared else eps, dims=1)
+                out.append(torch.tensordot(c, eps ** 2 if squared else eps, dims=1).flatten())
             else:
                 A, B = factors[t.name]
                 per_pair = A.shape[1] // c.numel()  # r (or r^2) factors a pair
-                out[t.name] = (A * (c if per_pair == 1 else c.repeat_interleave(per_pair))) @ B
-        return out
+                out.append(((A * (c if per_pair == 1 else c.repeat_interleave(per_pair)))
+                            @ B).flatten())
+        return torch.cat(out)
 
-    def gradient(self, u: Sequence[float] | torch.Tensor) -> dict[str, torch.Tensor]:
-        """ES gradient estimate 1/(P sigma) sum_j u_j s_j A_p B_p^T, per target tensor."""
+    def _differences(self, u: Sequence[float] | torch.Tensor) -> torch.Tensor:
+        """u_2p - u_2p+1 per antithetic pair (P/2,), float32 on the model's device, u checked."""
         u = torch.as_tensor(u, dtype=torch.float32, device=self.device).flatten()
         if u.numel() != self.size:
             raise ValueError(f"u has {u.numel()} entries, expected one per member ({self.size})")
         if not torch.isfinite(u).all():
             raise ValueError("u has non-finite entries")
-        d = (u[0::2] - u[1::2]) / (self.size * self.sigma)  # (P/2,): antithetic differences
-        return self._weighted_sum(d, squared=False)
+        return u[0::2] - u[1::2]
 
-    def gradient_variance(self, u: Sequence[float] | torch.Tensor
-                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """The gradient estimate and its per-coordinate variance, exactly, per target tensor.
+    def flat_gradient(self, u: Sequence[float] | torch.Tensor) -> torch.Tensor:
+        """ES gradient estimate 1/(P sigma) sum_j u_j s_j A_p B_p^T, flat (dim,) in target
+        order (`gradient` split per target tensor)."""
+        return self._weighted_sum(self._differences(u) / (self.size * self.sigma), False)
+
+    def gradient(self, u: Sequence[float] | torch.Tensor) -> dict[str, torch.Tensor]:
+        """ES gradient estimate 1/(P sigma) sum_j u_j s_j A_p B_p^T, per target tensor."""
+        return self.unflatten(self.flat_gradient(u))
+
+    def flat_gradient_variance(self, u: Sequence[float] | torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gradient estimate and its per-coordinate variance, exactly, flat (dim,) each.
 
         The estimate is the mean over pairs of c_p = (u_2p - u_2p+1) / (2 sigma) E_p with
         E_p = A_p B_p^T; its variance is var_p(c_p) / (P/2). The second moment needs only the
-        squared factors: E_p[i,j]^2 = sum_{r,s} A_ir A_is B_jr B_js, one matmul per target.
-        """
-        grads = self.gradient(u)
-        u = torch.as_tensor(u, dtype=torch.float32, device=self.device).flatten()
+        squared factors, E_p[i,j]^2 = sum_{r,s} A_ir A_is B_jr B_js (flat path: E^2)."""
         pairs = self.size // 2
         if pairs < 2:
             raise ValueError(f"a variance needs at least 2 antithetic pairs, got {pairs}")
-        w = ((u[0::2] - u[1::2]) / (2 * self.sigma)) ** 2 / pairs  # weights of mean_p c_p^2
+        diff = self._differences(u)
+        grad = self._weighted_sum(diff / (self.size * self.sigma), False)
+        w = (diff / (2 * self.sigma)) ** 2 / pairs  # weights of mean_p c_p^2
         second = self._weighted_sum(w, squared=True)
-        return grads, {name: (second[name] - g * g).clamp_min(0) * (pairs / (pairs - 1)) / pairs
-                       for name, g in grads.items()}
+        return grad, (second - grad * grad).clamp_min(0) * (pairs / (pairs - 1)) / pairs
+
+    def gradient_variance(self, u: Sequence[float] | torch.Tensor
+                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """`flat_gradient_variance`, per target tensor."""
+        grad, var = self.flat_gradient_variance(u)
+        return self.unflatten(grad), self.unflatten(var)
 
     def update(self, u: Sequence[float] | torch.Tensor, lr: float) -> dict[str, torch.Tensor]:
         """Add lr * gradient(u) to the model's weights in place; returns the step taken."""
@@ -432,66 +502,3 @@ class PopulationOps(PerturbedNorms, Ops):
         for i in range(r):
             out.addcmul_(rows[:, :, i:i + 1], Bn[:, None, :, i])
         return y
-
-
-def low_rank_torch(out: torch.Tensor, rows: torch.Tensor, left: torch.Tensor,
-                   right: torch.Tensor, sign: torch.Tensor, form: str | None = None) -> None:
-    """out (P/2, 2M, n) += s sigma (rows left) right^T in place, per pair; rows (P/2, 2M, m),
-    left (P/2, m, r), right (P/2, n, r), sign (1, 2, 1, 1) = [sigma, -sigma].
-
-    `form` "bmm": two batched GEMMs; "rank1": per rank, a multiply-sum and an addcmul. By
-    default rank1 up to SMALL_RANK: MKL's batched GEMM with an inner size of 1 was 5-8x
-    slower on these shapes (docs/benchmarks.md); CUDA devices measure it (cuda_low_rank_form).
-    """
-    P2, r = left.shape[0], left.shape[-1]
-    if (form or ("bmm" if r > SMALL_RANK else "rank1")) == "bmm":
-        xr = torch.bmm(rows, left)  # (P/2, 2M, r)
-        xr = (xr.view(P2, 2, -1, r) * sign).view(P2, -1, r)
-        out.baddbmm_(xr, right.transpose(1, 2))
-        return
-    for i in range(r):
-        xr = (rows * left[:, None, :, i]).sum(-1)  # (P/2, 2M)
-        xr = (xr.view(P2, 2, -1) * sign[..., 0]).view(P2, -1, 1)
-        out.addcmul_(xr, right[:, None, :, i])
-
-
-def cuda_low_rank_form(shape: torch.Size, n_out: int, rank: int, device: torch.device) -> str:
-    """"rank1" or "bmm" for the low-rank terms of rows of `shape` (P/2, 2M, n_in) on a CUDA
-    device: measured once per device and shape, every call waiting for the device."""
-    P2, rows, n_in = shape
-    chooser = paths.default_chooser()
-    key = ("low_rank_cuda", P2, rows, n_in, n_out, rank, str(device))
-    if key not in chooser.memo:
-        x = torch.randn(P2, rows, n_in, device=device)
-        y = torch.zeros(P2, rows, n_out, device=device)
-        left = torch.randn(P2, n_in, rank, device=device)
-        right = torch.randn(P2, n_out, rank, device=device)
-        sign = torch.tensor([0.1, -0.1], device=device).view(1, 2, 1, 1)
-        cands = {form: lambda form=form: (low_rank_torch(y, x, left, right, sign, form),
-                                          torch.cuda.synchronize(device))
-                 for form in ("rank1", "bmm")}
-        sizes = {"pairs": P2, "rows": rows, "in": n_in, "out": n_out, "rank": rank,
-                 "device": torch.cuda.get_device_name(device)}
-        chooser.memo[key] = chooser.choose("low_rank_cuda", sizes, cands)
-    return chooser.memo[key]
-
-
-def low_rank_path(n_in: int, n_out: int, rank: int, rows: int) -> str:
-    """"torch" or "native:<threads>" for the low-rank terms of an (n_out x n_in) target with
-    `rows` activation rows per pair; measured once per CPU on a ROW_BLOCK-row block."""
-    rows = 1 << (rows - 1).bit_length()
-    return native_ops.memo_choose("low_rank",
-                                  {"in": n_in, "out": n_out, "rank": rank, "rows": rows},
-                                  lambda: _low_rank_forms(n_in, n_out, rank, rows))
-
-
-def _low_rank_forms(n_in: int, n_out: int, rank: int, rows: int):
-    """The PyTorch and native forms on a synthetic block of ROW_BLOCK rows."""
-    g = torch.Generator().manual_seed(0)
-    pairs = max(1, ROW_BLOCK // rows)
-    x, y = torch.randn(pairs, rows, n_in, generator=g), torch.zeros(pairs, rows, n_out)
-    left, right = torch.randn(pairs, n_in, rank), torch.randn(pairs, n_out, rank)
-    lt, rt = left.transpose(1, 2).contiguous(), right.transpose(1, 2).contiguous()
-    sign = torch.tensor([0.1, -0.1]).view(1, 2, 1, 1)
-    return (lambda: low_rank_torch(y, x, left, right, sign),
-            lambda n: native_ops.low_rank(y, x, lt, rt, 0.1, n))

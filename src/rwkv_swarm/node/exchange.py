@@ -159,6 +159,6 @@ def replay(report: Report, strategy: Strategy, sketch: np.ndarray) -> Evidence |
         return None
     pop = Population(strategy.model, report.seed, report.sigma, report.size, report.rank,
                      report.include)
-    grads, var = pop.gradient_variance(shaped)
+    grad, var = pop.flat_gradient_variance(shaped)
     distance2 = float(np.sum((report.sketch.astype(np.float64) - sketch) ** 2))
-    return Evidence(report.node, pop.flatten(grads), pop.flatten(var), distance2)
+    return Evidence(report.node, grad, var, distance2)

@@ -107,7 +107,7 @@ class KalmanES(Strategy):
             if db.mean is None:  # and nothing known: the mutants all behave alike
                 self._widen()
             return db.direction.to(dtype), 0.0
-        fused = self.combine(m, absorbed) if absorbed else (m.gradient(), m.variance())
+        fused = self.combine(m, absorbed) if absorbed else m.estimate()
         if fused is None:  # tied, and no neighbour's estimate counts: nothing measured
             return db.direction.to(dtype), 0.0
         g, var = fused
@@ -164,9 +164,9 @@ class KalmanES(Strategy):
         if m is None or self.noise_var is None:  # no evidence yet: every pair has tied so far
             return None
         snr_step = m / torch.sqrt(m * m + self.noise_var.to(m.dtype)).clamp_min(1e-30)
-        with torch.no_grad():
-            for p in self.params:
-                p.mul_(1 - lr * self.config.weight_decay)
+        if self.config.weight_decay:  # a factor of 1 changes no bit: skipped
+            with torch.no_grad():
+                torch._foreach_mul_(self.params, 1 - lr * self.config.weight_decay)
         self._apply(snr_step, lr)
         return None
 

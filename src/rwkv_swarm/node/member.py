@@ -137,7 +137,8 @@ class Member:
         start = time.monotonic()
         deadline = start + wait_s
         t0 = time.perf_counter()
-        if self._missing(gen, expected, start):  # work the next generation needs anyway
+        if self._missing(gen, expected, start):  # work this step and the next need anyway
+            self.node.strategy.prepare_step()
             self.node.strategy.draw_ahead()
         while self._missing(gen, expected, start):
             left = deadline - time.monotonic()

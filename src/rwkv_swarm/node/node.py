@@ -244,16 +244,17 @@ class Node:
 
     def _step_own(self, reports: Sequence[Report]) -> StepInfo:
         m = self._measure()
-        sketch = self.sketch(self.strategy.params)
         evidence = []
-        for r in reports if self.config.exchange.mode == "gossip" else ():
-            try:
-                e = replay(r, self.strategy, sketch)
-            except ProtocolError as err:
-                self.refused[err.reason] += 1
-                continue
-            if e is not None:
-                evidence.append(e)
+        if self.config.exchange.mode == "gossip" and reports:  # the sketch only replay needs
+            sketch = self.sketch(self.strategy.params)
+            for r in reports:
+                try:
+                    e = replay(r, self.strategy, sketch)
+                except ProtocolError as err:
+                    self.refused[err.reason] += 1
+                    continue
+                if e is not None:
+                    evidence.append(e)
         return self.strategy.step(m, evidence)
 
     def _step_consensus(self, reports: Sequence[Report]) -> tuple[StepInfo, int]:

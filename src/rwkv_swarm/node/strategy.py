@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -126,16 +126,19 @@ class Measurement:
     def gradient(self) -> torch.Tensor:
         """1/(P sigma) sum_j u_j s_j E_j, flat (d,)."""
         if self._grad is None:
-            self._grad = self.population.flatten(self.population.gradient(self.shaped))
+            self._grad = self.population.flat_gradient(self.shaped)
         return self._grad
 
     def variance(self) -> torch.Tensor:
         """The estimate's exact per-coordinate variance, flat (d,)."""
+        return self.estimate()[1]
+
+    def estimate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(`gradient()`, `variance()`), computed together: one pass over the pairs' noise."""
         if self._var is None:
-            grads, var = self.population.gradient_variance(self.shaped)
-            self._grad = self.population.flatten(grads)
-            self._var = self.population.flatten(var)
-        return self._var
+            self._grad, self._var = self.population.flat_gradient_variance(self.shaped)
+        assert self._grad is not None
+        return self._grad, self._var
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,7 @@ class StepInfo:
     tied: bool  # every antithetic pair tied: no evidence on the direction this generation
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # scalars: no deep copy
 
 
 class Strategy:
@@ -176,6 +179,7 @@ class Strategy:
         self.targets = targets_for(model, config.rank, config.include)
         params = dict(model.named_parameters())
         self.params = [params[t.name] for t in self.targets]
+        self.sizes = [p.numel() for p in self.params]
         self.device = self.params[0].device  # the model's: estimates and beliefs live there
         self.dim = sum(p.numel() for p in self.params)
         self.generation = 0
@@ -217,6 +221,12 @@ class Strategy:
         ahead = self._mutants(self.generation + (self._pending is not None), 1.0)  # sigma: later
         if self._drawn is None or self._drawn[0] != ahead.key:
             self._drawn = (ahead.key, ahead.population(self.model).noise)
+
+    def prepare_step(self) -> None:
+        """Build what this generation's step sums over (the pending population's noise
+        products) now: a node waiting for its peers' reports has the time."""
+        if self._population is not None:
+            self._population.prepare_sums()
 
     def _mutants(self, generation: int, sigma: float) -> Mutants:
         c = self.config
@@ -264,10 +274,10 @@ class Strategy:
         lr_scale = self._throttle(m.belief)  # first: a surprise resets what _direction filters
         direction, dgain = self._direction(m, list(absorbed))
         grad_norm = float(torch.linalg.vector_norm(direction.double()))
-        before = [p.detach().clone() for p in self.params]
+        before = self.flat_params()
         self._step(direction, self.config.lr * lr_scale)
-        deltas = [p.detach() - b for p, b in zip(self.params, before, strict=True)]
-        self.raw_prediction = self._predict_change(m, deltas)
+        delta = self.flat_params() - before  # the step as taken, after rounding
+        self.raw_prediction = self._predict_change(m, delta)
         self.expected_change = self.calibration.kappa * self.raw_prediction
         self._pending, self._population, self._measured = None, None, None
         self.generation += 1
@@ -277,7 +287,7 @@ class Strategy:
             fitness_std=float(f[finite].std()), fitness_max=float(f[finite].max()),
             fitness_min=float(f[finite].min()), nonfinite=int((~finite).sum()),
             sigma=m.mutants.sigma, lr=self.config.lr * lr_scale, grad_norm=grad_norm,
-            step_norm=math.sqrt(sum(float((d.double() ** 2).sum()) for d in deltas)),
+            step_norm=float(torch.linalg.vector_norm(delta.double())),
             belief_mean=self.fitness_belief.mean, belief_var=self.fitness_belief.var,
             gain=m.belief.gain, innovation=m.belief.innovation, nis=m.belief.nis,
             surprised=m.belief.surprised, direction_gain=dgain,
@@ -287,29 +297,35 @@ class Strategy:
         """`step(measure(fitness))`: one generation without neighbours."""
         return self.step(self.measure(fitness))
 
-    def _predict_change(self, m: Measurement, deltas: list[torch.Tensor]) -> float:
-        """First-order prediction of the step's fitness change: g_raw . delta, in raw units."""
+    def _predict_change(self, m: Measurement, delta: torch.Tensor) -> float:
+        """First-order prediction of the step's fitness change: g_raw . delta (flat), in raw
+        units."""
         finite = np.isfinite(m.fitness)
         raw = np.where(finite, m.fitness - m.fitness[finite].mean(), 0.0)
-        g_raw = m.population.flatten(m.population.gradient(raw))
-        delta = torch.cat([d.flatten() for d in deltas])
+        g_raw = m.population.flat_gradient(raw)
         return float(torch.dot(g_raw.double(), delta.double()))
+
+    def flat_params(self) -> torch.Tensor:
+        """The perturbed weights as one flat vector (d,) in target order (a copy)."""
+        return torch.cat([p.detach().flatten() for p in self.params])
+
+    def _split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """A flat (d,) vector as tensors shaped like `params`, in their dtype (views where it
+        is theirs already)."""
+        flat = flat.to(self.params[0].dtype)
+        return [v.view_as(p).to(p.dtype)
+                for v, p in zip(flat.split(self.sizes), self.params, strict=True)]
 
     def _apply(self, flat: torch.Tensor, scale: float) -> None:
         """params += scale * flat, split back into the target tensors."""
         with torch.no_grad():
-            i = 0
-            for p in self.params:
-                p.add_(flat[i:i + p.numel()].view_as(p).to(p.dtype), alpha=scale)
-                i += p.numel()
+            torch._foreach_add_(self.params, self._split(flat), alpha=scale)
 
     def _step(self, direction: torch.Tensor, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        i = 0
-        for p in self.params:  # optimizers minimise; we ascend fitness
-            p.grad = -direction[i:i + p.numel()].view_as(p).to(p.dtype)
-            i += p.numel()
+        for p, g in zip(self.params, self._split(-direction), strict=True):
+            p.grad = g  # optimizers minimise; we ascend fitness
         self.optimizer.step()
         for p in self.params:
             p.grad = None
@@ -352,7 +368,7 @@ class Strategy:
         """This generation's estimate with the neighbours' (config.fusion): (g, V) flat, None
         when nothing was measured. A generation whose pairs all tied contributes nothing of
         its own (its variance of 0 would claim an exact gradient of 0)."""
-        g, v = (None, None) if m.tied else (m.gradient(), m.variance())
+        g, v = (None, None) if m.tied else m.estimate()
         if self.config.fusion == "mean":
             return mean_estimates(g, v, absorbed) if g is not None or absorbed else None
         return fuse_estimates(g, v, absorbed, self.relevance, self._reference())
