@@ -46,14 +46,15 @@ def model_of(C: int, L: int) -> RWKV7Config:
 def sums_case(C: int, L: int, P: int, rounds: int) -> dict:
     """Median seconds of one generation's sums per path, alternating."""
     model = RWKV7(model_of(C, L), init="live")
-    noise = Population(model, 1, 0.05, P, include=INCLUDE).noise
+    drawn = Population(model, 1, 0.05, P, include=INCLUDE)
+    assert drawn.noise  # drawn; only the noise: each round builds the sums' products itself
     u = torch.randn(P, generator=torch.Generator().manual_seed(0))
     raw = torch.randn(P, generator=torch.Generator().manual_seed(1))
     times: dict[str, list[float]] = {path: [] for path in SUM_PATHS}
     for i in range(rounds + 1):
         for path in SUM_PATHS:
             pop = Population(model, 1, 0.05, P, include=INCLUDE)
-            pop.adopt_noise(noise)
+            pop.adopt_draws(drawn)
             pop.sum_path = path
             t = time.perf_counter()
             pop.flat_gradient_variance(u)

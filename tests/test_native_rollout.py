@@ -10,7 +10,7 @@ import torch
 from test_kernels_model import needs_native
 
 from rwkv_swarm.kernels import RWKV7, Population, RWKV7Config
-from rwkv_swarm.node import KalmanESConfig, Node, NodeConfig, fingerprint
+from rwkv_swarm.node import KalmanESConfig, Node, NodeConfig
 from rwkv_swarm.node import native_rollout as nr
 from rwkv_swarm.node.envs import make_env
 from rwkv_swarm.node.rollout import COMPACT_BELOW, rollout
@@ -171,35 +171,3 @@ def test_a_node_generation_is_the_same_with_and_without_the_native_loop(monkeypa
                 assert row[k] == other[k] or (row[k] != row[k] and other[k] != other[k]), k
     for a, b in zip(native.model.parameters(), python.model.parameters(), strict=True):
         assert torch.equal(a, b)
-
-
-def test_what_a_node_draws_between_generations_is_taken_and_changes_nothing():
-    """`prepare_next` draws the next generation's noise and episode starts ahead; the
-    generation takes both, and every bit of it is that of a node that drew nothing ahead."""
-    cfg = NodeConfig(model=TINY, env={"kind": "gym", "id": "CartPole-v1"},
-                     es=KalmanESConfig(population=8), seed=3)
-    ahead, plain = Node(cfg), Node(cfg)
-    for g in range(3):
-        if g:  # a world exists from the first reset on: its starts can be drawn ahead
-            ahead.prepare_next()
-            backend, drawn = ahead.env._backend, ahead.strategy._drawn
-            # for the arguments this generation's reset and ask will have
-            assert backend._ahead[:2] == (ahead._eval_seed(), tuple(ahead._episode_keys()))
-            assert drawn[0] == ahead.strategy._mutants(ahead.strategy.generation, 1.0).key
-            rows = ahead.model._rows  # packed for the weights the generation runs
-            assert rows._key == rows._weights_key()
-        rows = [n.generation() for n in (ahead, plain)]
-        if g:
-            assert backend._ahead is None and ahead.strategy._drawn is None  # both taken
-        assert fingerprint(ahead.model) == fingerprint(plain.model)
-        assert rows[0]["fitness_mean"] == rows[1]["fitness_mean"]
-
-
-def test_starts_drawn_ahead_for_other_arguments_are_not_taken():
-    env, fresh = (make_env({"kind": "gym", "id": "CartPole-v1"}) for _ in range(2))
-    env.reset(4, 1, [0, 0, 1, 1])
-    env.prepare_reset(4, 1, [0, 0, 1, 1])
-    env.prepare_reset(4, 7, [0, 0, 1, 1])  # the last prepared: another seed than the reset's
-    assert np.array_equal(env.reset(4, 2, [0, 0, 1, 1]), fresh.reset(4, 2, [0, 0, 1, 1]))
-    env.prepare_reset(4, 2, [0, 1, 2, 3])
-    assert np.array_equal(env.reset(4, 2, [0, 1, 2, 3]), fresh.reset(4, 2, [0, 1, 2, 3]))

@@ -241,7 +241,7 @@ def test_noise_drawn_ahead_is_the_next_generations_own_and_only_it_takes_it():
     for s in (ahead, plain):
         s.ask()
     ahead.draw_ahead()  # for generation 1, drawn while generation 0 is still pending
-    drawn = ahead._drawn[1]
+    drawn = ahead._drawn[1].noise
     for s in (ahead, plain):
         s.tell(np.arange(8.0))
         s.ask()
@@ -251,14 +251,21 @@ def test_noise_drawn_ahead_is_the_next_generations_own_and_only_it_takes_it():
     ahead.tell(np.arange(8.0))
     plain.tell(np.arange(8.0))
     ahead.draw_ahead()  # between generations: for the next one, generation 2
-    drawn = ahead._drawn[1]
+    drawn = ahead._drawn[1].noise
     assert ahead.ask() is not None and ahead.population._noise is drawn
+    built = ahead.population._flat_cache  # the step's products, built ahead too
+    assert set(built) == {"plain", "squared"}
     plain.ask()
     for name, parts in plain.population.noise.items():
         assert all(torch.equal(a, b) for a, b in zip(parts, drawn[name], strict=True))
+    steps = [s.tell(np.arange(8.0)[::-1].copy()).to_dict() for s in (ahead, plain)]
+    assert steps[0] == steps[1] and all(torch.equal(a, b) for a, b in zip(
+        ahead.params, plain.params, strict=True))
+    for s in (ahead, plain):
+        s.ask()
     ahead.draw_ahead()
     ahead._drawn = (("another seed",), ahead._drawn[1])  # not the next generation's key
-    ahead.tell(np.arange(8.0)[::-1].copy())
+    ahead.tell(np.arange(8.0))
     ahead.ask()
     assert ahead.population._noise is None  # not taken: drawn afresh when needed
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import msgpack
@@ -82,8 +81,6 @@ class NodeHost:
         self._looping = False
         self._stop = threading.Event()
         self._directory: dict[str, tuple[str, bytes | None]] = {}  # peer -> (endpoint, key)
-        self._drawing = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-ahead")
-        self._ahead: Future | None = None  # Node.prepare_next, between generations
 
     @property
     def node(self) -> Node:
@@ -148,17 +145,9 @@ class NodeHost:
     def share(self) -> dict[str, Any]:
         """Phase 1: evaluate this generation and send its report."""
         with self._lock:
-            self._drawn()
             self._drain_other()
             self.member.share()
             return {"generation": self.member.generation}
-
-    def _drawn(self) -> None:
-        """Wait for what was drawn ahead since the last generation (a failure there is met
-        again where the generation draws it itself)."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            ahead.exception()
 
     def absorb(self, wait_s: float, snapshot: bool = False) -> dict[str, Any]:
         """Phase 2: absorb the peers' reports, step; then send the live state and belief.
@@ -179,9 +168,6 @@ class NodeHost:
             row["signals"], self._marks = ",".join(self._marks), []
             if snapshot:
                 row["snapshot"] = self._snapshot_now()
-            # the next generation's noise and episode starts, while the swarm is between
-            # generations (the coordinator's turn, the row's way back)
-            self._ahead = self._drawing.submit(self.node.prepare_next)
             return row
 
     def generation(self, wait_s: float, snapshot: bool = False) -> dict[str, Any]:
@@ -390,7 +376,6 @@ class NodeHost:
 
     def close(self) -> None:
         self._stop.set()
-        self._drawing.shutdown(wait=True, cancel_futures=True)
         self.member.close()
 
 

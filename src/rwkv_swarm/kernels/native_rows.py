@@ -186,14 +186,6 @@ def member_table(pop: Population, name: str, base: torch.Tensor) -> torch.Tensor
     return (base + pop.sigma * signed.reshape(2 * pairs, -1)).contiguous()
 
 
-def repack(model: torch.nn.Module) -> None:
-    """Pack the model's current weights for its row step now, if it has one (a caller with
-    time between weight changes and the next step; a step checks the weights again)."""
-    rows = getattr(model, "_rows", None)
-    if rows is not None:
-        rows._pack_weights()
-
-
 def row_step(model: torch.nn.Module) -> RowStep:
     """The model's row step (its packed weights are kept with the model)."""
     if getattr(model, "_rows", None) is None:

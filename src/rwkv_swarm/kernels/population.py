@@ -158,11 +158,14 @@ class Population:
         flat = np.stack([pair_noise(self.seed, p, self.noise_size) for p in pairs])
         return self._split(torch.from_numpy(flat).to(self.device))
 
-    def adopt_noise(self, noise: dict[str, tuple[torch.Tensor, ...]]) -> None:
-        """Take `noise`, another population's `noise` of the same seed, size and targets, as
-        this one's (drawn ahead of time: a node draws the next generation's while it waits)."""
+    def adopt_draws(self, other: Population) -> None:
+        """Take what `other`, a population of the same seed, size and targets, has built from
+        its noise alone (the noise, its transposes, the sums' products) as this one's: drawn
+        ahead of time, while a node waits for its peers or for its next generation."""
         if self._noise is None:
-            self._noise = noise
+            self._noise, self._noise_t = other._noise, other._noise_t
+            self._factor_cache, self._flat_cache = dict(other._factor_cache), \
+                dict(other._flat_cache)
 
     @property
     def noise(self) -> dict[str, tuple[torch.Tensor, ...]]:

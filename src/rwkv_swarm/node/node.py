@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..kernels import RWKV7, Population, RWKV7State, native_rows
+from ..kernels import RWKV7, Population, RWKV7State
 from . import checkpoint as ckpt
 from . import native_rollout
 from .config import STRATEGIES, NodeConfig
@@ -161,20 +161,6 @@ class Node:
         (lo, hi), E = c.members, c.episodes
         return [((lo + m) // (2 if c.paired_episodes else 1)) * E + e
                 for m in range(hi - lo) for e in range(E)]
-
-    def prepare_next(self) -> None:
-        """Draw what the next generation needs that its seed alone decides: its mutants' noise
-        and, in a world that starts its episodes afresh and can draw them ahead, their starts.
-        A node idle between generations calls it (from another thread: nothing else here
-        changes meanwhile); `begin` and `evaluate` take what it drew only if it is still what
-        they need."""
-        self._require("idle", "prepare_next()")
-        self.strategy.draw_ahead()
-        native_rows.repack(self.model)  # the stepped weights, for the native row kernel
-        prepare = getattr(self.env, "prepare_reset", None)
-        if prepare is not None and not self.env.persistent:
-            lo, hi = self.config.members
-            prepare((hi - lo) * self.config.episodes, self._eval_seed(), self._episode_keys())
 
     def report(self) -> Report:
         """This generation as the neighbours receive it (the wire's `fitness` message). A

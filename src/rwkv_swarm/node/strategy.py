@@ -191,7 +191,7 @@ class Strategy:
         self.calibration = Calibration()
         self._pending: Mutants | None = None
         self._population: Population | None = None
-        self._drawn: tuple[tuple, dict] | None = None  # draw_ahead's (key, noise)
+        self._drawn: tuple[tuple, Population] | None = None  # draw_ahead's (key, draws)
         self._measured: Measurement | None = None
         self.relevance = Relevance()  # how much of each neighbour's signal is ours (fusion.py)
         self.reference: torch.Tensor | None = None  # an average of past directions
@@ -211,16 +211,19 @@ class Strategy:
             self._population = self._pending.population(self.model)
             drawn, self._drawn = self._drawn, None
             if drawn is not None and drawn[0] == self._pending.key:
-                self._population.adopt_noise(drawn[1])
+                self._population.adopt_draws(drawn[1])
         return self._pending
 
     def draw_ahead(self) -> None:
-        """Draw the noise of the next generation not yet asked for now (it depends on the seed
-        alone, not on a step): a node waiting for its peers' reports, or idle between
-        generations, has the time. `ask` takes it when its generation is the one drawn for."""
+        """Draw the noise of the next generation not yet asked for now, with the products its
+        step sums over (they depend on the seed alone, not on a step): a node waiting for its
+        peers' reports, or idle between generations, has the time. `ask` takes them when its
+        generation is the one drawn for."""
         ahead = self._mutants(self.generation + (self._pending is not None), 1.0)  # sigma: later
         if self._drawn is None or self._drawn[0] != ahead.key:
-            self._drawn = (ahead.key, ahead.population(self.model).noise)
+            drawn = ahead.population(self.model)
+            drawn.prepare_sums()  # the noise, and the products the step sums over
+            self._drawn = (ahead.key, drawn)
 
     def prepare_step(self) -> None:
         """Build what this generation's step sums over (the pending population's noise

@@ -175,28 +175,17 @@ class VectorBackend:
         if spec.max_episode_steps is not None:  # as gymnasium.make_vec passes it
             kw.setdefault("max_episode_steps", spec.max_episode_steps)
         self.env = world(n, **kw)
-        self._ahead: tuple[int, tuple[int, ...], np.ndarray] | None = None  # prepare()'s
         self.observation_space = self.env.single_observation_space
         self.action_space = self.env.single_action_space
 
     def reset(self, seed: int, keys: list[int]) -> np.ndarray:
-        ahead, self._ahead = self._ahead, None
-        drawn = ahead is not None and ahead[:2] == (seed, tuple(keys))
-        return self.env.reset_to(ahead[2] if drawn else self._draw(seed, keys))
-
-    def prepare(self, seed: int, keys: list[int]) -> None:
-        """Draw the starts of `reset(seed, keys)` now; that reset takes them, any other draws
-        its own."""
-        self._ahead = (seed, tuple(keys), self._draw(seed, keys))
-
-    def _draw(self, seed: int, keys: list[int]) -> np.ndarray:
         # copies with one key (a pair's two members) start alike: draw each start once
         unique = list(dict.fromkeys(keys))
         starts = self._starts([copy_int_seed(seed, k) for k in unique])
         if len(unique) < len(keys):
             column = {k: i for i, k in enumerate(unique)}
             starts = starts[:, [column[k] for k in keys]]
-        return starts
+        return self.env.reset_to(starts)
 
     def step(self, actions: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, ...]:
         return self.env.step(actions, live)

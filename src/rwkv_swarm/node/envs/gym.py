@@ -210,14 +210,6 @@ class GymEnv:
         self._obs = self._observe(self._backend.reset(seed, keys), np.ones(n, dtype=bool))
         return self._obs.copy()
 
-    def prepare_reset(self, n: int, seed: int, keys: Sequence[int] | None = None) -> None:
-        """Draw the episode starts a later `reset(n, seed, keys)` needs now, where the copies'
-        world draws them itself (a numpy vector world already made for n copies); elsewhere
-        nothing. The reset takes them only if its arguments are these."""
-        backend = self._backend
-        if isinstance(backend, VectorBackend) and backend.n == n:
-            backend.prepare(check_seed(seed), check_keys(keys, n))
-
     def step(self, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Act with outputs (n, action_dim); returns (obs float32, reward float64, done)."""
         if self._done is None:
