@@ -9,7 +9,7 @@ from test_kernels_model import nontrivial
 from torch.testing import assert_close
 
 from rwkv_swarm.kernels import GROUPS, RWKV7, Population, RWKV7Config, apply_update
-from rwkv_swarm.kernels.population import FLAT_SUM_MAX, SUM_PATHS, sum_path
+from rwkv_swarm.kernels.population import FLAT_SUM_MAX, SUM_PATHS, sum_path, targets_for
 
 CONTROL = RWKV7Config(n_embd=128, n_layer=2, input_dim=5, output_dim=3)
 TOKEN = RWKV7Config(n_embd=64, n_layer=2, head_size=32, vocab_size=40)
@@ -284,3 +284,16 @@ def test_pair_noise_is_a_fresh_philox_draw_in_any_order_and_thread():
     with ThreadPoolExecutor(4) as pool:
         drawn = list(pool.map(lambda c: pair_noise(*c), cases * 8))
     assert all(np.array_equal(d, fresh(*c)) for d, c in zip(drawn, cases * 8, strict=True))
+
+
+def test_targets_are_kept_with_the_model_per_rank_and_groups():
+    model = RWKV7(RWKV7Config(n_embd=16, n_layer=1, head_size=16, input_dim=4, output_dim=2),
+                  seed=0, init="live")
+    plain = targets_for(model, 1, ("matrices",))
+    again = targets_for(model, 1, ("matrices",))
+    assert again == plain and again is not plain  # the same targets, a list of the caller's own
+    assert [t.size for t in targets_for(model, 2, ("matrices",))] == [2 * t.size for t in plain]
+    assert [t.name for t in targets_for(model, 1, ("matrices", "head"))] == \
+        [t.name for t in plain] + ["head.weight"]
+    with pytest.raises(ValueError, match="unknown perturbation groups"):
+        targets_for(model, 1, ("matrices", "bias"))

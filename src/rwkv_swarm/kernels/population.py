@@ -59,10 +59,20 @@ class Target:
 
 
 def targets_for(model: RWKV7, rank: int, include: Sequence[str]) -> list[Target]:
-    """The perturbed tensors of `model` for the given groups, in parameter order."""
+    """The perturbed tensors of `model` for the given groups, in parameter order (kept with
+    the model: they depend on its parameters' names and shapes alone, and a node asks for them
+    with every population)."""
     bad = sorted(set(include) - set(GROUPS))
     if bad:
         raise ValueError(f"unknown perturbation groups {bad}; known: {list(GROUPS)}")
+    kept = model.__dict__.setdefault("_targets", {})
+    key = (rank, tuple(include))
+    if key not in kept:
+        kept[key] = _targets(model, rank, include)
+    return list(kept[key])
+
+
+def _targets(model: RWKV7, rank: int, include: Sequence[str]) -> list[Target]:
     out, offset = [], 0
     for name, p in model.named_parameters():
         if parameter_group(name, p) not in include:
