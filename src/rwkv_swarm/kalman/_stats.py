@@ -93,8 +93,8 @@ def f1_quantile(p: float, dof: float) -> float:
         nxt = x - step
         if not lo < nxt < hi:  # Newton left the bracket: bisect instead
             nxt = 0.5 * (lo + hi)
-        if abs(nxt - x) <= 1e-15 * x or hi - lo < 1e-15 * hi:
-            x = nxt
-            break
+        converged = abs(nxt - x) <= 1e-15 * x or hi - lo < 1e-15 * hi
         x = nxt
+        if converged:
+            break
     return dof * (1.0 - x) / x

@@ -171,7 +171,7 @@ class Population:
     def adopt_draws(self, other: Population) -> None:
         """Take what `other`, a population of the same seed, size and targets, has built from
         its noise alone (the noise, its transposes, the sums' products) as this one's: drawn
-        ahead of time, while a node waits for its peers or for its next generation."""
+        ahead of time, while a node waits for its peers."""
         if self._noise is None:
             self._noise, self._noise_t = other._noise, other._noise_t
             self._factor_cache, self._flat_cache = dict(other._factor_cache), \
@@ -333,9 +333,12 @@ class Population:
         """Every pair's perturbation E_p = A_p B_p^T (vectors: eps_p), or E_p^2 elementwise
         (`squared`), flat in target order: (P/2, dim), built once per population."""
         key, cache = ("squared" if squared else "plain"), self._flat_cache
-        if key not in cache:
-            if squared:
-                return cache.setdefault(key, self._flat(False) * self._flat(False))
+        if key in cache:
+            return cache[key]
+        if squared:
+            plain = self._flat(False)
+            cache[key] = plain * plain
+        else:
             pairs = self.size // 2
             E, i = torch.empty(pairs, self.dim, dtype=torch.float32, device=self.device), 0
             for t in self.targets:

@@ -181,7 +181,7 @@ class Strategy:
         self.params = [params[t.name] for t in self.targets]
         self.sizes = [p.numel() for p in self.params]
         self.device = self.params[0].device  # the model's: estimates and beliefs live there
-        self.dim = sum(p.numel() for p in self.params)
+        self.dim = sum(self.sizes)
         self.generation = 0
         self.lr_scale = 1.0
         self.fitness_belief = FitnessBelief(config.fitness)
@@ -217,8 +217,8 @@ class Strategy:
     def draw_ahead(self) -> None:
         """Draw the noise of the next generation not yet asked for now, with the products its
         step sums over (they depend on the seed alone, not on a step): a node waiting for its
-        peers' reports, or idle between generations, has the time. `ask` takes them when its
-        generation is the one drawn for."""
+        peers' reports has the time. `ask` takes them when its generation is the one drawn
+        for."""
         ahead = self._mutants(self.generation + (self._pending is not None), 1.0)  # sigma: later
         if self._drawn is None or self._drawn[0] != ahead.key:
             drawn = ahead.population(self.model)
