@@ -23,6 +23,7 @@ import os
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,11 @@ class SimulatedNodes:
         if method == "snapshot":
             return [{"generation": self.generation[i], "snapshot": b"\0" * 64} for i in idx]
         return [None for _ in idx]
+
+    def generations(self, count: int, args: list[tuple] | tuple = (),
+                    only: list[int] | None = None, on_fault: Any = None) -> Iterator[list[Any]]:
+        for k in range(count):  # the snapshot comes with the last generation only
+            yield self.call("generation", args if k == count - 1 else (args[0], False), only)
 
     def tell(self, method: str, args: tuple = (), only: list[int] | None = None) -> None:
         pass

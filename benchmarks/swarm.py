@@ -5,6 +5,9 @@
              weights every generation, checked), CartPole, C=64 L=2 with 256 mutants and the
              tiny model with 64, 25 generations after 2 of warm-up, where each generation's
              time goes; weak scaling beside it (2 isolated nodes x P against 1 x P)
+  stretch    the tiny model's strong-scaling search with stretches of generations (the
+             default `stretch_s`) against a generation a round trip (`stretch_s` 0), one node
+             and the group of 2, runs interleaved: the fastest and the median runs' ratios
   peer       EvoTorch's GymNE + PGPE on Ray (num_actors 1 and 2) against this project's one node
              and consensus group of 2, CartPole, population 64: env steps/s and the 2/1 ratios
   comm       (b) share of generation time spent communicating (sending the report, waiting for
@@ -83,7 +86,7 @@ PHASES = ("evaluate_s", "update_s", "communicate_s")
 
 
 def search(tmp: str, nodes: int, population: int, model: dict | None, mode: str = "consensus",
-           gens: int = GENS) -> dict:
+           gens: int = GENS, stretch_s: float | None = None) -> dict:
     """One search on `nodes` actors of 1 CPU each, CartPole: a consensus group splits
     `population` (each member evaluates its share), isolated nodes each run all of it. Wall
     time of `gens` generations after WARM, and where a generation's time went (each phase's
@@ -93,7 +96,8 @@ def search(tmp: str, nodes: int, population: int, model: dict | None, mode: str 
     cfg = swarm_config(tmp, nodes=nodes, mode=mode, env=CARTPOLE, seed=1,
                        es=KalmanESConfig(population=per_node), checkpoint_every=0,
                        migration=Migration(enabled=False), generations=gens,
-                       **({"model": model} if model else {}))
+                       **({"model": model} if model else {}),
+                       **({} if stretch_s is None else {"stretch_s": stretch_s}))
     with Swarm.launch(cfg) as swarm:
         swarm.run(WARM)  # imports, the native kernel, first allocations
         t0 = time.perf_counter()
@@ -137,6 +141,35 @@ def scaling(tmp: str) -> dict:
                      "same_weights": same,
                      "weak_wall_ratio": weak["wall_s"] / one["wall_s"]}
     return out
+
+
+def stretches(tmp: str) -> dict:
+    """Stretches of generations against a generation a round trip (`stretch_s` 0), the tiny
+    model's strong-scaling search (where a generation is shortest): one node and the group of
+    2 with each, runs interleaved; the weights must be the same every generation in all."""
+    model, population, _ = SEARCHES["C=16 L=1, 64 mutants"]
+    arms = [(n, st) for n in (1, 2) for st in (0.0, None)]
+    runs: dict = {arm: [] for arm in arms}
+    for k in range(REPEATS["C=16 L=1, 64 mutants"]):
+        for n, st in arms:
+            runs[n, st].append(search(f"{tmp}/{n}-{st}-{k}", n, population, model,
+                                      stretch_s=st))
+    first = runs[arms[0]][0]["weights"]
+    best = {arm: min(r["wall_s"] for r in rs) for arm, rs in runs.items()}
+    med = {arm: statistics.median(r["wall_s"] for r in rs) for arm, rs in runs.items()}
+    name = {0.0: "one_a_trip", None: "stretches"}
+    return {"walls": {f"{n}-{name[st]}": [round(r["wall_s"], 3) for r in rs]
+                      for (n, st), rs in runs.items()},
+            "stretches_over_one_a_trip": {f"{n} node(s)": [round(best[n, 0.0] / best[n, None], 3),
+                                                          round(med[n, 0.0] / med[n, None], 3)]
+                                          for n in (1, 2)},
+            "strong_speedup": {name[st]: [round(best[1, st] / best[2, st], 3),
+                                          round(med[1, st] / med[2, st], 3)]
+                               for st in (0.0, None)},
+            "phases_fastest": {f"{n}-{name[st]}": min(rs, key=lambda r: r["wall_s"])["phases"]
+                               for (n, st), rs in runs.items()},
+            "same_weights": all(r["weights"] == first and r["one_node"]
+                                for rs in runs.values() for r in rs)}
 
 
 def evotorch_rate(actors: int, gens: int = GENS, population: int = 64) -> dict:
@@ -337,8 +370,8 @@ def state_transfer(seeds: int) -> dict:
     return {k: {"per_seed": v, "median_mse": statistics.median(v)} for k, v in out.items()}
 
 
-TASKS = {"scaling": scaling, "peer": peer, "comm": comm_share, "bytes": fitness_bytes,
-         "helps": helps, "fusion": fusion, "state": state_transfer}
+TASKS = {"scaling": scaling, "stretch": stretches, "peer": peer, "comm": comm_share,
+         "bytes": fitness_bytes, "helps": helps, "fusion": fusion, "state": state_transfer}
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from rwkv_swarm.swarm import (
     Coordinator,
     Migration,
     Resources,
+    Scheduled,
     Signal,
     SwarmConfig,
     load_trace,
@@ -62,22 +63,34 @@ def test_every_generation_leaves_one_row_per_node_and_the_peers_hear_each_other(
     assert all(0 <= p <= 1 for p in table["p_best"])
 
 
-def test_a_due_checkpoint_takes_the_snapshots_sent_with_the_generation(tmp_path):
+def record_calls(coordinator: Coordinator) -> list:
+    """What the coordinator asks of its nodes, in order: a call as its method's name, a
+    stretch of generations as ("generations", count, whether the last brings snapshots)."""
+    calls: list = []
+    nodes = coordinator.nodes
+    call, generations = nodes.call, nodes.generations
+    nodes.call = lambda method, *a, **kw: calls.append(method) or call(method, *a, **kw)
+    nodes.generations = lambda count, args, **kw: \
+        calls.append(("generations", count, args[1])) or generations(count, args, **kw)
+    return calls
+
+
+def test_a_stretch_ends_at_a_due_checkpoint_and_its_last_generation_brings_the_snapshots(
+        tmp_path):
     """No round trip of its own: the nodes send their snapshots with the generation before a
-    checkpoint, and those are what a snapshot call at that boundary gives."""
-    coordinator, hosts = local_swarm(tmp_path, checkpoint_every=2)
-    calls: list[tuple[str, tuple]] = []
-    call = coordinator.nodes.call
-    coordinator.nodes.call = lambda method, args=(), **kw: calls.append((method, args)) or \
-        call(method, args, **kw)
+    checkpoint, and those are what a snapshot call at that boundary gives. A stretch of
+    generations (one round trip) ends there: the first generation alone (no pace known yet),
+    then as many as `stretch_s` holds up to the next checkpoint."""
+    coordinator, hosts = local_swarm(tmp_path, checkpoint_every=2, stretch_s=1e6)
+    calls = record_calls(coordinator)
     try:
         coordinator.run(4)
         now = [h.snapshot()["snapshot"] for h in hosts]
     finally:
         for h in hosts:
             h.close()
-    assert [m for m, _ in calls] == ["snapshot"] + ["generation"] * 4 + ["snapshot"]
-    assert [a[1] for m, a in calls if m == "generation"] == [False, True, False, True]
+    assert calls == ["snapshot", ("generations", 1, False), ("generations", 1, True),
+                     ("generations", 2, True), "snapshot"]
     coordinator.settle()
     store = coordinator.store
     assert [store.node_generations(i) for i in range(4)] == [[0, 2, 4]] * 4
@@ -87,13 +100,10 @@ def test_a_due_checkpoint_takes_the_snapshots_sent_with_the_generation(tmp_path)
 
 def test_a_sync_generation_is_one_round_trip_per_node_and_a_failure_names_its_phase(tmp_path):
     coordinator, hosts = local_swarm(tmp_path, checkpoint_every=0)
-    calls: list[str] = []
-    call = coordinator.nodes.call
-    coordinator.nodes.call = lambda method, *a, **kw: calls.append(method) or call(method, *a,
-                                                                                   **kw)
+    calls = record_calls(coordinator)
     try:
-        coordinator.run(2)
-        assert calls == ["generation", "generation", "snapshot"]  # the last: best/ at the end
+        coordinator.run(2)  # the second alone too: the run has one generation left
+        assert calls == [("generations", 1, False)] * 2 + ["snapshot"]  # last: best/ at the end
         hosts[1].node.finish = None  # absorb fails once the report is out
         coordinator.run(1)
     finally:
@@ -102,6 +112,66 @@ def test_a_sync_generation_is_one_round_trip_per_node_and_a_failure_names_its_ph
     (fault,) = [e for e in read_events(coordinator.run_dir) if e["kind"] == "fault"]
     assert (fault["node"], fault["phase"], fault["generation"]) == (1, "absorb", 2)
     assert fault["detected_s"] is not None and "TypeError" in fault["error"]
+
+
+def test_a_run_in_stretches_is_the_run_a_generation_a_round_trip(tmp_path):
+    """The same swarm a generation a round trip and in stretches: the same weights, rows and
+    signal marks at every generation, and the same migrations. A stretch ends before a
+    scheduled signal (generation 4) and before a migration decision (after generation 4)."""
+    scheduled = (Scheduled(4, "amplitude", {"scale": 2.0}),)
+    runs, stretches = {}, {}
+    for stretch_s in (0.0, 1e6):
+        coordinator, hosts = local_swarm(tmp_path / str(stretch_s), checkpoint_every=0,
+                                         stretch_s=stretch_s, signals=scheduled,
+                                         migration=Migration(gate=0.5, fraction=0.5))
+        calls = record_calls(coordinator)
+        try:
+            coordinator.run(7)
+        finally:
+            for h in hosts:
+                h.close()
+        t = load_trace(coordinator.run_dir).to_pydict()
+        runs[stretch_s] = sorted(zip(t["generation"], t["node"], t["fingerprint"], t["signals"],
+                                     t["migrated_from"], strict=True))
+        stretches[stretch_s] = [c[1] for c in calls if c[0] == "generations"]
+    assert stretches == {0.0: [1] * 7, 1e6: [1, 3, 1, 2]}
+    assert runs[0.0] == runs[1e6]
+    assert [(g, n) for g, n, _, s, _ in runs[0.0] if s] == [(4, n) for n in range(4)]
+    assert any(m >= 0 for *_, m in runs[0.0])  # a migration was decided (gate 0.5: any better)
+
+
+def test_a_node_failing_in_the_middle_of_a_stretch_is_not_waited_for_by_the_rest_of_it(
+        tmp_path):
+    coordinator, hosts = local_swarm(tmp_path, checkpoint_every=0, stretch_s=1e6,
+                                     migration=Migration(enabled=False))
+    calls = record_calls(coordinator)
+    node = hosts[1].node
+    finish = node.finish
+
+    def fails_at_2(reports=()):
+        if node.generation_count == 2:
+            raise RuntimeError("finish failed at 2")
+        return finish(reports)
+
+    node.finish = fails_at_2
+    try:
+        coordinator.run(6)
+    finally:
+        for h in hosts:
+            h.close()
+    assert [c[1] for c in calls if c[0] == "generations"] == [1, 5]  # 2 is mid-stretch
+    (fault,) = [e for e in read_events(coordinator.run_dir) if e["kind"] == "fault"]
+    assert (fault["node"], fault["phase"], fault["generation"]) == (1, "absorb", 2)
+    assert "finish failed at 2" in fault["error"]
+    t = load_trace(coordinator.run_dir).to_pydict()
+    rows = {(g, n): a for g, n, a in zip(t["generation"], t["node"], t["absorbed_from"],
+                                         strict=True)}
+    assert sorted(rows) == sorted([(g, n) for g in range(6) for n in (0, 2, 3)]
+                                  + [(0, 1), (1, 1)])
+    # node 1's report of 2 went out before its absorb failed; after it, its ring neighbours
+    # (0 and 2) absorb from one peer, told at once that it is gone (no wait_s spent)
+    assert [rows[g, 0] for g in range(6)] == [2, 2, 2, 1, 1, 1]
+    assert all(w < 10 for w in t["communicate_s"])
 
 
 def test_trace_rows_wait_for_a_part_but_a_checkpoint_never_runs_ahead_of_them(tmp_path):

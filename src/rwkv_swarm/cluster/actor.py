@@ -59,6 +59,10 @@ class NodeActor:
     def call(self, method: str, slots: list[int], args: list[tuple]) -> list[Any]:
         return self.pack.call(method, slots, args)
 
+    def generations(self, slots: list[int], args: list[tuple], count: int) -> Any:
+        # a generator: Ray streams each generation's results to the caller as it ends
+        yield from self.pack.generations(slots, args, count)
+
     def tell(self, method: str, slots: list[int] | None, args: tuple) -> None:
         self.pack.tell(method, slots, args)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
@@ -60,6 +60,25 @@ def each_generation(keys: list[Any], phase: Callable[[str, list[Any], list[tuple
     for j, r in zip(ok, absorbed, strict=True):
         out[j] = r
     return out
+
+
+def stretch(keys: list[Any], phase: Callable[[str, list[Any], list[tuple]], list[Any]],
+            args: list[tuple], count: int) -> Iterator[list[Any]]:
+    """`count` generations of `each_generation` back to back: yields, per generation, one
+    result per key. A host that failed sits the rest out, its failure given again in every
+    later generation; `args[j]` are `NodeHost.generation`'s (wait_s, snapshot), the snapshot
+    asked for only with the last generation."""
+    failed: dict[Any, BaseException] = {}
+    for g in range(count):
+        live = [j for j, k in enumerate(keys) if k not in failed]
+        last = g == count - 1
+        out = each_generation([keys[j] for j in live], phase,
+                              [args[j] if last else (args[j][0], False) for j in live])
+        now = dict(zip(live, out, strict=True))
+        for j, r in now.items():
+            if isinstance(r, BaseException):
+                failed[keys[j]] = r
+        yield [now[j] if j in now else failed[k] for j, k in enumerate(keys)]
 
 
 class NodeHost:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError
 
-from .host import NodeHost, each_generation, in_phase
+from .host import NodeHost, each_generation, in_phase, stretch
 from .placement import Respawn
 
 NODE_TIMEOUT_S = 3600.0  # a node that answers nothing for this long is given up
@@ -65,6 +65,30 @@ class RayNodes:
                 (a, nodes) for a, nodes in groups.items()}
         got = _collect(refs, self.timeout_s, self._broken, on_fault)
         return [got[i] for i in idx]
+
+    def generations(self, count: int, args: list[tuple] | tuple,
+                    only: list[int] | None = None, on_fault: OnFault | None = None
+                    ) -> Iterator[list[Any]]:
+        """`count` generations of each node (`NodeHost.generation(*args[i])`, the snapshot
+        asked for with the last one only) in one streaming call per actor: yields, as each
+        generation ends on every node, one result per node. A node that failed gives its
+        exception in every later generation; `on_fault` hears of it as soon as it is seen."""
+        self._settle()
+        idx = list(range(len(self.names))) if only is None else list(only)
+        per = _per_node(args, len(self.names))
+        k = self.per_actor
+        streams = {self.actors[a].generations.remote([i % k for i in nodes],
+                                                     [per[i] for i in nodes], count): (a, nodes)
+                   for a, nodes in self._by_actor(idx).items()}
+        failed: dict[int, BaseException] = {}
+        for _ in range(count):
+            got = _collect(streams, self.timeout_s, self._broken, on_fault,
+                           take=lambda stream: ray.get(next(stream)))
+            streams = {s: an for s, an in streams.items() if an[0] not in self._broken}
+            for i in idx:
+                if isinstance(got.get(i), BaseException):
+                    failed.setdefault(i, got[i])
+            yield [failed.get(i, got.get(i)) for i in idx]
 
     def tell(self, method: str, args: tuple = (), only: list[int] | None = None) -> None:
         """method(*args) on each node without waiting: it reaches a node in the middle of a
@@ -149,10 +173,12 @@ class RayNodes:
 
 
 def _collect(refs: dict[Any, tuple[int, list[int]]], timeout_s: float, broken: set[int],
-             on_fault: OnFault | None) -> dict[int, Any]:
-    """Each node's result from its actor's call in `refs` (ref -> (actor, nodes)), a failed
-    node's exception handed to `on_fault` as soon as it is seen; an actor whose call fails
-    as a whole (died, or no answer in time) goes into `broken`, every node of it failed."""
+             on_fault: OnFault | None, take: Callable[[Any], Any] = ray.get
+             ) -> dict[int, Any]:
+    """Each node's result from its actor's call in `refs` (ref or streaming generator ->
+    (actor, nodes); `take` gets an actor's results from a ready one), a failed node's
+    exception handed to `on_fault` as soon as it is seen; an actor whose call fails as a whole
+    (died, or no answer in time) goes into `broken`, every node of it failed."""
     out: dict[int, Any] = {}
     pending = dict(refs)
     deadline = time.monotonic() + timeout_s
@@ -171,7 +197,7 @@ def _collect(refs: dict[Any, tuple[int, list[int]]], timeout_s: float, broken: s
         for ref in ready:
             a, nodes = pending.pop(ref)
             try:
-                results = ray.get(ref)
+                results = take(ref)
             except Exception as e:  # noqa: BLE001 - a dead or hung actor: its nodes' fault
                 broken.add(a)
                 fail(nodes, e)
@@ -206,12 +232,17 @@ class LocalNodes:
 
     def _generation(self, idx: list[int], per: list[tuple], on_fault: OnFault | None
                     ) -> list[Any]:
+        return each_generation(idx, self._phase(on_fault), [per[i] for i in idx])
+
+    def _phase(self, on_fault: OnFault | None) -> Callable[[str, list[int], list[tuple]],
+                                                          list[Any]]:
+        """One phase of a generation ("share" or "absorb") on some hosts, one after another."""
         def phase(method: str, ids: list[int], args: list[tuple]) -> list[Any]:
             by = dict(zip(ids, args, strict=True))
             return self._each(ids, lambda i: in_phase(method, getattr(self.hosts[i], method),
                                                       *by[i]), on_fault)
 
-        return each_generation(idx, phase, [per[i] for i in idx])
+        return phase
 
     def _each(self, idx: list[int], op: Callable[[int], Any], on_fault: OnFault | None
               ) -> list[Any]:
@@ -224,6 +255,13 @@ class LocalNodes:
                 if on_fault is not None:
                     on_fault(i, e)
         return out
+
+    def generations(self, count: int, args: list[tuple] | tuple,
+                    only: list[int] | None = None, on_fault: OnFault | None = None
+                    ) -> Iterator[list[Any]]:
+        idx = list(range(len(self.hosts))) if only is None else list(only)
+        per = _per_node(args, len(self.hosts))
+        return stretch(idx, self._phase(on_fault), [per[i] for i in idx], count)
 
     def tell(self, method: str, args: tuple = (), only: list[int] | None = None) -> None:
         idx = list(range(len(self.hosts))) if only is None else list(only)

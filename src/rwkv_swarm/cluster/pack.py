@@ -15,13 +15,13 @@ from __future__ import annotations
 import contextlib
 import pickle
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from ..node import NodeConfig, NodeKeys, SwarmKeyring, TransportConfig
-from .host import NodeHost, each_generation, in_phase
+from .host import NodeHost, each_generation, in_phase, stretch
 
 
 @dataclass(repr=False)
@@ -71,6 +71,12 @@ class NodePack:
         if method == "generation":  # a failure names its phase, as NodeHost.generation's
             return each_generation(slots, lambda m, s, a: self._each(m, s, a, phased=True), args)
         return self._each(method, slots, args)
+
+    def generations(self, slots: list[int], args: list[tuple], count: int
+                    ) -> Iterator[list[Any]]:
+        """`count` generations of the nodes in `slots` back to back (`host.stretch`): one
+        list of results a generation, as each ends."""
+        return stretch(slots, lambda m, s, a: self._each(m, s, a, phased=True), args, count)
 
     def _each(self, method: str, slots: list[int], args: list[tuple], phased: bool = False
               ) -> list[Any]:

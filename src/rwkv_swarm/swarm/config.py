@@ -131,6 +131,10 @@ class SwarmConfig(ConfigFile):
     migration: Migration = field(default_factory=Migration)  # moving weights between nodes
     resources: Resources = field(default_factory=Resources)  # what each node actor gets
     wait_s: float = 60.0  # sync: longest a node waits for its peers' reports
+    stretch_s: float = 0.25  # sync: longest a stretch of generations runs in one round trip to
+    # the nodes (rows stream back as each generation ends); signals, topology changes and stop
+    # wait for its end. A stretch ends before every checkpoint, scheduled signal and migration
+    # decision (0: one generation a round trip)
     checkpoint_every: int = 5  # generations between node snapshots in runs/<id>/checkpoints/
     # (0: none; a dead node then restarts from scratch and a run cannot be resumed)
     secure: bool = True  # CURVE keys for every node; peers without them are refused
@@ -196,6 +200,9 @@ class SwarmConfig(ConfigFile):
         if type(self.trace_flush_s) not in (int, float) or not 0 <= self.trace_flush_s < math.inf:
             raise ConfigError("trace_flush_s", f"got {self.trace_flush_s!r}, expected a number of "
                                                "seconds >= 0")
+        if type(self.stretch_s) not in (int, float) or not 0 <= self.stretch_s < math.inf:
+            raise ConfigError("stretch_s", f"got {self.stretch_s!r}, expected a number of "
+                                           "seconds >= 0 (0: one generation a round trip)")
         if not self.wait_s > 0 or not self.run_dir:
             raise ConfigError("wait_s", f"need wait_s > 0 and a run_dir, got {self.wait_s}, "
                                         f"{self.run_dir!r}")

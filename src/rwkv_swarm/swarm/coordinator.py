@@ -1,12 +1,14 @@
 """`Coordinator`: a swarm's control plane, as a plain class over a set of node handles.
 
-It drives generations (sync: a barrier between the two phases of every generation; async:
-each node at its own pace, its rows streamed in), applies signals at generation boundaries
-(each once per target, acknowledged to the caller), decides belief-gated migrations, and is the
-single writer of the trace and the event log. It never carries fitness reports, states or
-weights: nodes exchange those over ZeroMQ, and a migrant's new weights go from the source's
-actor to the migrant's through Ray's object store. Tested with in-process nodes
-(`tests/test_coordinator.py`) and on Ray actors (`tests/test_swarm.py`).
+It drives generations (sync: in stretches of generations, one round trip to the nodes each,
+their rows streamed back as each generation ends, the nodes' reports the barrier between a
+generation's two phases; async: each node at its own pace, its rows streamed in), applies
+signals at generation boundaries (each once per target, acknowledged to the caller), decides
+belief-gated migrations, and is the single writer of the trace and the event log. It never
+carries fitness reports, states or weights: nodes exchange those over ZeroMQ, and a migrant's
+new weights go from the source's actor to the migrant's through Ray's object store.
+Tested with in-process nodes (`tests/test_coordinator.py`) and on Ray actors
+(`tests/test_swarm.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +48,12 @@ class Nodes(Protocol):
         node order; a node that failed gives its exception instead of a result, and
         on_fault(node, exception) is called as soon as the failure is seen."""
 
+    def generations(self, count: int, args: list[tuple] | tuple, only: list[int] | None = None,
+                    on_fault: Any = None) -> Iterator[list[Any]]:
+        """`count` generations of each node (`NodeHost.generation(*args)`, the snapshot with
+        the last only) in one round trip: yields, per generation, what `call` returns; a node
+        that failed gives its exception in every later generation."""
+
     def tell(self, method: str, args: tuple = (), only: list[int] | None = None) -> None:
         """method(*args) on each node, reaching it even in the middle of a call."""
 
@@ -63,6 +72,7 @@ class Nodes(Protocol):
 class _Pending:
     signal: Signal
     injected_during: int | None
+    boundary: int | None  # where the stretch in flight ends (None: none in flight, or async)
     done: threading.Event = field(default_factory=threading.Event)
     acks: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -97,6 +107,8 @@ class Coordinator:
         self._beliefs_of: tuple[Any, ...] = ()  # (seen, alive) -> summaries, fused, P(best)
         self._group_of = {i: g[0] for g in config.groups() for i in g}
         self._target_hit = False
+        self._pace: float | None = None  # seconds a generation took in the last stretch
+        self._until: int | None = None  # the generation the stretch in flight ends before
         self.recovery = Recovery(self)  # dead nodes: their peers told, restarted, rejoined
         # checkpoints go to disk beside the next generation, one at a time, in order
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
@@ -141,10 +153,13 @@ class Coordinator:
     def inject(self, signal: Signal, wait_s: float = SIGNAL_WAIT_S) -> dict[str, Any]:
         """Validate `signal` against the environment's schema (nothing is sent if it fails),
         have every target apply it at its next generation boundary, and return the
-        acknowledgement: {"id", "name", "injected_during", "applied": {node: generation}}."""
+        acknowledgement: {"id", "name", "injected_during" (the generation running, or None),
+        "boundary" (the generation the stretch of generations in flight ends before, where the
+        signal applies; None when none was in flight, or in async mode), "applied": {node:
+        generation}}."""
         validate(signal, self.config.env, self.config.nodes)
         with self._lock:
-            pending = _Pending(signal, self.in_flight)
+            pending = _Pending(signal, self.in_flight, self._until)
             self._pending.append(pending)
             idle = self.in_flight is None
         if idle:  # no generation running: the boundary is now
@@ -154,12 +169,13 @@ class Coordinator:
         if pending.error:
             raise RuntimeError(pending.error)
         return {"id": signal.id, "name": signal.name, "injected_during": pending.injected_during,
+                "boundary": pending.boundary,
                 "applied": pending.acks}
 
     def _scheduled(self) -> None:
         for s in self.config.signals:
             if s.generation == self.generation:
-                self._pending.append(_Pending(s.signal(), None))
+                self._pending.append(_Pending(s.signal(), None, None))
 
     def _apply_signals(self) -> None:
         """Deliver every pending signal to its targets (each applies an id once). The nodes
@@ -179,7 +195,8 @@ class Coordinator:
                 p.acks[t] = r["generation"]
             self.events.write("signal", id=s.id, name=s.name, params=s.params,
                               targets=targets, announce=s.announce,
-                              injected_during=p.injected_during, applied=p.acks)
+                              injected_during=p.injected_during, boundary=p.boundary,
+                              applied=p.acks)
             p.done.set()
 
     def _boundary(self) -> None:
@@ -193,16 +210,21 @@ class Coordinator:
     # -- sync generations --------------------------------------------------------------------------
 
     def run(self, generations: int | None = None, on_generation: Any = None) -> dict[str, Any]:
-        """Run `generations` more generations (default: the config's); returns `status()`."""
+        """Run `generations` more generations (default: the config's); returns `status()`.
+        `on_generation(status)` runs at every generation boundary, so a run given one goes a
+        generation a round trip; without it, generations go in stretches (`_stretch`)."""
         n = self.config.generations if generations is None else generations
         self._stop.clear()
         if self.generation == 0 and self.store.load_coordinator() is None:
             self._checkpoint()  # a dead node restarts from here until the first due one
-        for _ in range(n):
+        done = 0
+        while done < n:
             if self._stop.is_set() or not (self.alive or self.recovery.restarting):
                 break
             self._boundary()
-            self._one_generation()
+            count = 1 if on_generation is not None else self._stretch(n - done)
+            self._generations(count)
+            done += count
             self._checkpoint()
             if on_generation is not None:
                 on_generation(self.status())
@@ -211,35 +233,69 @@ class Coordinator:
         self._wrap_up()
         return self.status()
 
-    def _one_generation(self) -> None:
-        gen, live = self.generation, sorted(self.alive)
+    def _stretch(self, left: int) -> int:
+        """How many generations the next round trip runs: as many as `config.stretch_s` holds
+        at the last stretch's pace (at most `left`), ending before the first boundary with
+        work for the coordinator (a checkpoint, a scheduled signal, a migration decision);
+        one while a node is restarting (it rejoins at the next boundary), and one before any
+        pace is known."""
+        if self._pace is None or self.recovery.restarting:
+            return 1
+        count = min(left, max(1, int(self.config.stretch_s / max(self._pace, 1e-9))))
+        for k in range(1, count):
+            if self._boundary_work(self.generation + k):
+                return k
+        return count
+
+    def _boundary_work(self, generation: int) -> bool:
+        """Whether the boundary before `generation` has work that needs the nodes idle."""
+        m = self.config.migration
+        return (self._due(generation)
+                or any(s.generation == generation for s in self.config.signals)
+                or (m.enabled and self.config.mode != "consensus" and generation % m.every == 0))
+
+    def _generations(self, count: int) -> None:
+        """`count` generations in one round trip to the live nodes (a snapshot with the last
+        when a checkpoint follows); each generation's rows are taken as they stream in."""
+        live = sorted(self.alive)
         if not live:  # every node dead, none rejoined: no generation to run
             return
         with self._lock:
-            self.in_flight = gen
-        t0 = time.perf_counter()  # one round trip: each node shares, then absorbs
-        snap = self._due(gen + 1)  # and sends its snapshot when a checkpoint follows
-        rows = self.nodes.call("generation", (self.config.wait_s, snap), only=live,
-                               on_fault=self._on_fault("generation"))
-        done = [(i, r) for i, r in zip(live, rows, strict=True)
-                if not self._fault(i, r, "generation")]
-        elapsed = time.perf_counter() - t0
-        out = []
-        self._fresh = {i: row.pop("snapshot") for i, row in done if snap}
-        for i, row in done:
-            row.update(generation=gen, node=i, generation_s=elapsed, time=time.time())
-            out.append(row)
-        self._finish(gen, out)
+            self.in_flight, self._until = self.generation, self.generation + count
+        start = t0 = time.perf_counter()
+        snap = self._due(self.generation + count)
+        out: list[dict[str, Any]] = []
+        stream = self.nodes.generations(count, (self.config.wait_s, snap), only=live,
+                                        on_fault=self._on_fault("generation"))
+        for k, rows in enumerate(stream):
+            gen, now = self.generation, time.perf_counter()
+            done = [(i, r) for i, r in zip(live, rows, strict=True)
+                    if not self._fault(i, r, "generation")]
+            if snap and k == count - 1:
+                self._fresh = {i: row.pop("snapshot") for i, row in done}
+            out = []
+            for i, row in done:
+                row.update(generation=gen, node=i, generation_s=now - t0, time=time.time())
+                out.append(row)
+            t0 = now
+            self._finish(gen, out, last=k == count - 1)
+            self.recovery.phase = ("generation", time.monotonic())  # the next one's start
+            self._target_reached()
+        self._pace = (time.perf_counter() - start) / count
         self.recovery.heal(out)
 
-    def _finish(self, gen: int, rows: list[dict[str, Any]]) -> None:
+    def _finish(self, gen: int, rows: list[dict[str, Any]], last: bool) -> None:
+        """Generation `gen`'s rows in: beliefs, migrations, the trace; the next generation is
+        in flight unless `gen` was the last of its round trip."""
         for row in rows:
             self.last[row["node"]] = row
         self._seen += 1
         self._decide(gen, rows)
         self._write(rows)
         with self._lock:
-            self.generation, self.in_flight = gen + 1, None
+            self.generation, self.in_flight = gen + 1, None if last else gen + 1
+            if last:
+                self._until = None
 
     def _fault(self, i: int, result: Any, call: str) -> bool:
         """Whether `result` is node i's failure in `call` (then handled: see `Recovery.lost`;
