@@ -332,6 +332,24 @@ def test_a_node_killed_mid_run_is_restarted_and_no_generation_waits_for_it(ray_s
                                    for g in after[1:])
 
 
+def test_a_node_killed_within_a_stretch_of_generations_is_restarted_after_it(ray_session,
+                                                                             tmp_path):
+    """Stretches of up to 4 generations a round trip (a checkpoint every 4): the kill falls
+    within one, the dead actor's stream is not read again, the rest of the stretch goes on
+    without waiting for it; while it restarts a stretch is one generation, and the stretches
+    after its restart read its new actor's."""
+    with Swarm.launch(config(tmp_path, checkpoint_every=4, stretch_s=60.0)) as swarm:
+        killed = kill_node_mid_run(swarm, 2, at=5, more=9)
+        last = swarm.status()["generation"]
+    fault, restart = fault_and_restart(swarm.run_dir, killed, 2)
+    rows = rows_by_node(swarm.run_dir)
+    gap = range(fault["generation"], restart["generation"])
+    assert {n: sorted(g) for n, g in rows.items()} == \
+        {n: [g for g in range(last) if n != 2 or g not in gap] for n in range(4)}
+    assert all(r["communicate_s"] < 10 for g in rows.values() for r in g.values())
+    assert restart["snapshot_generation"] % 4 == 0  # a snapshot comes with a stretch's last
+
+
 def test_a_consensus_member_killed_mid_run_rejoins_its_group_bitwise(ray_session, tmp_path):
     with Swarm.launch(config(tmp_path, mode="consensus")) as swarm:
         killed = kill_node_mid_run(swarm, 1, at=3, more=2)

@@ -82,13 +82,14 @@ class RayNodes:
                    for a, nodes in self._by_actor(idx).items()}
         failed: dict[int, BaseException] = {}
         for _ in range(count):
+            ended: set[Any] = set()  # streams that failed as a whole: never read again
             got = _collect(streams, self.timeout_s, self._broken, on_fault,
-                           take=lambda stream: ray.get(next(stream)))
-            streams = {s: an for s, an in streams.items() if an[0] not in self._broken}
+                           take=lambda stream: ray.get(next(stream)), ended=ended)
+            streams = {s: an for s, an in streams.items() if s not in ended}
             for i in idx:
                 if isinstance(got.get(i), BaseException):
                     failed.setdefault(i, got[i])
-            yield [failed.get(i, got.get(i)) for i in idx]
+            yield [failed[i] if i in failed else got[i] for i in idx]
 
     def tell(self, method: str, args: tuple = (), only: list[int] | None = None) -> None:
         """method(*args) on each node without waiting: it reaches a node in the middle of a
@@ -173,12 +174,13 @@ class RayNodes:
 
 
 def _collect(refs: dict[Any, tuple[int, list[int]]], timeout_s: float, broken: set[int],
-             on_fault: OnFault | None, take: Callable[[Any], Any] = ray.get
-             ) -> dict[int, Any]:
+             on_fault: OnFault | None, take: Callable[[Any], Any] = ray.get,
+             ended: set[Any] | None = None) -> dict[int, Any]:
     """Each node's result from its actor's call in `refs` (ref or streaming generator ->
     (actor, nodes); `take` gets an actor's results from a ready one), a failed node's
     exception handed to `on_fault` as soon as it is seen; an actor whose call fails as a whole
-    (died, or no answer in time) goes into `broken`, every node of it failed."""
+    (died, or no answer in time) goes into `broken` (until its nodes are started again:
+    `respawn`) and its ref into `ended`, every node of it failed."""
     out: dict[int, Any] = {}
     pending = dict(refs)
     deadline = time.monotonic() + timeout_s
@@ -200,14 +202,18 @@ def _collect(refs: dict[Any, tuple[int, list[int]]], timeout_s: float, broken: s
                 results = take(ref)
             except Exception as e:  # noqa: BLE001 - a dead or hung actor: its nodes' fault
                 broken.add(a)
+                if ended is not None:
+                    ended.add(ref)
                 fail(nodes, e)
                 continue
             for i, r in zip(nodes, results, strict=True):
                 out[i] = r
                 if isinstance(r, BaseException) and on_fault is not None:
                     on_fault(i, r)
-    for a, nodes in pending.values():
+    for ref, (a, nodes) in pending.items():
         broken.add(a)
+        if ended is not None:
+            ended.add(ref)
         fail(nodes, GetTimeoutError(f"nodes {nodes} answered nothing within {timeout_s} s"))
     return out
 
