@@ -5,9 +5,12 @@ failure is its own result and leaves its pack-mates as they were, a node restart
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from rwkv_swarm.cluster.host import PhaseError
+from rwkv_swarm.cluster import pack as pack_module
+from rwkv_swarm.cluster.host import PhaseError, in_batches
 from rwkv_swarm.cluster.pack import NodePack, NodeSpec
 from rwkv_swarm.node import KalmanESConfig, SwarmKeyring
 from rwkv_swarm.node.exchange import fingerprint
@@ -95,3 +98,25 @@ def test_nodes_per_actor_auto_keeps_the_actors_to_the_whole_cpus_given(nodes, cp
 def test_a_bad_nodes_per_actor_is_refused_naming_the_key(k):
     with pytest.raises(ConfigError, match=r"resources.nodes_per_actor.*integer >= 1 or 'auto'"):
         SwarmConfig(nodes=4, env=SIGNAL_ENV, resources=Resources(nodes_per_actor=k))
+
+
+def test_a_stretch_of_generations_comes_in_batches_and_a_failure_at_once():
+    """`in_batches`: the generations ended since the last batch, handed on when the time is
+    up, at once on a new failure (not on the same failure given again), and at the end."""
+    boom = RuntimeError("boom")
+    gens = [["a0", "b0"], ["a1", "b1"], ["a2", boom], ["a3", boom], ["a4", boom]]
+    assert list(in_batches(iter(gens), math.inf)) == [gens[:3], gens[3:]]
+    assert list(in_batches(iter(gens), 0.0)) == [[g] for g in gens]
+    assert list(in_batches(iter([]), 0.0)) == []
+
+
+def test_a_packs_stretch_streams_its_generations_in_batches(pack, monkeypatch):
+    """Three generations of the pack in one stretch, as one batch (no time limit on a
+    batch): a result per slot a generation, the snapshot with the last only."""
+    monkeypatch.setattr(pack_module, "BATCH_S", math.inf)
+    p, _ = pack
+    (batch,) = list(p.generations([0, 1, 2], [(60.0, True)] * 3, 3))
+    assert [[r["name"] for r in g] for g in batch] == [["node-0", "node-1", "node-2"]] * 3
+    assert [[("snapshot" in r) for r in g] for g in batch] == [[False] * 3] * 2 + [[True] * 3]
+    assert all(r["absorbed_from"] == 2 for g in batch for r in g)
+    assert [h.node.generation_count for h in p.hosts.values()] == [3, 3, 3]

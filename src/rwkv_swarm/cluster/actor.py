@@ -60,7 +60,7 @@ class NodeActor:
         return self.pack.call(method, slots, args)
 
     def generations(self, slots: list[int], args: list[tuple], count: int) -> Any:
-        # a generator: Ray streams each generation's results to the caller as it ends
+        # a generator: Ray streams each batch of generations' results to the caller
         yield from self.pack.generations(slots, args, count)
 
     def tell(self, method: str, slots: list[int] | None, args: tuple) -> None:

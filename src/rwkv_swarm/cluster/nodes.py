@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -70,9 +71,10 @@ class RayNodes:
                     only: list[int] | None = None, on_fault: OnFault | None = None
                     ) -> Iterator[list[Any]]:
         """`count` generations of each node (`NodeHost.generation(*args[i])`, the snapshot
-        asked for with the last one only) in one streaming call per actor: yields, as each
-        generation ends on every node, one result per node. A node that failed gives its
-        exception in every later generation; `on_fault` hears of it as soon as it is seen."""
+        asked for with the last one only) in one streaming call per actor, whose results come
+        in batches of generations: yields, as each generation has ended on every node, one
+        result per node. A node that failed gives its exception in every later generation;
+        `on_fault` hears of it as soon as it is seen."""
         self._settle()
         idx = list(range(len(self.names))) if only is None else list(only)
         per = _per_node(args, len(self.names))
@@ -80,11 +82,24 @@ class RayNodes:
         streams = {self.actors[a].generations.remote([i % k for i in nodes],
                                                      [per[i] for i in nodes], count): (a, nodes)
                    for a, nodes in self._by_actor(idx).items()}
+        held: dict[Any, deque[list[Any]]] = {s: deque() for s in streams}  # a batch's later ones
+
+        def take(stream: Any) -> list[Any]:
+            first, *later = ray.get(next(stream))
+            held[stream].extend(later)
+            return first
+
         failed: dict[int, BaseException] = {}
         for _ in range(count):
+            got: dict[int, Any] = {}
+            for s, (_, nodes) in streams.items():
+                for i, r in zip(nodes, held[s].popleft() if held[s] else (), strict=False):
+                    got[i] = r
+                    if isinstance(r, BaseException) and on_fault is not None:
+                        on_fault(i, r)
             ended: set[Any] = set()  # streams that failed as a whole: never read again
-            got = _collect(streams, self.timeout_s, self._broken, on_fault,
-                           take=lambda stream: ray.get(next(stream)), ended=ended)
+            got.update(_collect({s: an for s, an in streams.items() if an[1][0] not in got},
+                                self.timeout_s, self._broken, on_fault, take=take, ended=ended))
             streams = {s: an for s, an in streams.items() if s not in ended}
             for i in idx:
                 if isinstance(got.get(i), BaseException):

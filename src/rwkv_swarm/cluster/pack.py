@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..node import NodeConfig, NodeKeys, SwarmKeyring, TransportConfig
-from .host import NodeHost, each_generation, in_phase, stretch
+from .host import NodeHost, each_generation, in_batches, in_phase, stretch
+
+BATCH_S = 0.05  # longest a generation's rows wait in the actor before they stream out
 
 
 @dataclass(repr=False)
@@ -73,10 +75,11 @@ class NodePack:
         return self._each(method, slots, args)
 
     def generations(self, slots: list[int], args: list[tuple], count: int
-                    ) -> Iterator[list[Any]]:
-        """`count` generations of the nodes in `slots` back to back (`host.stretch`): one
-        list of results a generation, as each ends."""
-        return stretch(slots, lambda m, s, a: self._each(m, s, a, phased=True), args, count)
+                    ) -> Iterator[list[list[Any]]]:
+        """`count` generations of the nodes in `slots` back to back (`host.stretch`), in
+        batches (`host.in_batches`, every BATCH_S): a list of results per generation."""
+        return in_batches(stretch(slots, lambda m, s, a: self._each(m, s, a, phased=True),
+                                  args, count), BATCH_S)
 
     def _each(self, method: str, slots: list[int], args: list[tuple], phased: bool = False
               ) -> list[Any]:
