@@ -7,7 +7,8 @@
              time goes; weak scaling beside it (2 isolated nodes x P against 1 x P)
   stretch    the tiny model's strong-scaling search with stretches of generations (the
              default `stretch_s`) against a generation a round trip (`stretch_s` 0), one node
-             and the group of 2, runs interleaved: the fastest and the median runs' ratios
+             and the group of 2, runs interleaved: the fastest and the median runs' ratios,
+             and the CPU a generation of the node actors, the coordinator and Ray's daemons
   peer       EvoTorch's GymNE + PGPE on Ray (num_actors 1 and 2) against this project's one node
              and consensus group of 2, CartPole, population 64: env steps/s and the 2/1 ratios
   comm       (b) share of generation time spent communicating (sending the report, waiting for
@@ -37,6 +38,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,6 +87,27 @@ REPEATS = {"C=64 L=2, 256 mutants": 3, "C=16 L=1, 64 mutants": 7}  # runs of eac
 PHASES = ("evaluate_s", "update_s", "communicate_s")
 
 
+PROCESS_KINDS = ("NodeActor", "CoordinatorActor", "raylet", "gcs_server")
+
+
+def cpu_by_kind() -> dict[str, float]:
+    """CPU seconds so far of this machine's node actors, coordinator actor and Ray daemons
+    (from /proc; 10 ms ticks), by kind; this process's as "driver"."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:  # ended meanwhile
+            continue
+        kind = "driver" if int(pid) == os.getpid() else \
+            next((k for k in PROCESS_KINDS if k in cmd), None)
+        if kind is not None:
+            out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def search(tmp: str, nodes: int, population: int, model: dict | None, mode: str = "consensus",
            gens: int = GENS, stretch_s: float | None = None) -> dict:
     """One search on `nodes` actors of 1 CPU each, CartPole: a consensus group splits
@@ -100,9 +123,10 @@ def search(tmp: str, nodes: int, population: int, model: dict | None, mode: str 
                        **({} if stretch_s is None else {"stretch_s": stretch_s}))
     with Swarm.launch(cfg) as swarm:
         swarm.run(WARM)  # imports, the native kernel, first allocations
-        t0 = time.perf_counter()
+        cpu0, t0 = cpu_by_kind(), time.perf_counter()
         swarm.run(gens)
         wall = time.perf_counter() - t0
+        cpu = {k: 1e3 * (v - cpu0.get(k, 0.0)) / gens for k, v in cpu_by_kind().items()}
     t = load_trace(swarm.run_dir).to_pydict()
     keep = [k for k, g in enumerate(t["generation"]) if g >= WARM]
     by_gen: dict[int, list[int]] = {}
@@ -113,6 +137,7 @@ def search(tmp: str, nodes: int, population: int, model: dict | None, mode: str 
     phase["coordinator"] = wall / gens - phase["generation_s"]
     useful, computed = (sum(t[c][k] for k in keep) for c in ("rows_useful", "rows_computed"))
     return {"wall_s": wall, "s_per_generation": wall / gens, "phases": phase,
+            "cpu_ms_per_generation": cpu,
             "env_steps_per_s": useful / wall, "useful_share": useful / max(1, computed),
             "weights": [t["fingerprint"][by_gen[g][0]] for g in sorted(by_gen)],
             "one_node": all(len({t["fingerprint"][k] for k in ks}) == 1
@@ -168,6 +193,11 @@ def stretches(tmp: str) -> dict:
                                for st in (0.0, None)},
             "phases_fastest": {f"{n}-{name[st]}": min(rs, key=lambda r: r["wall_s"])["phases"]
                                for (n, st), rs in runs.items()},
+            "cpu_ms_per_generation": {  # medians over the runs, by process kind
+                f"{n}-{name[st]}": {k: round(statistics.median(r["cpu_ms_per_generation"].get(k, 0)
+                                                               for r in rs), 2)
+                                    for k in (*PROCESS_KINDS, "driver")}
+                for (n, st), rs in runs.items()},
             "same_weights": all(r["weights"] == first and r["one_node"]
                                 for rs in runs.values() for r in rs)}
 
