@@ -24,10 +24,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .beliefs import Summary, fuse_lineages, lineage_p_best, migrations
+from .beliefs import Summary
 from .board import open_board, write_board
 from .checkpoints import CheckpointStore
 from .config import SwarmConfig
+from .decisions import Decisions
 from .faults import Recovery
 from .result import save_best
 from .signals import Signal, validate
@@ -100,16 +101,14 @@ class Coordinator:
         self._buffer: list[dict[str, Any]] = []
         self._started = time.time()
         self._board = open_board(self.run_dir, self.events) if config.tensorboard else None
-        self._decided = -1  # the last generation migrations were decided at
         # snapshots the nodes sent with the generation before a due checkpoint (node -> it)
         self._fresh: dict[int, dict[str, Any]] = {}
-        self._seen = 0  # rows taken into `last` so far: the beliefs below are of that moment
-        self._beliefs_of: tuple[Any, ...] = ()  # (seen, alive) -> summaries, fused, P(best)
-        self._group_of = {i: g[0] for g in config.groups() for i in g}
+        self.rows_seen = 0  # changes to `last` so far: `Decisions` recomputes P(best) on each
         self._target_hit = False
         self._pace: float | None = None  # seconds a generation took in the last stretch
         self._until: int | None = None  # the generation the stretch in flight ends before
         self.recovery = Recovery(self)  # dead nodes: their peers told, restarted, rejoined
+        self.decisions = Decisions(self)  # P(best) and the gated migrations, from the rows
         # checkpoints go to disk beside the next generation, one at a time, in order
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
         self._writing: Future | None = None
@@ -129,7 +128,7 @@ class Coordinator:
             self._check(self.nodes.call("set_peers", self.peer_args(lists)), "set_peers")
             return
         self.nodes.call("set_peers", self.peer_args(lists), only=sorted(self.alive),
-                        on_fault=self._on_fault("set_peers"))
+                        on_fault=self.on_fault("set_peers"))
 
     def set_topology(self, kind: str, k: int = 2, rewire: float = 0.1) -> list[list[int]]:
         """New neighbour lists, applied at the next generation boundary."""
@@ -266,7 +265,7 @@ class Coordinator:
         snap = self._due(self.generation + count)
         out: list[dict[str, Any]] = []
         stream = self.nodes.generations(count, (self.config.wait_s, snap), only=live,
-                                        on_fault=self._on_fault("generation"))
+                                        on_fault=self.on_fault("generation"))
         for k, rows in enumerate(stream):
             gen, now = self.generation, time.perf_counter()
             done = [(i, r) for i, r in zip(live, rows, strict=True)
@@ -289,8 +288,8 @@ class Coordinator:
         in flight unless `gen` was the last of its round trip."""
         for row in rows:
             self.last[row["node"]] = row
-        self._seen += 1
-        self._decide(gen, rows)
+        self.rows_seen += 1
+        self.decisions.decide(gen, rows)
         self._write(rows)
         with self._lock:
             self.generation, self.in_flight = gen + 1, None if last else gen + 1
@@ -307,7 +306,7 @@ class Coordinator:
         self.recovery.lost(i, result, phase, restart=self.config.sync, call=call)
         return True
 
-    def _on_fault(self, phase: str) -> Any:
+    def on_fault(self, phase: str) -> Any:
         """The `on_fault` of a call in `phase` (the time a fault is seen is measured from
         the phase's start)."""
         self.recovery.phase = (phase, time.monotonic())
@@ -369,7 +368,7 @@ class Coordinator:
         best = self.best()
         if best is not None and best["node"] in self.alive:
             (r,) = self.nodes.call("snapshot", only=[best["node"]],
-                                   on_fault=self._on_fault("snapshot"))
+                                   on_fault=self.on_fault("snapshot"))
             if not isinstance(r, BaseException):
                 self._save_best({best["node"]: r}, best)
         self.trace.flush()
@@ -403,7 +402,7 @@ class Coordinator:
         """What the coordinator knows that its nodes' snapshots do not (JSON-able)."""
         return {"generation": self.generation, "alive": sorted(self.alive),
                 "neighbours": self.neighbour_lists, "lineage": list(self.lineage),
-                "decided": self._decided, "rows": self.trace.rows,
+                "decided": self.decisions.decided, "rows": self.trace.rows,
                 "last": {str(i): r for i, r in self.last.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -423,9 +422,9 @@ class Coordinator:
             raise ValueError(f"a coordinator state of another swarm: {len(lists)} neighbour "
                              f"lists, alive {sorted(alive)}, for {n} nodes")
         with self._lock:
-            self.generation, self._decided, self.trace.rows = generation, decided, rows
+            self.generation, self.decisions.decided, self.trace.rows = generation, decided, rows
             self.alive, self.last, self.lineage = alive, last, lineage
-            self._seen += 1
+            self.rows_seen += 1
         if lists != self.neighbour_lists:
             self.neighbour_lists = lists
             self._wire(lists)
@@ -445,79 +444,11 @@ class Coordinator:
 
     def summaries(self) -> list[Summary]:
         """Each live node's latest belief (a dead node's last row takes no part)."""
-        out = []
-        consensus = self.config.mode == "consensus"
-        for i, row in sorted(self.last.items()):
-            if i not in self.alive:  # a dead node's weights cannot be migrated from or to
-                continue
-            lineage = f"group-{self._group_of[i]}" if consensus \
-                else row.get("fingerprint", str(i))
-            out.append(Summary(i, lineage, row["belief_mean"], row["belief_var"]))
-        return out
-
-    def _beliefs(self) -> tuple[list[Summary], dict[str, Any], dict[int, float], str | None]:
-        """(summaries, fused lineages, each node's P(best), the best lineage), computed once
-        per change of the rows or of the live nodes (a generation asks several times)."""
-        key = (self._seen, frozenset(self.alive))
-        if self._beliefs_of[:1] != (key,):
-            summaries = self.summaries()
-            fused = fuse_lineages(summaries)
-            p_of: dict[int, float] = {}
-            top = None
-            if fused:
-                keys, p = lineage_p_best(fused)
-                p_of = {n: float(pk) for k, pk in zip(keys, p, strict=True) for n in fused[k][2]}
-                top = keys[int(np.argmax(p))]
-            self._beliefs_of = (key, summaries, fused, p_of, top)
-        return self._beliefs_of[1:]
+        return self.decisions.summaries()
 
     def best(self) -> dict[str, Any] | None:
-        """The best live lineage by belief: {"node" (its lowest live node), "p_best",
-        "belief_mean", "belief_var" (its fused belief), "generation" (of that node's last row)};
-        None before any row."""
-        _, fused, p_of, top = self._beliefs()
-        if top is None:
-            return None
-        mean, var, members = fused[top]
-        node = min(members)
-        return {"node": node, "p_best": p_of[node], "belief_mean": float(mean),
-                "belief_var": float(var), "generation": self.last[node].get("generation")}
-
-    def _decide(self, gen: int, rows: list[dict[str, Any]]) -> None:
-        """P(best) into every row; at the due generations, the gated migrations."""
-        summaries, fused, p_of, _ = self._beliefs()
-        if fused:
-            for row in rows:
-                row["p_best"] = p_of.get(row["node"], math.nan)
-        m = self.config.migration
-        if not m.enabled or self.config.mode == "consensus" or (gen + 1) % m.every \
-                or gen <= self._decided:  # async: several batches can end at one generation
-            return
-        self._decided = gen
-        by_node = {r["node"]: r for r in rows}
-        for mig in migrations(summaries, m.gate, m.fraction, fused):
-            self.touched(mig.dst)
-            src_row = self.last[mig.src]
-            try:
-                ack = self.nodes.transfer(mig.src, mig.dst, (src_row["belief_mean"],
-                                                             src_row["belief_var"]), m.with_state)
-            except Exception as e:  # noqa: BLE001 - either end dead or refusing: the run goes on
-                self._failed_migration(gen, mig.src, mig.dst, e)
-                continue
-            if mig.dst in by_node:
-                by_node[mig.dst]["migrated_from"] = mig.src
-            record = {"generation": gen, "dst": mig.dst, "src": mig.src, "p_best": mig.p_best,
-                      "p_better": mig.p_better, "src_var": mig.src_var, "dst_var": mig.dst_var,
-                      "state": ack.get("state"), "fingerprint": ack.get("fingerprint")}
-            self.lineage.append(record)
-            self.events.write("migration", **record)
-
-    def _failed_migration(self, gen: int, src: int, dst: int, error: BaseException) -> None:
-        """No migration: a `fault` event of phase "transfer" says why; which of the two died
-        (if one did) is found by asking both, and a dead one is handled as any other fault."""
-        self.events.write("fault", generation=gen, phase="transfer", src=src, dst=dst,
-                          error=f"{type(error).__name__}: {error}"[:500])
-        self.nodes.call("ping", only=[src, dst], on_fault=self._on_fault("migration"))
+        """The best live lineage by belief (`Decisions.best`); None before any row."""
+        return self.decisions.best()
 
     # -- async generations -------------------------------------------------------------------------
 
@@ -529,7 +460,7 @@ class Coordinator:
         with self._lock:
             self._scheduled()
             self.in_flight = self.generation
-        finished = start(n, self._on_fault("run_async"))
+        finished = start(n, self.on_fault("run_async"))
         while not finished(0.2):
             self._apply_signals()
             self._flush()
@@ -548,7 +479,7 @@ class Coordinator:
         with self._lock:
             self._buffer.append(row)
             self.last[row["node"]] = row
-            self._seen += 1
+            self.rows_seen += 1
             self.generation = max(self.generation, row["generation"] + 1)
 
     def _flush(self, final: bool = False) -> None:
@@ -557,7 +488,7 @@ class Coordinator:
             if rows:
                 self._buffer = []
         if rows:
-            self._decide(max(r["generation"] for r in rows), rows)
+            self.decisions.decide(max(r["generation"] for r in rows), rows)
             self._write(rows)
 
     # -- output ----------------------------------------------------------------------------------
