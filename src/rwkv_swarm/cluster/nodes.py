@@ -92,14 +92,15 @@ class RayNodes:
         failed: dict[int, BaseException] = {}
         for _ in range(count):
             got: dict[int, Any] = {}
-            for s, (_, nodes) in streams.items():
-                for i, r in zip(nodes, held[s].popleft() if held[s] else (), strict=False):
-                    got[i] = r
-                    if isinstance(r, BaseException) and on_fault is not None:
-                        on_fault(i, r)
+            waiting = {}  # streams with no generation held: read the next batch
+            for s, (a, nodes) in streams.items():
+                if held[s]:
+                    _file(nodes, held[s].popleft(), got, on_fault)
+                else:
+                    waiting[s] = (a, nodes)
             ended: set[Any] = set()  # streams that failed as a whole: never read again
-            got.update(_collect({s: an for s, an in streams.items() if an[1][0] not in got},
-                                self.timeout_s, self._broken, on_fault, take=take, ended=ended))
+            got.update(_collect(waiting, self.timeout_s, self._broken, on_fault, take=take,
+                                ended=ended))
             streams = {s: an for s, an in streams.items() if s not in ended}
             for i in idx:
                 if isinstance(got.get(i), BaseException):
@@ -221,16 +222,22 @@ def _collect(refs: dict[Any, tuple[int, list[int]]], timeout_s: float, broken: s
                     ended.add(ref)
                 fail(nodes, e)
                 continue
-            for i, r in zip(nodes, results, strict=True):
-                out[i] = r
-                if isinstance(r, BaseException) and on_fault is not None:
-                    on_fault(i, r)
+            _file(nodes, results, out, on_fault)
     for ref, (a, nodes) in pending.items():
         broken.add(a)
         if ended is not None:
             ended.add(ref)
         fail(nodes, GetTimeoutError(f"nodes {nodes} answered nothing within {timeout_s} s"))
     return out
+
+
+def _file(nodes: list[int], results: list[Any], out: dict[int, Any],
+          on_fault: OnFault | None) -> None:
+    """Each node's result into `out`, a failure handed to `on_fault`."""
+    for i, r in zip(nodes, results, strict=True):
+        out[i] = r
+        if isinstance(r, BaseException) and on_fault is not None:
+            on_fault(i, r)
 
 
 class LocalNodes:

@@ -267,17 +267,15 @@ class Coordinator:
         stream = self.nodes.generations(count, (self.config.wait_s, snap), only=live,
                                         on_fault=self.on_fault("generation"))
         for k, rows in enumerate(stream):
-            gen, now = self.generation, time.perf_counter()
-            done = [(i, r) for i, r in zip(live, rows, strict=True)
-                    if not self._fault(i, r, "generation")]
-            if snap and k == count - 1:
-                self._fresh = {i: row.pop("snapshot") for i, row in done}
-            out = []
-            for i, row in done:
+            gen, now, last = self.generation, time.perf_counter(), k == count - 1
+            done = {i: r for i, r in zip(live, rows, strict=True)
+                    if not self._fault(i, r, "generation")}
+            if snap and last:
+                self._fresh = {i: row.pop("snapshot") for i, row in done.items()}
+            for i, row in done.items():
                 row.update(generation=gen, node=i, generation_s=now - t0, time=time.time())
-                out.append(row)
-            t0 = now
-            self._finish(gen, out, last=k == count - 1)
+            out, t0 = list(done.values()), now
+            self._finish(gen, out, last=last)
             self.recovery.phase = ("generation", time.monotonic())  # the next one's start
             self._target_reached()
         self._pace = (time.perf_counter() - start) / count
