@@ -84,7 +84,7 @@ def test_the_coordinator_checkpoints_every_node_every_checkpoint_every_generatio
     try:
         coordinator = Coordinator(config, "run", tmp_path / "run", LocalNodes(hosts))
         coordinator.run(5)
-        store = coordinator.store
+        store = coordinator.checkpoints.store
         assert [store.node_generations(i) for i in range(2)] == [[0, 2, 4]] * 2
         assert store.latest_complete(2) == 4
         gen, state = store.load_coordinator()

@@ -92,7 +92,7 @@ def test_a_stretch_ends_at_a_due_checkpoint_and_its_last_generation_brings_the_s
     assert calls == ["snapshot", ("generations", 1, False), ("generations", 1, True),
                      ("generations", 2, True), "snapshot"]
     coordinator.settle()
-    store = coordinator.store
+    store = coordinator.checkpoints.store
     assert [store.node_generations(i) for i in range(4)] == [[0, 2, 4]] * 4
     assert [store.load_node(i, 4)[1] for i in range(4)] == now
     assert "snapshot" not in load_trace(coordinator.run_dir).column_names

@@ -17,7 +17,6 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,11 +25,10 @@ import numpy as np
 
 from .beliefs import Summary
 from .board import open_board, write_board
-from .checkpoints import CheckpointStore
+from .checkpointing import Checkpointing
 from .config import SwarmConfig
 from .decisions import Decisions
 from .faults import Recovery
-from .result import save_best
 from .signals import Signal, validate
 from .topology import neighbours as make_neighbours
 from .trace import EventLog, TraceWriter
@@ -87,7 +85,6 @@ class Coordinator:
         self.run_dir = Path(run_dir)
         self.trace = TraceWriter(self.run_dir, config.trace_flush_s)
         self.events = EventLog(self.run_dir)
-        self.store = CheckpointStore(self.run_dir)
         self.generation = 0  # the next generation to run
         self.in_flight: int | None = None  # the generation running now
         self.alive = set(range(config.nodes))
@@ -101,17 +98,13 @@ class Coordinator:
         self._buffer: list[dict[str, Any]] = []
         self._started = time.time()
         self._board = open_board(self.run_dir, self.events) if config.tensorboard else None
-        # snapshots the nodes sent with the generation before a due checkpoint (node -> it)
-        self._fresh: dict[int, dict[str, Any]] = {}
         self.rows_seen = 0  # changes to `last` so far: `Decisions` recomputes P(best) on each
         self._target_hit = False
         self._pace: float | None = None  # seconds a generation took in the last stretch
         self._until: int | None = None  # the generation the stretch in flight ends before
         self.recovery = Recovery(self)  # dead nodes: their peers told, restarted, rejoined
         self.decisions = Decisions(self)  # P(best) and the gated migrations, from the rows
-        # checkpoints go to disk beside the next generation, one at a time, in order
-        self._disk = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
-        self._writing: Future | None = None
+        self.checkpoints = Checkpointing(self)  # snapshots to disk, the best policy out
         self._wire(self.neighbour_lists, strict=True)
 
     # -- peers -----------------------------------------------------------------------------------
@@ -214,8 +207,8 @@ class Coordinator:
         generation a round trip; without it, generations go in stretches (`_stretch`)."""
         n = self.config.generations if generations is None else generations
         self._stop.clear()
-        if self.generation == 0 and self.store.load_coordinator() is None:
-            self._checkpoint()  # a dead node restarts from here until the first due one
+        if self.generation == 0 and self.checkpoints.store.load_coordinator() is None:
+            self.checkpoints.checkpoint()  # a dead node restarts from here until the first due one
         done = 0
         while done < n:
             if self._stop.is_set() or not (self.alive or self.recovery.restarting):
@@ -224,12 +217,12 @@ class Coordinator:
             count = 1 if on_generation is not None else self._stretch(n - done)
             self._generations(count)
             done += count
-            self._checkpoint()
+            self.checkpoints.checkpoint()
             if on_generation is not None:
                 on_generation(self.status())
             if self._target_reached():
                 break
-        self._wrap_up()
+        self.checkpoints.wrap_up()
         return self.status()
 
     def _stretch(self, left: int) -> int:
@@ -249,7 +242,7 @@ class Coordinator:
     def _boundary_work(self, generation: int) -> bool:
         """Whether the boundary before `generation` has work that needs the nodes idle."""
         m = self.config.migration
-        return (self._due(generation)
+        return (self.checkpoints.due(generation)
                 or any(s.generation == generation for s in self.config.signals)
                 or (m.enabled and self.config.mode != "consensus" and generation % m.every == 0))
 
@@ -262,16 +255,16 @@ class Coordinator:
         with self._lock:
             self.in_flight, self._until = self.generation, self.generation + count
         start = t0 = time.perf_counter()
-        snap = self._due(self.generation + count)
+        snap = self.checkpoints.due(self.generation + count)
         out: list[dict[str, Any]] = []
         stream = self.nodes.generations(count, (self.config.wait_s, snap), only=live,
                                         on_fault=self.on_fault("generation"))
         for k, rows in enumerate(stream):
             gen, now, last = self.generation, time.perf_counter(), k == count - 1
             done = {i: r for i, r in zip(live, rows, strict=True)
-                    if not self._fault(i, r, "generation")}
+                    if not self.fault(i, r, "generation")}
             if snap and last:
-                self._fresh = {i: row.pop("snapshot") for i, row in done.items()}
+                self.checkpoints.hold({i: row.pop("snapshot") for i, row in done.items()})
             for i, row in done.items():
                 row.update(generation=gen, node=i, generation_s=now - t0, time=time.time())
             out, t0 = list(done.values()), now
@@ -294,7 +287,7 @@ class Coordinator:
             if last:
                 self._until = None
 
-    def _fault(self, i: int, result: Any, call: str) -> bool:
+    def fault(self, i: int, result: Any, call: str) -> bool:
         """Whether `result` is node i's failure in `call` (then handled: see `Recovery.lost`;
         the phase is the one a `PhaseError` names, else the call's)."""
         if not isinstance(result, BaseException):
@@ -308,80 +301,13 @@ class Coordinator:
         """The `on_fault` of a call in `phase` (the time a fault is seen is measured from
         the phase's start)."""
         self.recovery.phase = (phase, time.monotonic())
-        return lambda i, e: self._fault(i, e, phase)
-
-    # -- checkpoints -------------------------------------------------------------------------------
-
-    def _due(self, generation: int) -> bool:
-        """Whether a checkpoint is due before `generation`."""
-        every = self.config.checkpoint_every
-        return bool(every) and generation % every == 0
-
-    def touched(self, node: int) -> None:
-        """Node `node` changed after its generation (it adopted a migrant, or re-synced to its
-        group): the snapshot it sent with that generation no longer stands."""
-        self._fresh.pop(node, None)
-
-    def _checkpoint(self, force: bool = False) -> None:
-        """Between generations, every `checkpoint_every`: each live node's snapshot (sent with
-        the generation just ended, asked for where none stands) and the coordinator's state
-        into runs/<id>/checkpoints/, written while the next generation runs (`settle` waits
-        for them). The trace's rows are on disk before, so that a checkpoint never runs ahead
-        of the trace it is resumed with."""
-        fresh, self._fresh = self._fresh, {}
-        if not (force or self._due(self.generation)):
-            return
-        self.trace.flush()
-        live = sorted(self.alive)
-        snaps = {i: fresh[i] for i in live if i in fresh}
-        ask = [i for i in live if i not in snaps]
-        for i, r in zip(ask, self.nodes.call("snapshot", only=ask) if ask else [], strict=True):
-            if not self._fault(i, r, "snapshot"):
-                snaps[i] = r
-        self.settle()
-        self._writing = self._disk.submit(self._store, self.generation, snaps, self.state_dict(),
-                                          self.best())
-
-    def _store(self, generation: int, snaps: dict[int, dict[str, Any]], state: dict[str, Any],
-               best: dict[str, Any] | None) -> None:
-        for i, r in snaps.items():  # the coordinator's state last: it completes the checkpoint
-            self.store.save_node(i, r["generation"], r["snapshot"])
-        self.store.save_coordinator(generation, state)
-        self._save_best(snaps, best)
-        self.trace.compact()
-
-    def settle(self) -> None:
-        """Wait until the checkpoint being written is on disk (raising what writing it
-        raised)."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            writing.result()
+        return lambda i, e: self.fault(i, e, phase)
 
     # -- the result --------------------------------------------------------------------------------
 
-    def _wrap_up(self) -> None:
-        """At the end of a run() call: the best node's policy from its current weights, and
-        the trace's small parts merged."""
-        self.settle()
-        best = self.best()
-        if best is not None and best["node"] in self.alive:
-            (r,) = self.nodes.call("snapshot", only=[best["node"]],
-                                   on_fault=self.on_fault("snapshot"))
-            if not isinstance(r, BaseException):
-                self._save_best({best["node"]: r}, best)
-        self.trace.flush()
-        self.trace.compact()
-
-    def _save_best(self, snaps: dict[int, dict[str, Any]], best: dict[str, Any] | None) -> None:
-        """runs/<id>/best/ from the best node's snapshot in `snaps` (see `result.save_best`);
-        one that cannot be written is a `warning` event: the run goes on."""
-        if best is None or best["node"] not in snaps:
-            return
-        try:
-            save_best(self.run_dir, best, snaps[best["node"]])
-        except Exception as e:  # noqa: BLE001 - the run matters more than its export
-            self.events.write("warning", message=f"best policy not written: "
-                                                 f"{type(e).__name__}: {e}"[:500])
+    def settle(self) -> None:
+        """Wait until the checkpoint being written is on disk (`Checkpointing.settle`)."""
+        self.checkpoints.settle()
 
     def _target_reached(self) -> bool:
         """Whether the best lineage's belief mean has reached `config.target` (then a `target`
@@ -468,7 +394,7 @@ class Coordinator:
         with self._lock:
             self.in_flight = None
         self._flush(final=True)
-        self._wrap_up()
+        self.checkpoints.wrap_up()
         return self.status()
 
     def ingest(self, row: dict[str, Any]) -> None:

@@ -82,7 +82,7 @@ class Decisions:
         self.decided = gen
         by_node = {r["node"]: r for r in rows}
         for mig in migrations(summaries, m.gate, m.fraction, fused):
-            c.touched(mig.dst)
+            c.checkpoints.touched(mig.dst)
             src_row = c.last[mig.src]
             try:
                 ack = c.nodes.transfer(mig.src, mig.dst, (src_row["belief_mean"],

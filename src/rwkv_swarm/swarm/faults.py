@@ -63,8 +63,8 @@ class Recovery:
         c = self.c
         if self.restarts[i] >= MAX_RESTARTS:
             return False
-        c.settle()  # its newest snapshot may be on its way to disk
-        got = c.store.load_node(i)
+        c.checkpoints.settle()  # its newest snapshot may be on its way to disk
+        got = c.checkpoints.store.load_node(i)
         snapshot, blob = got if got is not None else (None, None)
         try:
             if not c.nodes.respawn(i, blob):
@@ -138,7 +138,7 @@ class Recovery:
             if isinstance(snap, BaseException):
                 continue
             for i in (i for i in have if prints[i] != major):
-                c.touched(i)
+                c.checkpoints.touched(i)
                 (out,) = c.nodes.call("rejoin", (c.generation, snap["snapshot"]), only=[i],
                                       on_fault=fault)
                 if not isinstance(out, BaseException):
