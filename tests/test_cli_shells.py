@@ -102,8 +102,15 @@ def started(cmd: list[str], cwd: Path, log: Path, **env: str) -> Iterator[subpro
     assert not session_pids(proc.pid)
 
 
+# the launcher as a shell starts it in the foreground: Ctrl-C at its default action, whatever
+# this process inherited (a job started in the background ignores SIGINT, and so does every
+# process it starts, a launcher included)
+FOREGROUND = [sys.executable, "-c", "import os, signal, sys; "
+              "signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"]
+
+
 def run_cmd(*extra: str) -> list[str]:
-    return [*CLI, "run", str(ROOT / "configs" / "signal.toml"), "--nodes", "2",
+    return [*FOREGROUND, *CLI, "run", str(ROOT / "configs" / "signal.toml"), "--nodes", "2",
             "--generations", "2000", "--quiet", *extra]
 
 
