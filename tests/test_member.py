@@ -84,6 +84,36 @@ def test_a_report_that_came_before_its_sender_was_reported_gone_is_absorbed(clos
     assert fingerprint(a.node.model) == fingerprint(b.node.model)
 
 
+def readable(member: Member) -> None:
+    """Until something waits in `member`'s socket (then a little longer: what made it readable
+    may have been a heartbeat, with the report right behind it)."""
+    deadline = time.monotonic() + WAIT_S
+    while member.transport._poller.poll(0) == [] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+
+
+def test_only_a_member_still_waiting_for_a_report_works_ahead(closing):
+    """The member whose peers have all reported steps at once: the next generation's noise it
+    would draw while waiting is drawn by its next ask instead, so the member the group waited
+    for does not make it wait longer. One still waiting draws it meanwhile."""
+    group = consensus_group(2, 8, seed=3, env=CARTPOLE)
+    closing += members_of(group)
+    a, b = closing
+    a.set_peers(group=[b.name])
+    b.set_peers(group=[a.name])
+    b.share()
+    a.share()  # after b's evaluation: a's report can only be waiting in b's socket, unfiled
+    readable(b)
+    assert b.absorb(wait_s=WAIT_S)["absorbed_from"] == 1
+    assert b.node.strategy._drawn is None  # nothing drawn ahead
+    assert a.absorb(wait_s=WAIT_S)["absorbed_from"] == 1
+    a.share()
+    row = a.absorb(wait_s=0.3)  # b has not shared this generation: a waits, and draws ahead
+    assert row["missing"] == 1 and a.node.strategy._drawn is not None
+    assert a.node.strategy._drawn[0] == a.node.strategy._mutants(a.generation, 1.0).key
+
+
 class SlowEnv:
     """CartPole-sized observations, one step per `delay` seconds, `length` steps an episode."""
 

@@ -137,9 +137,9 @@ class Member:
         start = time.monotonic()
         deadline = start + wait_s
         t0 = time.perf_counter()
-        # file what came while this member evaluated first: a member that the last report
-        # was waiting for sets the group's pace, and work ahead would only lengthen it (the
-        # step builds its own products; the next ask draws its own noise)
+        # first file the reports that came while this member evaluated: the member the others
+        # wait for sets the group's pace, and work ahead would only lengthen its generation
+        # (its step builds its own products, its next ask draws its own noise)
         self.service()
         if self._missing(gen, expected, start):  # work this step and the next need anyway
             self.node.strategy.prepare_step()
