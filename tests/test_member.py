@@ -47,6 +47,15 @@ def closing() -> Iterator[list[Member]]:
         m.close()
 
 
+def readable(member: Member) -> None:
+    """Until something waits in `member`'s socket (then a little longer: what made it readable
+    may have been a heartbeat, with the report right behind it)."""
+    deadline = time.monotonic() + WAIT_S
+    while member.transport._poller.poll(0) == [] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+
+
 def test_a_consensus_group_over_zeromq_stays_one_node_and_equals_the_big_one(closing):
     group = consensus_group(3, 8, seed=7, env={"kind": "gym", "id": "CartPole-v1"})
     closing += members_of(group)
@@ -74,23 +83,11 @@ def test_a_report_that_came_before_its_sender_was_reported_gone_is_absorbed(clos
     b.set_peers(group=[a.name])
     a.share()
     b.share()
-    deadline = time.monotonic() + WAIT_S  # b's report in a's socket, not yet read by a
-    while a.transport._poller.poll(0) == [] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)  # what made it readable may have been a heartbeat: the report is behind
+    readable(a)  # b's report in a's socket, not yet read by a
     a.gone(b.name)
     rows = [a.absorb(wait_s=WAIT_S), b.absorb(wait_s=WAIT_S)]
     assert [r["absorbed_from"] for r in rows] == [1, 1]
     assert fingerprint(a.node.model) == fingerprint(b.node.model)
-
-
-def readable(member: Member) -> None:
-    """Until something waits in `member`'s socket (then a little longer: what made it readable
-    may have been a heartbeat, with the report right behind it)."""
-    deadline = time.monotonic() + WAIT_S
-    while member.transport._poller.poll(0) == [] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)
 
 
 def test_only_a_member_still_waiting_for_a_report_works_ahead(closing):
