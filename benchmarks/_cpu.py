@@ -43,3 +43,9 @@ def cpu_line(info: dict | None = None) -> str:
     info = info or cpu()
     return (f"cpu: {info['model']}, {info['cpus']} CPUs; "
             + "; ".join(f"{k}: {' '.join(v) or 'no'}" for k, v in info["simd"].items()))
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (from /proc; 10 ms ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -16,18 +16,11 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
 import ray
-from _cpu import cpu_line
+from _cpu import cpu_line, process_cpu_s
 
 ROW = {f"f{i}": float(i) for i in range(47)}
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def spin(seconds: float) -> None:
@@ -59,7 +52,7 @@ class Node:
 
 def arm(node, pid: int, how: str, gens: int, gen_s: float) -> dict:
     me, t0 = os.getpid(), time.perf_counter()
-    c0, a0 = cpu_s(me), cpu_s(pid)
+    c0, a0 = process_cpu_s(me), process_cpu_s(pid)
     if how == "call":
         for _ in range(gens):
             ready, _ = ray.wait([node.call.remote(gen_s)], num_returns=1)
@@ -71,8 +64,8 @@ def arm(node, pid: int, how: str, gens: int, gen_s: float) -> dict:
             ray.wait([stream], num_returns=1)
             ray.get(next(stream))
     wall = time.perf_counter() - t0
-    return {"wall_ms": 1e3 * wall / gens, "caller_cpu_ms": 1e3 * (cpu_s(me) - c0) / gens,
-            "actor_cpu_ms": 1e3 * (cpu_s(pid) - a0) / gens - 1e3 * gen_s}
+    return {"wall_ms": 1e3 * wall / gens, "caller_cpu_ms": 1e3 * (process_cpu_s(me) - c0) / gens,
+            "actor_cpu_ms": 1e3 * (process_cpu_s(pid) - a0) / gens - 1e3 * gen_s}
 
 
 def main() -> None:

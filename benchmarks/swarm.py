@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from _cpu import cpu_line
+from _cpu import cpu_line, process_cpu_s
 
 from rwkv_swarm import Signal, Swarm, SwarmConfig, load_trace
 from rwkv_swarm.cluster.host import NodeHost
@@ -95,17 +95,15 @@ def cpu_by_kind() -> dict[str, float]:
     """CPU seconds so far of this machine's node actors, coordinator actor and Ray daemons
     (from /proc; 10 ms ticks), by kind; this process's as "driver"."""
     out: dict[str, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            kind = "driver" if int(pid) == os.getpid() else \
+                next((k for k in PROCESS_KINDS if k in cmd), None)
+            if kind is not None:
+                out[kind] = out.get(kind, 0.0) + process_cpu_s(int(pid))
         except OSError:  # ended meanwhile
             continue
-        kind = "driver" if int(pid) == os.getpid() else \
-            next((k for k in PROCESS_KINDS if k in cmd), None)
-        if kind is not None:
-            out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return out
 
 

@@ -47,6 +47,15 @@ def closing() -> Iterator[list[Member]]:
         m.close()
 
 
+def group_of_two(closing: list[Member]) -> tuple[Member, Member]:
+    """A consensus group of two members (8 mutants each, CartPole), peers of each other."""
+    closing += members_of(consensus_group(2, 8, seed=3, env=CARTPOLE))
+    a, b = closing
+    a.set_peers(group=[b.name])
+    b.set_peers(group=[a.name])
+    return a, b
+
+
 def readable(member: Member) -> None:
     """Until something waits in `member`'s socket (then a little longer: what made it readable
     may have been a heartbeat, with the report right behind it)."""
@@ -76,11 +85,7 @@ def test_a_consensus_group_over_zeromq_stays_one_node_and_equals_the_big_one(clo
 def test_a_report_that_came_before_its_sender_was_reported_gone_is_absorbed(closing):
     """The coordinator tells a member its peer is dead after the peer's report came in: the
     member absorbs the report, as a peer that read it earlier did, so the group stays one."""
-    group = consensus_group(2, 8, seed=3, env=CARTPOLE)
-    closing += members_of(group)
-    a, b = closing
-    a.set_peers(group=[b.name])
-    b.set_peers(group=[a.name])
+    a, b = group_of_two(closing)
     a.share()
     b.share()
     readable(a)  # b's report in a's socket, not yet read by a
@@ -94,11 +99,7 @@ def test_only_a_member_still_waiting_for_a_report_works_ahead(closing):
     """The member whose peers have all reported steps at once: the next generation's noise it
     would draw while waiting is drawn by its next ask instead, so the member the group waited
     for does not make it wait longer. One still waiting draws it meanwhile."""
-    group = consensus_group(2, 8, seed=3, env=CARTPOLE)
-    closing += members_of(group)
-    a, b = closing
-    a.set_peers(group=[b.name])
-    b.set_peers(group=[a.name])
+    a, b = group_of_two(closing)
     b.share()
     a.share()  # after b's evaluation: a's report can only be waiting in b's socket, unfiled
     readable(b)

@@ -241,10 +241,8 @@ class Coordinator:
 
     def _boundary_work(self, generation: int) -> bool:
         """Whether the boundary before `generation` has work that needs the nodes idle."""
-        m = self.config.migration
-        return (self.checkpoints.due(generation)
-                or any(s.generation == generation for s in self.config.signals)
-                or (m.enabled and self.config.mode != "consensus" and generation % m.every == 0))
+        return (self.checkpoints.due(generation) or self.decisions.due(generation)
+                or any(s.generation == generation for s in self.config.signals))
 
     def _generations(self, count: int) -> None:
         """`count` generations in one round trip to the live nodes (a snapshot with the last

@@ -68,6 +68,12 @@ class Decisions:
         return {"node": node, "p_best": p_of[node], "belief_mean": float(mean),
                 "belief_var": float(var), "generation": self.c.last[node].get("generation")}
 
+    def due(self, generation: int) -> bool:
+        """Whether migrations are decided at the boundary before `generation` (once the
+        generation before it has ended)."""
+        c = self.c.config
+        return c.migration.enabled and c.mode != "consensus" and generation % c.migration.every == 0
+
     def decide(self, gen: int, rows: list[dict[str, Any]]) -> None:
         """P(best) into every row; at the due generations, the gated migrations."""
         c = self.c
@@ -75,10 +81,10 @@ class Decisions:
         if fused:
             for row in rows:
                 row["p_best"] = p_of.get(row["node"], math.nan)
-        m = c.config.migration
-        if not m.enabled or c.config.mode == "consensus" or (gen + 1) % m.every \
-                or gen <= self.decided:  # async: several batches can end at one generation
+        # decided once a generation: in async mode several batches can end at one
+        if not self.due(gen + 1) or gen <= self.decided:
             return
+        m = c.config.migration
         self.decided = gen
         by_node = {r["node"]: r for r in rows}
         for mig in migrations(summaries, m.gate, m.fraction, fused):
