@@ -240,34 +240,27 @@ def test_noise_drawn_ahead_is_the_next_generations_own_and_only_it_takes_it():
     ahead, plain = strategy(), strategy()
     for s in (ahead, plain):
         s.ask()
-    ahead.draw_ahead()  # for generation 1, drawn while generation 0 is still pending
-    drawn = ahead._drawn[1].noise
-    for s in (ahead, plain):
-        s.tell(np.arange(8.0))
-        s.ask()
-    assert ahead.population._noise is drawn  # taken, not drawn again
-    for name, parts in plain.population.noise.items():
-        assert all(torch.equal(a, b) for a, b in zip(parts, drawn[name], strict=True))
-    ahead.tell(np.arange(8.0))
-    plain.tell(np.arange(8.0))
-    ahead.draw_ahead()  # between generations: for the next one, generation 2
-    drawn = ahead._drawn[1].noise
-    assert ahead.ask() is not None and ahead.population._noise is drawn
-    built = ahead.population._flat_cache  # the step's products, built ahead too
-    assert set(built) == {"plain", "squared"}
-    plain.ask()
-    for name, parts in plain.population.noise.items():
-        assert all(torch.equal(a, b) for a, b in zip(parts, drawn[name], strict=True))
+    # while generation 0 is pending: generation 1, then 2, then nothing (two ahead at most)
+    assert [ahead.draw_ahead() for _ in range(3)] == [True, True, False]
+    drawn = {g: ahead._drawn[ahead._mutants(g, 1.0).key].noise for g in (1, 2)}
+    for g in (1, 2):
+        for s in (ahead, plain):
+            s.tell(np.arange(8.0)[::(-1) ** g].copy())
+            s.ask()
+        assert ahead.population._noise is drawn[g]  # taken, not drawn again
+        assert set(ahead.population._flat_cache) == {"plain", "squared"}  # products too
+        for name, parts in plain.population.noise.items():
+            assert all(torch.equal(a, b) for a, b in zip(parts, drawn[g][name], strict=True))
     steps = [s.tell(np.arange(8.0)[::-1].copy()).to_dict() for s in (ahead, plain)]
     assert steps[0] == steps[1] and all(torch.equal(a, b) for a, b in zip(
         ahead.params, plain.params, strict=True))
-    for s in (ahead, plain):
-        s.ask()
-    ahead.draw_ahead()
-    ahead._drawn = (("another seed",), ahead._drawn[1])  # not the next generation's key
-    ahead.tell(np.arange(8.0))
+    assert ahead.draw_ahead() and ahead.draw_ahead()  # between generations: 3 and 4
+    assert set(ahead._drawn) == {ahead._mutants(g, 1.0).key for g in (3, 4)}
+    ahead._drawn[("another seed",)] = ahead._drawn.pop(ahead._mutants(3, 1.0).key)
     ahead.ask()
-    assert ahead.population._noise is None  # not taken: drawn afresh when needed
+    assert ahead.population._noise is None  # not 3's key: not taken, drawn afresh when needed
+    assert ahead.draw_ahead()  # 5 (4 is held), and what no coming generation needs is let go
+    assert set(ahead._drawn) == {ahead._mutants(g, 1.0).key for g in (4, 5)}
 
 
 def reference_gradient(pop, u: np.ndarray) -> torch.Tensor:

@@ -354,12 +354,17 @@ class Population:
             cache[key] = E
         return cache[key]
 
-    def prepare_sums(self) -> None:
+    def prepare_sums(self) -> bool:
         """Build what the sums over pairs read (E and E^2, or the plain and squared factors)
-        now, e.g. while a node waits for its peers; no result changes."""
-        build = self._flat if self.sum_path == "flat" else self._factors
+        now, e.g. while a node waits for its peers; no result changes. Returns whether there
+        was anything left to build."""
+        build, cache = (self._flat, self._flat_cache) if self.sum_path == "flat" else \
+            (self._factors, self._factor_cache)
+        if len(cache) == 2:
+            return False
         for squared in (False, True):
             build(squared)
+        return True
 
     def _weighted_sum(self, c: torch.Tensor, squared: bool) -> torch.Tensor:
         """sum_p c_p E_p (or E_p^2 elementwise, `squared`), flat (dim,) in target order, on

@@ -139,11 +139,11 @@ class Member:
         t0 = time.perf_counter()
         # first file the reports that came while this member evaluated: the member the others
         # wait for sets the group's pace, and work ahead would only lengthen its generation
-        # (its step builds its own products, its next ask draws its own noise)
+        # (its step builds its own products, its next ask draws its own noise). Then work
+        # ahead a piece at a time, looking for the reports between pieces
         self.service()
-        if self._missing(gen, expected, start):  # work this step and the next need anyway
-            self.node.strategy.prepare_step()
-            self.node.strategy.draw_ahead()
+        while self._missing(gen, expected, start) and self._work_ahead():
+            self.service()
         while self._missing(gen, expected, start):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -165,6 +165,12 @@ class Member:
         for old in [g for g in self.inbox if g < self.generation]:
             self.dropped["stale"] += len(self.inbox.pop(old))
         return row
+
+    def _work_ahead(self) -> bool:
+        """One piece of work this step or the next generations need anyway (this step's
+        products, then the next generations' noise); False when none is left."""
+        strategy = self.node.strategy
+        return strategy.prepare_step() or strategy.draw_ahead()
 
     def _missing(self, gen: int, expected: set[str], since: float) -> set[str]:
         """Expected peers whose report of `gen` has not come and that may still send it."""

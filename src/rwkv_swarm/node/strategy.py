@@ -35,6 +35,7 @@ from .optim import OPTIMIZERS, Calibration, make_optimizer
 from .shaping import SHAPINGS, derive_seed, pair_means
 
 WORLD_CHANGE_INFLATION = 100.0  # fitness-belief variance factor when the search itself changes
+DRAW_AHEAD = 2  # generations whose noise `draw_ahead` may hold, drawn before they are asked for
 FUSIONS = ("kalman", "mean")
 
 
@@ -191,7 +192,7 @@ class Strategy:
         self.calibration = Calibration()
         self._pending: Mutants | None = None
         self._population: Population | None = None
-        self._drawn: tuple[tuple, Population] | None = None  # draw_ahead's (key, draws)
+        self._drawn: dict[tuple, Population] = {}  # draw_ahead's draws, by Mutants.key
         self._measured: Measurement | None = None
         self.relevance = Relevance()  # how much of each neighbour's signal is ours (fusion.py)
         self.reference: torch.Tensor | None = None  # an average of past directions
@@ -209,27 +210,36 @@ class Strategy:
             self._on_predict()
             self._pending = self._mutants(self.generation, c.sigma * self._sigma_scale())
             self._population = self._pending.population(self.model)
-            drawn, self._drawn = self._drawn, None
-            if drawn is not None and drawn[0] == self._pending.key:
-                self._population.adopt_draws(drawn[1])
+            drawn = self._drawn.pop(self._pending.key, None)
+            if drawn is not None:
+                self._population.adopt_draws(drawn)
         return self._pending
 
-    def draw_ahead(self) -> None:
-        """Draw the noise of the next generation not yet asked for now, with the products its
-        step sums over (they depend on the seed alone, not on a step): a node waiting for its
-        peers' reports has the time. `ask` takes them when its generation is the one drawn
-        for."""
-        ahead = self._mutants(self.generation + (self._pending is not None), 1.0)  # sigma: later
-        if self._drawn is None or self._drawn[0] != ahead.key:
-            drawn = ahead.population(self.model)
-            drawn.prepare_sums()  # the noise, and the products the step sums over
-            self._drawn = (ahead.key, drawn)
+    def draw_ahead(self) -> bool:
+        """Draw the noise of the first of the next DRAW_AHEAD generations not asked for yet
+        that has none drawn, with the products its step sums over (they depend on the seed
+        alone, not on a step): a node waiting for its peers' reports has the time. `ask` takes
+        them when their generation comes. Returns False when all of them are drawn already.
 
-    def prepare_step(self) -> None:
+        Two ahead, not one: the member a generation waits for has no time to draw, and the
+        generation after would wait for it again while it draws, unless it drew then too."""
+        first = self.generation + (self._pending is not None)
+        ahead = [self._mutants(g, 1.0) for g in range(first, first + DRAW_AHEAD)]  # sigma: later
+        keys = {m.key for m in ahead}
+        self._drawn = {k: p for k, p in self._drawn.items() if k in keys}  # passed: dropped
+        todo = next((m for m in ahead if m.key not in self._drawn), None)
+        if todo is None:
+            return False
+        drawn = todo.population(self.model)
+        drawn.prepare_sums()  # the noise, and the products the step sums over
+        self._drawn[todo.key] = drawn
+        return True
+
+    def prepare_step(self) -> bool:
         """Build what this generation's step sums over (the pending population's noise
-        products) now: a node waiting for its peers' reports has the time."""
-        if self._population is not None:
-            self._population.prepare_sums()
+        products) now: a node waiting for its peers' reports has the time. Returns whether
+        there was anything left to build."""
+        return self._population is not None and self._population.prepare_sums()
 
     def _mutants(self, generation: int, sigma: float) -> Mutants:
         c = self.config
