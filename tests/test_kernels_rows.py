@@ -111,6 +111,24 @@ def test_the_native_row_step_sees_in_place_weight_updates():
     assert_close(after[2:3], expected, atol=1e-4, rtol=1e-4)
 
 
+@needs_native
+def test_the_native_row_step_sees_weights_given_new_storage():
+    """Packed buffers are refreshed in place while the parameters stay put, and laid out anew
+    when one moves: either way a row runs its mutant of the weights as they are now."""
+    model = nontrivial(SMALL, seed=6)
+    pop = Population(model, seed=2, sigma=0.05, size=4, include=GROUPS)
+    x, state = inputs(SMALL, 4), busy_state(model, 4)
+    before, _ = pop.step_rows(x, state, range(4), path="native:1")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data * 1.25 + 0.01  # new storage, new pointers
+    after, _ = pop.step_rows(x, state, range(4), path="native:1")
+    assert not torch.allclose(before, after)
+    for j in (1, 2):
+        expected, _ = mutant(pop, j).step(x[j:j + 1], state.select(j))
+        assert_close(after[j:j + 1], expected, atol=1e-4, rtol=1e-4)
+
+
 def test_the_population_step_runs_its_members_as_rows():
     model = nontrivial(SMALL, seed=5)
     pop = Population(model, seed=4, sigma=0.05, size=8, include=GROUPS)

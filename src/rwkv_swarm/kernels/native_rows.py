@@ -15,7 +15,6 @@ import operator
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from . import native
 from .state import RWKV7State
@@ -52,16 +51,19 @@ def _rows_kind(name: str) -> bool:
     return name.endswith(".weight")
 
 
-def _pack(w: torch.Tensor, rows_kind: bool) -> torch.Tensor:
-    """W^T (in, out) zero-padded to (in, ld), ld a multiple of VW."""
+def _packed_view(w: torch.Tensor, rows_kind: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A zeroed buffer (in, ld) for W^T, ld a multiple of VW, and the view of it W^T fills
+    (its padding stays zero)."""
     wt = w.t() if rows_kind else w
-    out = wt.shape[1]
-    return F.pad(wt, (0, -out % VW)).contiguous()
+    buf = torch.zeros(wt.shape[0], wt.shape[1] + -wt.shape[1] % VW, dtype=w.dtype,
+                      device=w.device)
+    return buf, buf[:, :wt.shape[1]]
 
 
 class RowStep:
     """Runs a model's step for R rows through the row kernel, each row optionally a member of a
-    population. Packs the weights once per weights version."""
+    population. Packs the weights once per weights version, into buffers that stay put while
+    the parameters do: the pointer tables then change only where a population's noise goes."""
 
     def __init__(self, model: torch.nn.Module):
         if native.load() is None:
@@ -83,57 +85,77 @@ class RowStep:
         return list(map(_DATA_PTR, self._params)), list(map(_VERSION, self._params))
 
     def _pack_weights(self) -> None:
-        """Packed matrices and base vectors, rebuilt when any parameter changed."""
+        """Packed matrices and base vectors, refreshed when any parameter changed (one copy
+        into the packed buffers; laid out anew when a parameter moved)."""
         key = self._weights_key()
         if key == self._key:
             return
+        if self._key is None or key[0] != self._key[0]:
+            self._layout()
+        with torch.no_grad():
+            torch._foreach_copy_(self._fill, self._sources)
+        self._key, self._pop_key = key, None  # a population's member tables are rebuilt too
+
+    def _layout(self) -> None:
+        """Buffers for the packed matrices, and the pointer tables with no population: weights
+        where they lie, zeros where a population's noise goes."""
         params = dict(self.model.named_parameters())
-        self._packed = {n: _pack(params[n].detach(), _rows_kind(n))
-                        for n in self._mat_names if n in params}
-        self._base = {n: params[n].detach().reshape(-1).contiguous()
-                      for n in self._vec_names if n in params}
-        self._key, self._pop_key = key, None  # pointers of a population are rebuilt too
+        self._packed, self._fill, self._sources = {}, [], []
+        mats, dims = [], []
+        for n in self._mat_names:
+            p = params.get(n)
+            if p is None:  # layer 0's v1/v2, or the encoder in token mode
+                mats += [0, 0, 0]
+                dims += [0, 0, 0]
+                continue
+            w = p.detach()
+            buf, fill = _packed_view(w, _rows_kind(n))
+            self._packed[n] = buf
+            self._fill.append(fill)
+            self._sources.append(w.t() if _rows_kind(n) else w)
+            mats += [buf.data_ptr(), 0, 0]
+            dims += [buf.shape[0], fill.shape[1], buf.shape[1]]
+        self._base = {}
+        for n in (n for n in self._vec_names if n in params):
+            v = params[n].detach()
+            if v.is_contiguous():  # read where it lies
+                self._base[n] = v.view(-1)
+            else:
+                self._base[n] = torch.empty(v.numel(), dtype=v.dtype, device=v.device)
+                self._fill.append(self._base[n].view(v.shape))
+                self._sources.append(v)
+        self._plain_mats, self._plain_dims = mats, (ctypes.c_int * len(dims))(*dims)
+        self._plain_vecs = [self._base[n].data_ptr() if n in self._base else 0
+                            for n in self._vec_names]
+        self._mat_at = {n: 3 * i for i, n in enumerate(self._mat_names)}
+        self._vec_at = {n: i for i, n in enumerate(self._vec_names)}
 
     def _tables(self, pop: Population | None) -> None:
         """The kernel's pointer arrays for these weights and this population (or none)."""
         if self._pop_key is not None and self._pop_key[0] is pop:
             return
-        noise_t = pop.noise_t if pop is not None else {}
-        kinds = {t.name: t.kind for t in pop.targets} if pop is not None else {}
+        mats, vecs = list(self._plain_mats), list(self._plain_vecs)
+        strides = [0] * len(vecs)
         self._keep = []  # tensors the pointers point into
-        mats, dims = [], []
-        for n in self._mat_names:
-            w = self._packed.get(n)
-            if w is None:  # layer 0's v1/v2, or the encoder in token mode
-                mats += [0, 0, 0]
-                dims += [0, 0, 0]
-                continue
-            left = right = 0
-            if n in noise_t:
-                At, Bt = noise_t[n]  # (pairs, r, m), (pairs, r, n) of W (m, n)
-                lt, rt = (Bt, At) if kinds[n] == "rows" else (At, Bt)
-                left, right = lt.data_ptr(), rt.data_ptr()
+        if pop is not None:
+            noise_t = pop.noise_t
+            for t in pop.targets:
+                if t.kind == "vector":
+                    if t.name in self._vec_at:
+                        table = member_table(pop, t.name, self._base[t.name])
+                        i = self._vec_at[t.name]
+                        vecs[i], strides[i] = table.data_ptr(), table.shape[1]
+                        self._keep.append(table)
+                    continue
+                i = self._mat_at.get(t.name)
+                if i is None or t.name not in self._packed:  # not a matrix the kernel reads
+                    continue
+                At, Bt = noise_t[t.name]  # (pairs, r, m), (pairs, r, n) of W (m, n)
+                lt, rt = (Bt, At) if t.kind == "rows" else (At, Bt)
+                mats[i + 1], mats[i + 2] = lt.data_ptr(), rt.data_ptr()
                 self._keep += [lt, rt]
-            in_, out = (w.shape[0], self.model.get_parameter(n).shape[0]) if _rows_kind(n) \
-                else (w.shape[0], self.model.get_parameter(n).shape[1])
-            mats += [w.data_ptr(), left, right]
-            dims += [in_, out, w.shape[1]]
-        vecs, strides = [], []
-        for n in self._vec_names:
-            base = self._base.get(n)
-            if base is None:
-                vecs.append(0)
-                strides.append(0)
-            elif kinds.get(n) == "vector":
-                table = member_table(pop, n, base)
-                self._keep.append(table)
-                vecs.append(table.data_ptr())
-                strides.append(table.shape[1])
-            else:
-                vecs.append(base.data_ptr())
-                strides.append(0)
         self._mats = (ctypes.c_void_p * len(mats))(*mats)
-        self._mat_dims = (ctypes.c_int * len(dims))(*dims)
+        self._mat_dims = self._plain_dims
         self._vecs = (ctypes.c_void_p * len(vecs))(*vecs)
         self._strides = (ctypes.c_int64 * len(strides))(*strides)
         dims = list(self._dims)
