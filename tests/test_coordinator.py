@@ -246,6 +246,25 @@ def test_a_consensus_group_is_one_lineage_and_never_migrates(tmp_path):
             h.close()
 
 
+def test_group_members_exchange_reports_only_and_neighbours_states_and_beliefs_too(
+        swarm, tmp_path):
+    """A consensus group's members compute the same weights, state and belief: they send each
+    other their reports, nothing more. Gossip neighbours send their state and belief too."""
+    coordinator, hosts = swarm  # gossip, a ring
+    coordinator.run(3)
+    assert all(len(h.peer_beliefs) == 2 for h in hosts)
+    group, members = local_swarm(tmp_path / "group", mode="consensus")
+    try:
+        group.run(3)
+        table = load_trace(group.run_dir).to_pydict()
+        assert all(a == 3 for a in table["absorbed_from"])  # every member's report came
+        assert all(h.peer_beliefs == {} for h in members)
+        assert all(h.member.dropped == {} for h in members)
+    finally:
+        for h in members:
+            h.close()
+
+
 def test_a_report_or_state_of_another_model_is_refused_and_counted(swarm, tmp_path):
     coordinator, hosts = swarm
     other = SwarmConfig(env=SIGNAL_ENV, model={"n_embd": 32, "n_layer": 1, "head_size": 16},

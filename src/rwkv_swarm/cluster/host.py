@@ -214,8 +214,14 @@ class NodeHost:
         return in_phase("absorb", self.absorb, wait_s, snapshot)
 
     def _broadcast_state(self, weights: bytes) -> None:
-        """Send the live state (of the weights hashed as `weights`) and the fitness belief."""
+        """Send the live state (of the weights hashed as `weights`) and the fitness belief to
+        the neighbours. Not to the consensus group: its members computed the same weights,
+        state and belief from the same reports, and sending them cost each member a send and
+        a receive every generation."""
         m, t = self.member, self.member.transport
+        peers = set(m.neighbours) - set(m.group) - m.absent
+        if not peers:
+            return
         gen = self.node.generation_count
         belief = self.node.strategy.fitness_belief
         msgs = [state_message(self.node.live_state, weights, swarm=m.swarm, node=self.name,
@@ -224,7 +230,6 @@ class NodeHost:
             msgs.append(message("belief", swarm=m.swarm, node=self.name, gen=gen, name="fitness",
                                 arrays={"mean": np.array([belief.mean]),
                                         "var": np.array([belief.var])}))
-        peers = (set(m.neighbours) | set(m.group)) - m.absent
         for msg in msgs:
             t.broadcast(msg, peers)
 
