@@ -20,7 +20,7 @@ from test_exchange import CARTPOLE, TINY
 from test_member import members_of
 
 from rwkv_swarm.cluster.host import NodeHost
-from rwkv_swarm.cluster.nodes import LocalNodes
+from rwkv_swarm.cluster.nodes import LocalNodes, _collect
 from rwkv_swarm.node import (
     ExchangeConfig,
     KalmanESConfig,
@@ -281,6 +281,55 @@ def wait_until(what, bound_s: float = BOUND_S):
             return got
         time.sleep(0.05)
     raise AssertionError(f"not within {bound_s} s: {what.__doc__ or what}")
+
+
+@ray.remote(num_cpus=0, max_concurrency=2)
+class Batches:
+    """An actor streaming batches of results, the second only once released."""
+
+    def __init__(self):
+        self.go = threading.Event()
+
+    def stream(self, batches: list) -> object:
+        for k, batch in enumerate(batches):
+            if k:
+                self.go.wait(60)
+            yield batch
+
+    def release(self) -> None:
+        self.go.set()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def test_an_actor_that_dies_with_generations_held_is_seen_before_its_peers_answer(
+        ray_session):
+    """Actor a's first batch brought two generations, b's one; a dies. Reading b's second
+    batch, `_collect` watches a's stream too: a's death reaches `on_fault` at once, and here
+    only that releases b (as a consensus member's peers stop waiting only when told)."""
+    a, b = Batches.remote(), Batches.remote()
+    streams = {a.stream.remote([[["a0"], ["a1"]], [["a2"]]]): (0, [0]),
+               b.stream.remote([[["b0"]], [["b1"]]]): (1, [1])}
+    (sa, sb), held = streams, {}
+    for s in streams:
+        held[s] = list(ray.get(next(s)))
+    assert held[sa] == [["a0"], ["a1"]] and held[sb] == [["b0"]]
+    os.kill(ray.get(a.pid.remote()), signal.SIGKILL)
+    faults: list = []
+
+    def on_fault(i, e):
+        faults.append(i)
+        b.release.remote()
+
+    def stash(stream):
+        held[stream] += ray.get(next(stream))
+
+    ended: set = set()
+    out = _collect({sb: (1, [1])}, 30.0, set(), on_fault, take=lambda s: ray.get(next(s))[0],
+                   ended=ended, watch={sa: (0, [0])}, stash=stash)
+    assert faults == [0] and ended == {sa}  # seen while b was still to answer
+    assert out[1] == "b1" and isinstance(out[0], ray.exceptions.RayError)
 
 
 def kill_node_mid_run(swarm: Swarm, node: int, at: int, more: int) -> float:

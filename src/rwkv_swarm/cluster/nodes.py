@@ -89,18 +89,34 @@ class RayNodes:
             held[stream].extend(later)
             return first
 
+        drained: set[Any] = set()  # streams read to their end
+
+        def stash(stream: Any) -> None:
+            try:
+                held[stream].extend(ray.get(next(stream)))
+            except StopIteration:
+                drained.add(stream)
+
         failed: dict[int, BaseException] = {}
         for _ in range(count):
             got: dict[int, Any] = {}
             waiting = {}  # streams with no generation held: read the next batch
+            # streams with generations held are watched too: an actor that died after its
+            # batch came must be seen now, or its peers wait for its report until wait_s
+            # while their own batch waits for their next generation
+            watching = {}
             for s, (a, nodes) in streams.items():
                 if held[s]:
                     _file(nodes, held[s].popleft(), got, on_fault)
+                    if s not in drained:
+                        watching[s] = (a, nodes)
                 else:
                     waiting[s] = (a, nodes)
             ended: set[Any] = set()  # streams that failed as a whole: never read again
             got.update(_collect(waiting, self.timeout_s, self._broken, on_fault, take=take,
-                                ended=ended))
+                                ended=ended, watch=watching, stash=stash))
+            for s in ended:  # a dead actor's held generations go with it
+                held[s].clear()
             streams = {s: an for s, an in streams.items() if s not in ended}
             for i in idx:
                 if isinstance(got.get(i), BaseException):
@@ -191,14 +207,16 @@ class RayNodes:
 
 def _collect(refs: dict[Any, tuple[int, list[int]]], timeout_s: float, broken: set[int],
              on_fault: OnFault | None, take: Callable[[Any], Any] = ray.get,
-             ended: set[Any] | None = None) -> dict[int, Any]:
+             ended: set[Any] | None = None, watch: dict[Any, tuple[int, list[int]]] | None = None,
+             stash: Callable[[Any], None] | None = None) -> dict[int, Any]:
     """Each node's result from its actor's call in `refs` (ref or streaming generator ->
     (actor, nodes); `take` gets an actor's results from a ready one), a failed node's
     exception handed to `on_fault` as soon as it is seen; an actor whose call fails as a whole
     (died, or no answer in time) goes into `broken` (until its nodes are started again:
-    `respawn`) and its ref into `ended`, every node of it failed."""
+    `respawn`) and its ref into `ended`, every node of it failed. Streams in `watch` are not
+    waited for, only read (`stash`) when ready meanwhile: a failure of theirs counts too."""
     out: dict[int, Any] = {}
-    pending = dict(refs)
+    pending, watching = dict(refs), dict(watch or {})
     deadline = time.monotonic() + timeout_s
 
     def fail(nodes: list[int], e: BaseException) -> None:
@@ -208,11 +226,22 @@ def _collect(refs: dict[Any, tuple[int, list[int]]], timeout_s: float, broken: s
                 on_fault(i, e)
 
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1,
+        ready, _ = ray.wait([*pending, *watching], num_returns=1,
                             timeout=max(0.0, deadline - time.monotonic()))
         if not ready:
             break
         for ref in ready:
+            if ref in watching:
+                a, nodes = watching.pop(ref)
+                assert stash is not None, "a watched stream needs a stash to read it into"
+                try:
+                    stash(ref)
+                except Exception as e:  # noqa: BLE001 - died after its last batch came
+                    broken.add(a)
+                    if ended is not None:
+                        ended.add(ref)
+                    fail(nodes, e)
+                continue
             a, nodes = pending.pop(ref)
             try:
                 results = take(ref)
