@@ -19,6 +19,7 @@ from rwkv_swarm.node import (
     derive_seed,
     zscore,
 )
+from rwkv_swarm.node import strategy as strategy_module
 
 CFG = RWKV7Config(n_embd=32, n_layer=1, head_size=16, input_dim=3, output_dim=2)
 
@@ -261,6 +262,17 @@ def test_noise_drawn_ahead_is_the_next_generations_own_and_only_it_takes_it():
     assert ahead.population._noise is None  # not 3's key: not taken, drawn afresh when needed
     assert ahead.draw_ahead()  # 5 (4 is held), and what no coming generation needs is let go
     assert set(ahead._drawn) == {ahead._mutants(g, 1.0).key for g in (4, 5)}
+
+
+def test_a_generation_of_large_noise_is_drawn_only_one_ahead(monkeypatch):
+    es = KalmanES(RWKV7(CFG, seed=1, init="live"), KalmanESConfig(population=8, seed=4))
+    noise = 4 * sum(t.size for t in es.targets)  # 4 pairs
+    monkeypatch.setattr(strategy_module, "DRAW_AHEAD_FLOATS", noise)
+    assert [es.draw_ahead() for _ in range(3)] == [True, True, False]
+    es._drawn = {}
+    monkeypatch.setattr(strategy_module, "DRAW_AHEAD_FLOATS", noise - 1)
+    assert [es.draw_ahead() for _ in range(2)] == [True, False]
+    assert set(es._drawn) == {es._mutants(0, 1.0).key}
 
 
 def reference_gradient(pop, u: np.ndarray) -> torch.Tensor:

@@ -36,6 +36,8 @@ from .shaping import SHAPINGS, derive_seed, pair_means
 
 WORLD_CHANGE_INFLATION = 100.0  # fitness-belief variance factor when the search itself changes
 DRAW_AHEAD = 2  # generations whose noise `draw_ahead` may hold, drawn before they are asked for
+DRAW_AHEAD_FLOATS = 1 << 22  # ... while a generation's noise is at most this many floats (16 MB;
+# with the sums' products a drawn generation holds about three times that), else one
 FUSIONS = ("kalman", "mean")
 
 
@@ -216,15 +218,18 @@ class Strategy:
         return self._pending
 
     def draw_ahead(self) -> bool:
-        """Draw the noise of the first of the next DRAW_AHEAD generations not asked for yet
+        """Draw the noise of the first of the next `DRAW_AHEAD` generations not asked for yet
         that has none drawn, with the products its step sums over (they depend on the seed
         alone, not on a step): a node waiting for its peers' reports has the time. `ask` takes
         them when their generation comes. Returns False when all of them are drawn already.
 
-        Two ahead, not one: the member a generation waits for has no time to draw, and the
-        generation after would wait for it again while it draws, unless it drew then too."""
+        Two ahead, not one: the member a generation waits for has no time to draw then, and
+        without the draws of an earlier wait it would draw at the next generation's start
+        while its peers wait. One only where a generation's noise is large."""
         first = self.generation + (self._pending is not None)
-        ahead = [self._mutants(g, 1.0) for g in range(first, first + DRAW_AHEAD)]  # sigma: later
+        noise = self.config.population // 2 * sum(t.size for t in self.targets)
+        depth = DRAW_AHEAD if noise <= DRAW_AHEAD_FLOATS else 1
+        ahead = [self._mutants(g, 1.0) for g in range(first, first + depth)]  # sigma: later
         keys = {m.key for m in ahead}
         self._drawn = {k: p for k, p in self._drawn.items() if k in keys}  # passed: dropped
         todo = next((m for m in ahead if m.key not in self._drawn), None)
