@@ -84,11 +84,6 @@ class RayNodes:
                    for a, nodes in self._by_actor(idx).items()}
         held: dict[Any, deque[list[Any]]] = {s: deque() for s in streams}  # a batch's later ones
 
-        def take(stream: Any) -> list[Any]:
-            first, *later = ray.get(next(stream))
-            held[stream].extend(later)
-            return first
-
         drained: set[Any] = set()  # streams read to their end
 
         def stash(stream: Any) -> None:
@@ -96,6 +91,10 @@ class RayNodes:
                 held[stream].extend(ray.get(next(stream)))
             except StopIteration:
                 drained.add(stream)
+
+        def take(stream: Any) -> list[Any]:
+            stash(stream)
+            return held[stream].popleft()  # an ended stream has none: its nodes' fault
 
         failed: dict[int, BaseException] = {}
         for _ in range(count):
@@ -219,7 +218,11 @@ def _collect(refs: dict[Any, tuple[int, list[int]]], timeout_s: float, broken: s
     pending, watching = dict(refs), dict(watch or {})
     deadline = time.monotonic() + timeout_s
 
-    def fail(nodes: list[int], e: BaseException) -> None:
+    def fail(ref: Any, a: int, nodes: list[int], e: BaseException) -> None:
+        """Actor a's call `ref` failed as a whole: every node of it failed."""
+        broken.add(a)
+        if ended is not None:
+            ended.add(ref)
         for i in nodes:
             out[i] = e
             if on_fault is not None:
@@ -231,32 +234,20 @@ def _collect(refs: dict[Any, tuple[int, list[int]]], timeout_s: float, broken: s
         if not ready:
             break
         for ref in ready:
-            if ref in watching:
-                a, nodes = watching.pop(ref)
-                assert stash is not None, "a watched stream needs a stash to read it into"
-                try:
-                    stash(ref)
-                except Exception as e:  # noqa: BLE001 - died after its last batch came
-                    broken.add(a)
-                    if ended is not None:
-                        ended.add(ref)
-                    fail(nodes, e)
-                continue
-            a, nodes = pending.pop(ref)
+            watched = ref in watching
+            a, nodes = watching.pop(ref) if watched else pending.pop(ref)
+            read = stash if watched else take
+            assert read is not None, "a watched stream needs a stash to read it into"
             try:
-                results = take(ref)
+                results = read(ref)
             except Exception as e:  # noqa: BLE001 - a dead or hung actor: its nodes' fault
-                broken.add(a)
-                if ended is not None:
-                    ended.add(ref)
-                fail(nodes, e)
+                fail(ref, a, nodes, e)
                 continue
-            _file(nodes, results, out, on_fault)
+            if not watched:
+                _file(nodes, results, out, on_fault)
     for ref, (a, nodes) in pending.items():
-        broken.add(a)
-        if ended is not None:
-            ended.add(ref)
-        fail(nodes, GetTimeoutError(f"nodes {nodes} answered nothing within {timeout_s} s"))
+        fail(ref, a, nodes,
+             GetTimeoutError(f"nodes {nodes} answered nothing within {timeout_s} s"))
     return out
 
 

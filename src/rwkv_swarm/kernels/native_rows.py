@@ -124,7 +124,7 @@ class RowStep:
                 self._base[n] = torch.empty(v.numel(), dtype=v.dtype, device=v.device)
                 self._fill.append(self._base[n].view(v.shape))
                 self._sources.append(v)
-        self._plain_mats, self._plain_dims = mats, (ctypes.c_int * len(dims))(*dims)
+        self._plain_mats, self._mat_dims = mats, (ctypes.c_int * len(dims))(*dims)
         self._plain_vecs = [self._base[n].data_ptr() if n in self._base else 0
                             for n in self._vec_names]
         self._mat_at = {n: 3 * i for i, n in enumerate(self._mat_names)}
@@ -141,21 +141,20 @@ class RowStep:
             noise_t = pop.noise_t
             for t in pop.targets:
                 if t.kind == "vector":
-                    if t.name in self._vec_at:
+                    if t.name in self._base:
                         table = member_table(pop, t.name, self._base[t.name])
                         i = self._vec_at[t.name]
                         vecs[i], strides[i] = table.data_ptr(), table.shape[1]
                         self._keep.append(table)
                     continue
-                i = self._mat_at.get(t.name)
-                if i is None or t.name not in self._packed:  # not a matrix the kernel reads
+                if t.name not in self._packed:  # not a matrix the kernel reads
                     continue
                 At, Bt = noise_t[t.name]  # (pairs, r, m), (pairs, r, n) of W (m, n)
                 lt, rt = (Bt, At) if t.kind == "rows" else (At, Bt)
+                i = self._mat_at[t.name]
                 mats[i + 1], mats[i + 2] = lt.data_ptr(), rt.data_ptr()
                 self._keep += [lt, rt]
         self._mats = (ctypes.c_void_p * len(mats))(*mats)
-        self._mat_dims = self._plain_dims
         self._vecs = (ctypes.c_void_p * len(vecs))(*vecs)
         self._strides = (ctypes.c_int64 * len(strides))(*strides)
         dims = list(self._dims)
