@@ -77,10 +77,11 @@ def record_calls(coordinator: Coordinator) -> list:
 
 def test_a_stretch_ends_at_a_due_checkpoint_and_its_last_generation_brings_the_snapshots(
         tmp_path):
-    """No round trip of its own: the nodes send their snapshots with the generation before a
-    checkpoint, and those are what a snapshot call at that boundary gives. A stretch of
-    generations (one round trip) ends there: the first generation alone (no pace known yet),
-    then as many as `stretch_s` holds up to the next checkpoint."""
+    """No snapshot round trip of its own: the nodes send their snapshots with the generation
+    before a checkpoint, and those are what a snapshot call at that boundary gives; the best
+    node alone is asked for its policy (runs/<id>/best/), there and at the end of run(). A
+    stretch of generations (one round trip) ends there: the first generation alone (no pace
+    known yet), then as many as `stretch_s` holds up to the next checkpoint."""
     coordinator, hosts = local_swarm(tmp_path, checkpoint_every=2, stretch_s=1e6)
     calls = record_calls(coordinator)
     try:
@@ -89,8 +90,8 @@ def test_a_stretch_ends_at_a_due_checkpoint_and_its_last_generation_brings_the_s
     finally:
         for h in hosts:
             h.close()
-    assert calls == ["snapshot", ("generations", 1, False), ("generations", 1, True),
-                     ("generations", 2, True), "snapshot"]
+    assert calls == ["snapshot", ("generations", 1, False), ("generations", 1, True), "policy",
+                     ("generations", 2, True), "policy", "policy"]
     coordinator.settle()
     store = coordinator.checkpoints.store
     assert [store.node_generations(i) for i in range(4)] == [[0, 2, 4]] * 4
@@ -103,7 +104,7 @@ def test_a_sync_generation_is_one_round_trip_per_node_and_a_failure_names_its_ph
     calls = record_calls(coordinator)
     try:
         coordinator.run(2)  # the second alone too: the run has one generation left
-        assert calls == [("generations", 1, False)] * 2 + ["snapshot"]  # last: best/ at the end
+        assert calls == [("generations", 1, False)] * 2 + ["policy"]  # last: best/ at the end
         hosts[1].node.finish = None  # absorb fails once the report is out
         coordinator.run(1)
     finally:
@@ -195,11 +196,10 @@ def test_trace_rows_wait_for_a_part_but_a_checkpoint_never_runs_ahead_of_them(tm
     t = load_trace(coordinator.run_dir).to_pydict()
     assert sorted(zip(t["generation"], t["node"], strict=True)) == \
         [(g, n) for g in range(5) for n in range(4)]  # the held ones written at the end
-    # part 0: generation 0 (4 rows); 1: generation 1 (4, at checkpoint 2, merged with part 0
-    # there); 2: generations 2-3 (8, at checkpoint 4, merged with the 8 before); 3: generation 4
-    # (4, at the end: not merged into 16 rows)
+    # part 0: generation 0 (4 rows); 1: generation 1 (4, at checkpoint 2); 2: generations 2-3
+    # (8, at checkpoint 4); 3: generation 4 (4, at the end): fewer than COMPACT_PARTS, unmerged
     parts = trace_parts(coordinator.run_dir / "trace.parquet")
-    assert [(first, last) for first, last, _ in parts] == [(0, 2), (3, 3)]
+    assert [(first, last) for first, last, _ in parts] == [(0, 0), (1, 1), (2, 2), (3, 3)]
 
 
 def test_a_signal_is_applied_once_per_target_at_the_next_boundary(swarm):

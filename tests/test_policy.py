@@ -171,6 +171,31 @@ def test_a_node_checkpoint_and_a_run_s_snapshot_file_become_the_policy(cartpole,
     assert want["origin"] == {"node": "node-0", "generation": 1}
 
 
+def test_a_node_s_policy_file_bytes_are_the_file_save_writes(cartpole, tmp_path):
+    from rwkv_swarm.cluster.host import NodeHost
+    from rwkv_swarm.node.policy import node_policy_file
+
+    written = Policy.from_node(cartpole).save(tmp_path / "saved.pt")
+    blob = node_policy_file(cartpole)
+    want = Policy.from_node(cartpole).to_dict()
+    assert same(Policy.from_bytes(blob).to_dict(), want)
+    assert same(Policy.load(written).to_dict(), want)
+    (tmp_path / "exported.pt").write_bytes(blob)
+    assert same(Policy.load(tmp_path / "exported.pt").to_dict(), want)
+    with pytest.raises(ValueError, match="cannot read node-3's policy"):
+        Policy.from_bytes(blob[:100], "node-3's policy")
+    host = NodeHost(cartpole.config, "run", snapshot=None)
+    try:
+        host.node.generation()
+        out = host.policy()
+        want = Policy.from_node(host.node).to_dict()
+    finally:
+        host.close()
+    assert out["generation"] == 1
+    assert same(Policy.from_bytes(out["policy"]).to_dict(), want)
+    assert want["origin"] == {"node": "node-0", "generation": 1}
+
+
 def test_a_signal_policy_predicts_the_next_value_from_the_lagged_inputs():
     signal = {"kind": "signal", "lags": 3, "segment_length": 16}
     node = evolved(node_config(signal, 4, 1), 1)

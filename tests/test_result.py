@@ -15,7 +15,14 @@ import pytest
 from rwkv_swarm.node import KalmanESConfig
 from rwkv_swarm.node.policy import Policy
 from rwkv_swarm.swarm import Resources, Swarm, SwarmConfig
-from rwkv_swarm.swarm.trace import TraceWriter, load_trace, read_events, trace_parts, truncate_trace
+from rwkv_swarm.swarm.trace import (
+    COMPACT_PARTS,
+    TraceWriter,
+    load_trace,
+    read_events,
+    trace_parts,
+    truncate_trace,
+)
 from rwkv_swarm.util.configio import ConfigError
 
 SIGNAL_ENV = {"kind": "signal", "lags": 3}
@@ -65,11 +72,32 @@ def test_best_checkpoint_policy_and_best_dir_of_a_running_swarm(ray_session, tmp
                     strict=True):
         assert np.array_equal(a.numpy(), b.numpy())
     parts = trace_parts(swarm.run_dir / "trace.parquet")
-    # a part for the first generation's rows, one per checkpoint's (generation 1, 2-3),
-    # compacted at the end
-    assert [(f, last) for f, last, _ in parts] == [(0, 2)]
+    # a part for the first generation's rows, one per checkpoint's (generation 1, 2-3): fewer
+    # than COMPACT_PARTS, so not merged
+    assert [(f, last) for f, last, _ in parts] == [(0, 0), (1, 1), (2, 2)]
     assert load_trace(swarm.run_dir).num_rows == 8
     assert not list((swarm.run_dir / "best").glob(".*.tmp"))
+
+
+def test_a_world_no_policy_describes_runs_on_without_a_best_policy_or_a_fault(ray_session,
+                                                                             tmp_path):
+    world = {"kind": "python", "class": "worlds.reach1d:Reach1D", "length": 6}
+    model = {"n_embd": 16, "n_layer": 1, "head_size": 16, "dim_w": 8, "dim_a": 8, "dim_v": 8,
+             "dim_g": 8, "dim_ffn": 32}
+    with Swarm.launch(config(tmp_path, env=world, model=model)) as swarm:
+        status = swarm.run()
+        with pytest.raises(ValueError, match="node-1 has no policy: a policy needs a GymEnv or "
+                                             "SignalEnv world"):
+            swarm.policy(1)
+    assert status["generation"] == 4 and all(n["alive"] for n in status["nodes"].values())
+    events = read_events(swarm.run_dir)
+    assert not [e for e in events if e["kind"] in ("fault", "restart")]
+    warnings = [e["message"] for e in events if e["kind"] == "warning"]
+    # at the checkpoints before generations 2 and 4, and at the end of run()
+    assert len(warnings) == 3 and all(w.startswith(
+        "best policy not written: ValueError: a policy needs a GymEnv or SignalEnv world")
+        for w in warnings)
+    assert not (swarm.run_dir / "best" / "policy.pt").exists()
 
 
 def test_a_target_ends_the_run_early_with_a_target_event(ray_session, tmp_path):
@@ -100,10 +128,11 @@ def test_compaction_merges_parts_and_a_crash_between_its_steps_loses_or_doubles_
     for g in range(5):
         writer.write([{"generation": g, "node": n} for n in (0, 1)])
     expected = [(g, n) for g in range(5) for n in (0, 1)]
-    merged = writer.compact()
+    assert writer.compact(min_parts=6) is None  # five small parts: not yet
+    merged = writer.compact(min_parts=5)
     assert merged.name == "part-000000-000004.parquet"
     assert sorted(p.name for p in writer.dir.iterdir()) == [merged.name]
-    assert rows(tmp_path) == expected and writer.compact() is None  # one part: nothing to do
+    assert rows(tmp_path) == expected and writer.compact(min_parts=1) is None  # one part
 
     # a crash after the merged part is written, before the parts it covers are removed
     for g in (5, 6):
@@ -123,16 +152,27 @@ def test_compaction_merges_parts_and_a_crash_between_its_steps_loses_or_doubles_
     assert again.parts == 8 and rows(tmp_path) == expected[:-1] + [(6, 1)]
 
 
+def test_a_run_s_end_merges_the_small_parts_once_there_are_compact_parts_of_them(tmp_path):
+    writer = TraceWriter(tmp_path)
+    for g in range(COMPACT_PARTS - 1):
+        writer.write([{"generation": g, "node": 0}])
+        assert writer.compact() is None
+    writer.write([{"generation": COMPACT_PARTS - 1, "node": 0}])
+    merged = writer.compact()
+    assert merged.name == f"part-000000-{COMPACT_PARTS - 1:06d}.parquet"
+    assert rows(tmp_path) == [(g, 0) for g in range(COMPACT_PARTS)]
+
+
 def test_big_parts_are_left_alone_and_a_new_writer_finishes_an_interrupted_compaction(
         tmp_path):
     writer = TraceWriter(tmp_path)
     for g in range(3):
         writer.write([{"generation": g, "node": n} for n in range(3)])
     writer.write([{"generation": 3, "node": 0}])
-    merged = writer.compact(max_rows=2)  # parts of 3 rows stay as they are
+    merged = writer.compact(max_rows=2, min_parts=2)  # parts of 3 rows stay as they are
     assert merged is None
     writer.write([{"generation": 3, "node": 1}])
-    merged = writer.compact(max_rows=2)
+    merged = writer.compact(max_rows=2, min_parts=2)
     assert merged.name == "part-000003-000004.parquet"
     names = sorted(p.name for p in writer.dir.iterdir())
     assert names == ["part-000000.parquet", "part-000001.parquet", "part-000002.parquet",

@@ -22,6 +22,7 @@ from ..kernels import RWKV7Config, RWKV7State
 from ..node import Node, NodeConfig, NodeKeys, SwarmKeyring, Transport, TransportConfig
 from ..node.exchange import fingerprint
 from ..node.member import Member
+from ..node.policy import node_policy_file
 from ..node.wire import ProtocolError, message, state_from_message, state_message
 
 SNAPSHOT_VERSION = 1
@@ -336,6 +337,20 @@ class NodeHost:
         """{"generation", "snapshot"}: the node's checkpoint and the signals it applied, at a
         generation boundary; `NodeHost(..., snapshot=...)` continues from it."""
         return self._control(self._snapshot_now)
+
+    def policy(self) -> dict[str, Any]:
+        """{"generation", "policy"}: the node's policy file's bytes (`node_policy_file`) at a
+        generation boundary; "policy" None and "error" why, in a world no policy describes
+        (the node is fine: its run goes on without a policy file)."""
+        def op() -> dict[str, Any]:
+            out: dict[str, Any] = {"generation": self.node.generation_count}
+            try:
+                out["policy"] = node_policy_file(self.node)
+            except ValueError as e:
+                out.update(policy=None, error=str(e))
+            return out
+
+        return self._control(op)
 
     def _snapshot_now(self) -> dict[str, Any]:
         blob = msgpack.packb({"version": SNAPSHOT_VERSION, "node": self.node.checkpoint(),

@@ -84,9 +84,7 @@ class Policy:
     def from_node(cls, node: Node) -> Policy:
         """The node's current centre weights in its world, with the world's committed (frozen)
         observation statistics; the node is not changed."""
-        model = model_from_control_checkpoint(control_checkpoint(node.model), "node model")
-        origin = {"node": node.node_name, "generation": node.generation_count}
-        return cls(model, describe_env(node.env), origin)
+        return cls.from_dict(node_policy(node), "node policy")
 
     @classmethod
     def from_snapshot(cls, blob: bytes) -> Policy:
@@ -115,8 +113,7 @@ class Policy:
 
     def to_dict(self) -> dict[str, Any]:
         """What the policy file holds (see the module docstring)."""
-        return {"format": FORMAT, "version": VERSION, "model": control_checkpoint(self.model),
-                "world": self._pipeline.describe(), "origin": dict(self.origin)}
+        return _policy_dict(self.model, self._pipeline.describe(), self.origin)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the policy to `path`, or to `path/policy.pt` when `path` is a directory;
@@ -151,8 +148,14 @@ class Policy:
             except ValueError as e:
                 raise ValueError(f"{where} is neither a policy (a torch file) nor a node "
                                  f"checkpoint: {e}") from e
+        return cls.from_bytes(file.read_bytes(), where)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, where: str = "policy bytes") -> Policy:
+        """A policy from a policy file's bytes (what `save` writes, or `node_policy_file`);
+        ValueError("cannot read <where>: ...") for bytes that are not a torch file."""
         try:
-            d = torch.load(file, map_location="cpu", weights_only=True)
+            d = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a file that is not its own
             raise ValueError(f"cannot read {where}: {exc}") from exc
         return cls.from_dict(d, where)
@@ -240,6 +243,30 @@ class Policy:
         c = self.model.config
         return (f"Policy({self._pipeline.summary()}, model C={c.n_embd} L={c.n_layer}, "
                 f"origin={self.origin})")
+
+
+def node_policy(node: Node) -> dict[str, Any]:
+    """The node's policy as its file holds it (`Policy.to_dict`), without a copy of the model;
+    the world's description is checked as `Policy` checks it."""
+    c = node.model.config
+    world = describe_env(node.env)
+    Pipeline(world, c.input_dim, c.output_dim, f"{node.node_name}'s world")
+    origin = {"node": node.node_name, "generation": node.generation_count}
+    return _policy_dict(node.model, world, origin)
+
+
+def node_policy_file(node: Node) -> bytes:
+    """The bytes of the node's policy file: what `Policy.from_node(node).save(path)` writes.
+    A swarm exports its best policy this way: a node checkpoint written and parsed again
+    cost four times as much (docs/swarm.md, "The best policy")."""
+    buf = io.BytesIO()
+    torch.save(node_policy(node), buf)
+    return buf.getvalue()
+
+
+def _policy_dict(model: RWKV7, world: dict[str, Any], origin: dict[str, Any]) -> dict[str, Any]:
+    return {"format": FORMAT, "version": VERSION, "model": control_checkpoint(model),
+            "world": world, "origin": dict(origin)}
 
 
 def _unwrap(blob: Any) -> Any:

@@ -274,7 +274,13 @@ class Swarm:
             node = best["node"]
         elif type(node) is not int:
             raise ValueError(f"node must be a node id or 'best', got {node!r}")
-        return Policy.from_snapshot(self.checkpoint(node))
+        elif not 0 <= node < self.config.nodes:
+            raise ValueError(f"node must be a node id in 0..{self.config.nodes - 1} or 'best', "
+                             f"got {node!r}")
+        (out,) = self._on_nodes("policy", (), [node])
+        if out["policy"] is None:
+            raise ValueError(f"node-{node} has no policy: {out['error']}")
+        return Policy.from_bytes(out["policy"], f"node-{node}'s policy")
 
     def lineage(self) -> list[dict[str, Any]]:
         return ray.get(self.coordinator.lineage.remote())

@@ -5,7 +5,8 @@ Owned by the `Coordinator` as `Recovery` and `Decisions` are. A checkpoint is du
 it, `hold`; asked for where none stands) and the coordinator's `state_dict()` go to
 `runs/<id>/checkpoints/` (`CheckpointStore`) while the next generation runs, one write at a
 time and in order; `settle` waits for the one in flight. At the end of every `run()` the best
-node's policy is exported to `runs/<id>/best/` (`result.save_best`).
+node's policy is exported to `runs/<id>/best/` (`result.save_best`), at every checkpoint too:
+the best node sends its policy file's bytes (`NodeHost.policy`).
 """
 
 from __future__ import annotations
@@ -61,16 +62,18 @@ class Checkpointing:
         for i, r in zip(ask, c.nodes.call("snapshot", only=ask) if ask else [], strict=True):
             if not c.fault(i, r, "snapshot"):
                 snaps[i] = r
+        best = c.best()
+        exported = self._export(best)
         self.settle()
         self._writing = self._disk.submit(self._store, c.generation, snaps, c.state_dict(),
-                                          c.best())
+                                          best, exported)
 
     def _store(self, generation: int, snaps: dict[int, dict[str, Any]], state: dict[str, Any],
-               best: dict[str, Any] | None) -> None:
+               best: dict[str, Any] | None, exported: dict[str, Any] | None) -> None:
         for i, r in snaps.items():  # the coordinator's state last: it completes the checkpoint
             self.store.save_node(i, r["generation"], r["snapshot"])
         self.store.save_coordinator(generation, state)
-        self._save_best(snaps, best)
+        self._save_best(best, exported)
         self.c.trace.compact()
 
     def settle(self) -> None:
@@ -86,20 +89,27 @@ class Checkpointing:
         c = self.c
         self.settle()
         best = c.best()
-        if best is not None and best["node"] in c.alive:
-            (r,) = c.nodes.call("snapshot", only=[best["node"]], on_fault=c.on_fault("snapshot"))
-            if not isinstance(r, BaseException):
-                self._save_best({best["node"]: r}, best)
+        self._save_best(best, self._export(best))
         c.trace.flush()
         c.trace.compact()
 
-    def _save_best(self, snaps: dict[int, dict[str, Any]], best: dict[str, Any] | None) -> None:
-        """runs/<id>/best/ from the best node's snapshot in `snaps` (see `result.save_best`);
+    def _export(self, best: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The best node's policy now (`NodeHost.policy()`), None without a live best node."""
+        c = self.c
+        if best is None or best["node"] not in c.alive:
+            return None
+        (r,) = c.nodes.call("policy", only=[best["node"]], on_fault=c.on_fault("policy"))
+        return None if isinstance(r, BaseException) else r  # on_fault has handled it
+
+    def _save_best(self, best: dict[str, Any] | None, exported: dict[str, Any] | None) -> None:
+        """runs/<id>/best/ from the best node's `exported` policy (see `result.save_best`);
         one that cannot be written is a `warning` event: the run goes on."""
-        if best is None or best["node"] not in snaps:
+        if best is None or exported is None:
             return
         try:
-            save_best(self.c.run_dir, best, snaps[best["node"]])
+            if exported["policy"] is None:
+                raise ValueError(exported["error"])
+            save_best(self.c.run_dir, best, exported)
         except Exception as e:  # noqa: BLE001 - the run matters more than its export
             self.c.events.write("warning", message=f"best policy not written: "
                                                    f"{type(e).__name__}: {e}"[:500])

@@ -16,21 +16,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..node.policy import POLICY_FILE
 from .checkpoints import _atomic_write
 
 BEST_DIR = "best"
 
 
-def save_best(run_dir: str | Path, best: dict[str, Any], snap: dict[str, Any]) -> Path:
-    """Write best/ from `best` (`Coordinator.best()`) and the best node's `snap`
-    (`NodeHost.snapshot()`: {"generation", "snapshot"}); returns the folder."""
-    from ..node.policy import Policy  # torch and the world's code: only once there is one
-
+def save_best(run_dir: str | Path, best: dict[str, Any], exported: dict[str, Any]) -> Path:
+    """Write best/ from `best` (`Coordinator.best()`) and what the best node `exported`
+    (`NodeHost.policy()`: {"generation", "policy": the policy file's bytes}); returns the
+    folder."""
     folder = Path(run_dir) / BEST_DIR
     folder.mkdir(exist_ok=True)
-    Policy.from_snapshot(snap["snapshot"]).save(folder / "policy.pt")
-    record = {"node": best["node"], "generation": snap["generation"], "p_best": best["p_best"],
-              "belief_mean": best["belief_mean"], "belief_var": best["belief_var"],
-              "time": time.time()}
+    _atomic_write(folder / POLICY_FILE, exported["policy"])
+    record = {"node": best["node"], "generation": exported["generation"],
+              "p_best": best["p_best"], "belief_mean": best["belief_mean"],
+              "belief_var": best["belief_var"], "time": time.time()}
     _atomic_write(folder / "best.json", json.dumps(record).encode())
     return folder

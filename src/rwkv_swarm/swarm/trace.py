@@ -48,6 +48,8 @@ SCHEMA = pa.schema([pa.field(k, v) for k, v in COLUMNS.items()],
 _MISSING = {F: math.nan, I: -1, B: False, S: ""}
 PART_NAME = re.compile(r"part-(\d{6,})(?:-(\d{6,}))?\.parquet$")
 COMPACT_ROWS = 100_000  # parts this big are left alone: a long run is not rewritten again and again
+COMPACT_PARTS = 8  # small parts merge once there are this many: a run() call's end (tens of
+# milliseconds for a few parts) does not rewrite the newest rows every time
 _READ_TRIES = 5  # a reader racing a compaction lists the parts again
 
 
@@ -138,11 +140,13 @@ class TraceWriter:
         self.parts += 1
         self._held = []
 
-    def compact(self, max_rows: int = COMPACT_ROWS) -> Path | None:
+    def compact(self, max_rows: int = COMPACT_ROWS, min_parts: int = COMPACT_PARTS
+                ) -> Path | None:
         """Merge the newest parts smaller than `max_rows` rows into one part named by the range
-        they cover, then remove them; returns the merged part (None: nothing to merge). An
-        older part joins only while it holds no more rows than the newer ones together, so a
-        row is rewritten about log2(rows) times over a run, not at every compaction. The merged
+        they cover, once there are `min_parts` of them, then remove them; returns the merged
+        part (None: nothing to merge). An older part joins only while it holds no more rows
+        than the newer ones together, so a row is rewritten about log2(rows) times over a run,
+        not at every compaction. The merged
         part is on disk before any part it covers goes, so a crash loses nothing, and
         `trace_parts` never reads a row twice meanwhile."""
         small: list[tuple[int, int, Path]] = []
@@ -153,7 +157,7 @@ class TraceWriter:
                 break
             small.insert(0, entry)
             newer += rows
-        if len(small) < 2:
+        if len(small) < max(2, min_parts):
             return None
         table = pa.concat_tables([pq.read_table(p, schema=SCHEMA) for _, _, p in small])
         merged = self.dir / f"part-{small[0][0]:06d}-{small[-1][1]:06d}.parquet"
