@@ -250,6 +250,7 @@ def test_noise_drawn_ahead_is_the_next_generations_own_and_only_it_takes_it():
             s.ask()
         assert ahead.population._noise is drawn[g]  # taken, not drawn again
         assert set(ahead.population._flat_cache) == {"plain", "squared"}  # products too
+        assert ahead.population._noise_t is not None  # and the transposes
         for name, parts in plain.population.noise.items():
             assert all(torch.equal(a, b) for a, b in zip(parts, drawn[g][name], strict=True))
     steps = [s.tell(np.arange(8.0)[::-1].copy()).to_dict() for s in (ahead, plain)]

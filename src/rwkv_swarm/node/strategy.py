@@ -237,6 +237,7 @@ class Strategy:
             return False
         drawn = todo.population(self.model)
         drawn.prepare_sums()  # the noise, and the products the step sums over
+        _ = drawn.noise_t  # and its transposes, which the native row kernel's tables read
         self._drawn[todo.key] = drawn
         return True
 
