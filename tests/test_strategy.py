@@ -241,8 +241,9 @@ def test_noise_drawn_ahead_is_the_next_generations_own_and_only_it_takes_it():
     ahead, plain = strategy(), strategy()
     for s in (ahead, plain):
         s.ask()
-    # while generation 0 is pending: generation 1, then 2, then nothing (two ahead at most)
-    assert [ahead.draw_ahead() for _ in range(3)] == [True, True, False]
+    # while generation 0 is pending: generation 1, then 2, then nothing (two ahead at most),
+    # each a piece at a time: the draw, the two products, the transposes
+    assert [ahead.draw_ahead() for _ in range(9)] == [True] * 8 + [False]
     drawn = {g: ahead._drawn[ahead._mutants(g, 1.0).key].noise for g in (1, 2)}
     for g in (1, 2):
         for s in (ahead, plain):
@@ -256,12 +257,12 @@ def test_noise_drawn_ahead_is_the_next_generations_own_and_only_it_takes_it():
     steps = [s.tell(np.arange(8.0)[::-1].copy()).to_dict() for s in (ahead, plain)]
     assert steps[0] == steps[1] and all(torch.equal(a, b) for a, b in zip(
         ahead.params, plain.params, strict=True))
-    assert ahead.draw_ahead() and ahead.draw_ahead()  # between generations: 3 and 4
+    assert pieces(ahead) == 8  # between generations: 3 and 4
     assert set(ahead._drawn) == {ahead._mutants(g, 1.0).key for g in (3, 4)}
     ahead._drawn[("another seed",)] = ahead._drawn.pop(ahead._mutants(3, 1.0).key)
     ahead.ask()
     assert ahead.population._noise is None  # not 3's key: not taken, drawn afresh when needed
-    assert ahead.draw_ahead()  # 5 (4 is held), and what no coming generation needs is let go
+    assert pieces(ahead) == 4  # 5 (4 is held), and what no coming generation needs is let go
     assert set(ahead._drawn) == {ahead._mutants(g, 1.0).key for g in (4, 5)}
 
 
@@ -269,11 +270,19 @@ def test_a_generation_of_large_noise_is_drawn_only_one_ahead(monkeypatch):
     es = KalmanES(RWKV7(CFG, seed=1, init="live"), KalmanESConfig(population=8, seed=4))
     noise = 4 * sum(t.size for t in es.targets)  # 4 pairs
     monkeypatch.setattr(strategy_module, "DRAW_AHEAD_FLOATS", noise)
-    assert [es.draw_ahead() for _ in range(3)] == [True, True, False]
+    assert pieces(es) == 8 and len(es._drawn) == 2
     es._drawn = {}
     monkeypatch.setattr(strategy_module, "DRAW_AHEAD_FLOATS", noise - 1)
-    assert [es.draw_ahead() for _ in range(2)] == [True, False]
+    assert pieces(es) == 4
     assert set(es._drawn) == {es._mutants(0, 1.0).key}
+
+
+def pieces(es) -> int:
+    """How many pieces `draw_ahead` builds before it has nothing left to build."""
+    n = 0
+    while es.draw_ahead():
+        n += 1
+    return n
 
 
 def reference_gradient(pop, u: np.ndarray) -> torch.Tensor:

@@ -192,6 +192,13 @@ class Population:
                              for name, parts in self.noise.items() if len(parts) == 2}
         return self._noise_t
 
+    def prepare_transposes(self) -> bool:
+        """Build `noise_t` now (see `prepare_sums`); returns whether it was left to build."""
+        if self._noise_t is not None:
+            return False
+        _ = self.noise_t
+        return True
+
     @property
     def device(self) -> torch.device:
         return self.model.head.weight.device
@@ -355,16 +362,17 @@ class Population:
         return cache[key]
 
     def prepare_sums(self) -> bool:
-        """Build what the sums over pairs read (E and E^2, or the plain and squared factors)
-        now, e.g. while a node waits for its peers; no result changes. Returns whether there
-        was anything left to build."""
+        """Build one more of what the sums over pairs read (E, then E^2; or the plain, then
+        the squared factors) now, e.g. while a node waits for its peers; no result changes.
+        Returns whether there was anything left to build: one product a call, so that a node
+        looks at its socket between them."""
         build, cache = (self._flat, self._flat_cache) if self.sum_path == "flat" else \
             (self._factors, self._factor_cache)
-        if len(cache) == 2:
-            return False
-        for squared in (False, True):
-            build(squared)
-        return True
+        for squared, key in ((False, "plain"), (True, "squared")):
+            if key not in cache:
+                build(squared)
+                return True
+        return False
 
     def _weighted_sum(self, c: torch.Tensor, squared: bool) -> torch.Tensor:
         """sum_p c_p E_p (or E_p^2 elementwise, `squared`), flat (dim,) in target order, on

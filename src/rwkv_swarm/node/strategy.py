@@ -218,10 +218,12 @@ class Strategy:
         return self._pending
 
     def draw_ahead(self) -> bool:
-        """Draw the noise of the first of the next `DRAW_AHEAD` generations not asked for yet
-        that has none drawn, with the products its step sums over (they depend on the seed
-        alone, not on a step): a node waiting for its peers' reports has the time. `ask` takes
-        them when their generation comes. Returns False when all of them are drawn already.
+        """One piece of the noise of the next `DRAW_AHEAD` generations not asked for yet,
+        earliest first: its draw, then each product its step sums over (they depend on the
+        seed alone, not on a step), then its transposes (what the native row kernel reads). A
+        node waiting for its peers' reports has the time, and looks at its socket between
+        pieces. `ask` takes them when their generation comes. Returns False when all of them
+        are built already.
 
         Two ahead, not one: the member a generation waits for has no time to draw then, and
         without the draws of an earlier wait it would draw at the next generation's start
@@ -232,19 +234,20 @@ class Strategy:
         ahead = [self._mutants(g, 1.0) for g in range(first, first + depth)]  # sigma: later
         keys = {m.key for m in ahead}
         self._drawn = {k: p for k, p in self._drawn.items() if k in keys}  # passed: dropped
-        todo = next((m for m in ahead if m.key not in self._drawn), None)
-        if todo is None:
-            return False
-        drawn = todo.population(self.model)
-        drawn.prepare_sums()  # the noise, and the products the step sums over
-        _ = drawn.noise_t  # and its transposes, which the native row kernel's tables read
-        self._drawn[todo.key] = drawn
-        return True
+        for m in ahead:
+            drawn = self._drawn.get(m.key)
+            if drawn is None:
+                self._drawn[m.key] = drawn = m.population(self.model)
+                _ = drawn.noise
+                return True
+            if drawn.prepare_sums() or drawn.prepare_transposes():
+                return True
+        return False
 
     def prepare_step(self) -> bool:
-        """Build what this generation's step sums over (the pending population's noise
-        products) now: a node waiting for its peers' reports has the time. Returns whether
-        there was anything left to build."""
+        """Build one of the products this generation's step sums over (the pending
+        population's) now: a node waiting for its peers' reports has the time. Returns
+        whether there was anything left to build."""
         return self._population is not None and self._population.prepare_sums()
 
     def _mutants(self, generation: int, sigma: float) -> Mutants:
