@@ -4,11 +4,22 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define DECAY_SCALE 0.606531f
 #define LN_EPS 1e-5f
 #define GN_EPS 64e-5f
+
+/* n floats on a 64-byte boundary (zeroed where `zero`), NULL when memory ran out; free() frees
+ * them. From malloc, a large block starts 16 bytes past a page, so every 64-byte vector load of
+ * an activation straddled two cache lines: the row step at C=64 L=2 ran 8-10% slower. */
+static inline float *floats_aligned(size_t n, int zero) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, sizeof(float) * (n ? n : 1)) != 0) return NULL;
+    if (zero) memset(p, 0, sizeof(float) * n);
+    return p;
+}
 
 static inline float sigmoidf(float z) { return 1.f / (1.f + expf(-z)); }
 

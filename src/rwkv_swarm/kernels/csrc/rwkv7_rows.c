@@ -346,7 +346,7 @@ int rows_prepare(Rows *s, int cap, const int *dims, const void *const *mats,
     s->mat = mat;
     s->threads = team_size(threads < tiles ? threads : tiles);
     s->per_thread = tile_floats(s);
-    s->scratch = calloc(s->per_thread * s->threads, sizeof(float));
+    s->scratch = floats_aligned(s->per_thread * s->threads, 1);
     if (!s->scratch) {
         free(mat);
         return -1;

@@ -61,7 +61,7 @@ int rwkv7_wkv(int rows, int T, int H, int N, const float *r, const float *w, con
     Wkv s = {rows, T, H, N, r, w, k, v, kk, alr, S_in, S_out, y, NULL};
     int tasks = rows * H;
     threads = team_size(threads < tasks ? threads : tasks);
-    s.scratch = malloc(sizeof(float) * N * (N + 1) * threads);
+    s.scratch = floats_aligned((size_t)N * (N + 1) * threads, 0);
     if (!s.scratch) return -1;
     team_run(threads, wkv_thread, &s);
     free(s.scratch);

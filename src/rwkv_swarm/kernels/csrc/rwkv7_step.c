@@ -224,7 +224,7 @@ int rwkv7_step(int B, const int *dims, const float *const *layer_w, const float 
     threads = team_size(threads);
     s.per_thread = scratch_floats(B, s.C, s.D);
     size_t shared = (size_t)B * (3 * (size_t)s.C + s.F);
-    float *mem = malloc(sizeof(float) * (shared + s.per_thread * threads));
+    float *mem = floats_aligned(shared + s.per_thread * threads, 0);
     if (!mem) return -1;
     s.x = mem;
     s.v_first = s.x + (size_t)B * s.C;
