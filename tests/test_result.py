@@ -60,6 +60,8 @@ def test_best_checkpoint_policy_and_best_dir_of_a_running_swarm(ray_session, tmp
             swarm.checkpoint(2)
         with pytest.raises(ValueError, match=r"node id or 'best', got 'worst'"):
             swarm.policy("worst")
+        with pytest.raises(ValueError, match=r"node id in 0..1 or 'best', got 2"):
+            swarm.policy(2)
         written = Policy.load(swarm.run_dir / "best")  # at the end of run()
         record = json.loads((swarm.run_dir / "best" / "best.json").read_text())
     assert [s["generation"] for s in seen][-1] == 4 and seen == sorted(
