@@ -303,8 +303,12 @@ def test_a_host_cut_off_for_20_s_its_nodes_restart_elsewhere_and_the_run_finishe
     faults = [e for e in events if e["kind"] == "fault"]
     restarts = {e["node"]: e for e in events if e["kind"] == "restart"}
     assert sorted(e["node"] for e in faults) == sorted(cut_nodes), faults  # one each, no other
-    # a host cut off mid round trip: the actor's death, not a phase it raised in
-    assert all(e["restart"] and e["phase"] == "generation" for e in faults), faults
+    # each cut node is lost to its actor's death, not to a phase it raised in (share,
+    # absorb), and seen by the call the coordinator was making to it then: mostly a stretch's
+    # round trip, but a cut that comes as a stretch ends meets a boundary's call (the snapshot
+    # of a node a migration changed, the best node's policy at a checkpoint)
+    assert all(e["restart"] and e["phase"] in ("generation", "snapshot", "policy")
+               for e in faults), faults
     # seen once Ray declared h3 dead: after the cut, long before the restore
     assert all(times["cut"] < e["time"] < times["restore"] for e in faults), (times, faults)
     assert sorted(restarts) == sorted(cut_nodes), restarts
